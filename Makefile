@@ -1,0 +1,43 @@
+# consparse: `make train` and `make test` work on a fresh machine (they create .venv first).
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip
+STAMP  := $(VENV)/.installed
+# torch is pinned and installed first so that pip takes the local build instead of fetching another.
+TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
+ARGS   ?=
+
+.PHONY: setup train test test-fast bench report clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip
+	$(PIP) install --quiet $(TORCH_PINS)
+	$(PIP) install --quiet -e ".[dev,slurm]"
+	touch $(STAMP)
+
+# The main job on the embedded default dataset (scikit-learn digits, no files needed).
+train: setup
+	$(PY) train.py $(ARGS)
+
+# The whole test suite (slow and real-data checks included; real-data tests skip without ../shared/data).
+test: setup
+	WANDB_MODE=disabled $(PY) -m pytest $(ARGS)
+
+# Only the fast tests.
+test-fast: setup
+	WANDB_MODE=disabled $(PY) -m pytest -m "not slow and not realdata and not ddp" $(ARGS)
+
+# Speed measurements (ratios against a baseline measured in the same run).
+bench: setup
+	$(PY) benchmarks/run_all.py $(ARGS)
+
+# Tables and plots of a sweep: make report DIR=outputs/multiruns/<date>/<time>
+report: setup
+	$(PY) -m consparse.report $(DIR)
+
+clean:
+	rm -rf outputs multirun .pytest_cache

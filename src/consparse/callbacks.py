@@ -1,0 +1,53 @@
+"""Lightning callbacks the training entry adds to every run."""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import Any
+
+import pytorch_lightning as pl
+
+
+class TrainTimer(pl.Callback):
+    """Wall-clock seconds spent in ``fit``, accumulated across resumed invocations via the checkpoint."""
+
+    def __init__(self) -> None:
+        self.seconds = 0.0
+        self._started: float | None = None
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._started = time.perf_counter()
+
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.seconds = self.elapsed
+        self._started = None
+
+    @property
+    def elapsed(self) -> float:
+        running = time.perf_counter() - self._started if self._started is not None else 0.0
+        return self.seconds + running
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"seconds": self.elapsed}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.seconds = float(state_dict.get("seconds", 0.0))
+
+
+class EpochSummary(pl.Callback):
+    """One line per epoch on stdout, for logs where a progress bar would flood (SLURM, CI)."""
+
+    def __init__(self, timer: TrainTimer) -> None:
+        self.timer = timer
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not trainer.is_global_zero:
+            return
+        metrics = trainer.callback_metrics
+        parts = [f"epoch {trainer.current_epoch + 1}/{trainer.max_epochs}"]
+        for key in ("train/loss", "train/acc", "val/loss", "val/acc"):
+            if key in metrics:
+                parts.append(f"{key} {float(metrics[key]):.4f}")
+        parts.append(f"{self.timer.elapsed:.1f}s")
+        print("  ".join(parts), file=sys.stdout, flush=True)

@@ -1,0 +1,56 @@
+"""Shared compression and measurement: counting, pruning, low-rank, latency, export, evaluation.
+
+Methods never re-implement these; ``consparse.train`` measures every deployed model with them.
+"""
+
+from consparse.compress.count import (
+    ModelStats,
+    count_macs,
+    count_params,
+    density,
+    model_stats,
+    nonzero_count,
+    numel_count,
+    per_layer_density,
+    sparsifiable_weights,
+)
+from consparse.compress.evaluate import compression_curve, evaluate_accuracy, recalibrate_batchnorm
+from consparse.compress.export import export_model, load_exported
+from consparse.compress.latency import measure_latency
+from consparse.compress.layers import ChannelScatter, IndexSelect, LowRankConv2d, LowRankLinear
+from consparse.compress.lowrank import lowrank_decompose
+from consparse.compress.prune import (
+    apply_masks,
+    compute_masks,
+    filter_prune,
+    magnitude_prune,
+    prune_to_density,
+)
+
+__all__ = [
+    "ChannelScatter",
+    "IndexSelect",
+    "LowRankConv2d",
+    "LowRankLinear",
+    "ModelStats",
+    "apply_masks",
+    "compression_curve",
+    "compute_masks",
+    "count_macs",
+    "count_params",
+    "density",
+    "evaluate_accuracy",
+    "export_model",
+    "filter_prune",
+    "load_exported",
+    "lowrank_decompose",
+    "magnitude_prune",
+    "measure_latency",
+    "model_stats",
+    "nonzero_count",
+    "numel_count",
+    "per_layer_density",
+    "prune_to_density",
+    "recalibrate_batchnorm",
+    "sparsifiable_weights",
+]

@@ -1,0 +1,38 @@
+"""Turning config nodes into objects (lightning-hydra-template style ``_target_`` instantiation)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import hydra
+from hydra.errors import InstantiationException
+from omegaconf import DictConfig, OmegaConf
+
+from consparse.errors import ConsparseError
+
+# Keys that describe a config node for humans and results.json but are not constructor arguments.
+DESCRIPTIVE_KEYS = ("name",)
+
+
+def instantiate_node(node: DictConfig | dict, **kwargs: Any) -> Any:
+    """Instantiate a group node (``dataset``, ``model``, ``method``) without its descriptive keys.
+
+    Runtime objects (a model, a DatasetInfo) are passed to the constructor directly rather than
+    through Hydra, which would turn dataclasses into configs.
+    """
+    container = OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else dict(node)
+    for key in DESCRIPTIVE_KEYS:
+        container.pop(key, None)
+    try:
+        factory = hydra.utils.instantiate(container, _convert_="all", _partial_=True)
+    except InstantiationException as error:
+        # Hydra wraps errors of nested targets; a ConsparseError already says what to fix.
+        if isinstance(error.__cause__, ConsparseError):
+            raise error.__cause__ from None
+        raise
+    return factory(**kwargs)
+
+
+def node_name(node: DictConfig | dict, default: str = "?") -> str:
+    """The ``name`` a group node gives itself (falls back to ``default``)."""
+    return str(node.get("name", default)) if node is not None else default

@@ -1,0 +1,191 @@
+"""The one LightningDataModule every dataset goes through.
+
+A dataset subclass says what it is (``info``), which files it needs (``required_files``), how to
+fetch them (``download``) and how to build its three splits (``build_splits``). This base class does
+the rest the same way for every dataset: the validation split carved from the training set with a
+fixed seed (so seeds of a sweep share it), the global batch divided over DDP ranks, and the loaders.
+"""
+
+from __future__ import annotations
+
+import os
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import DataLoader, Dataset, Subset
+
+from consparse.data.info import DatasetInfo
+from consparse.errors import ConfigError, DataNotFoundError
+from consparse.validation import check_int, check_range
+
+
+@dataclass
+class Splits:
+    """``train`` may augment; ``train_eval`` holds the same samples in the same order without augmentation."""
+
+    train: Dataset
+    train_eval: Dataset
+    test: Dataset
+
+
+class ConsparseDataModule(pl.LightningDataModule, ABC):
+    """Base datamodule: validation split from train, test split for the final numbers.
+
+    Args:
+        root: directory that holds (or will hold) the dataset files.
+        batch_size: global training batch; under DDP each rank gets ``batch_size / world_size``.
+        eval_batch_size: batch for validation, test and evaluation loops (defaults to ``batch_size``).
+        val_fraction: fraction of the training set held out for validation, in [0, 0.5].
+        split_seed: seed of the train/validation split (kept apart from the run seed on purpose).
+        num_workers: DataLoader worker processes.
+        download: fetch missing files when a network is available.
+        max_train_samples: use only the first N training samples (after the split); for quick runs.
+    """
+
+    def __init__(
+        self,
+        root: str = "data",
+        batch_size: int = 128,
+        eval_batch_size: int | None = None,
+        val_fraction: float = 0.1,
+        split_seed: int = 0,
+        num_workers: int = 0,
+        download: bool = True,
+        max_train_samples: int | None = None,
+    ) -> None:
+        super().__init__()
+        check_int("dataset.batch_size", batch_size, 1)
+        check_int("dataset.eval_batch_size", eval_batch_size, 1, allow_none=True)
+        check_range("dataset.val_fraction", val_fraction, 0.0, 0.5)
+        check_int("dataset.split_seed", split_seed, 0)
+        check_int("dataset.num_workers", num_workers, 0)
+        check_int("dataset.max_train_samples", max_train_samples, 1, allow_none=True)
+        self.root = Path(os.path.expanduser(str(root)))
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size or batch_size
+        self.val_fraction = val_fraction
+        self.split_seed = split_seed
+        self.num_workers = num_workers
+        self.download = download
+        self.max_train_samples = max_train_samples
+        self.train_set: Dataset | None = None
+        self.val_set: Dataset | None = None
+        self.test_set: Dataset | None = None
+        self.train_eval_set: Dataset | None = None
+
+    # ----------------------------------------------------------------- what a dataset implements
+    @property
+    @abstractmethod
+    def info(self) -> DatasetInfo:
+        """Input shape, class count and kind; must not read any file."""
+
+    def required_files(self) -> list[Path]:
+        """Files that must exist before ``build_splits``; empty for embedded or generated data."""
+        return []
+
+    def how_to_get(self) -> str:
+        """One paragraph telling the user how to obtain the files when they are missing."""
+        return ""
+
+    def download_files(self) -> None:
+        """Fetch the missing files; raise on failure. Only called when ``download`` is true."""
+
+    @abstractmethod
+    def build_splits(self) -> Splits:
+        """Read the files and return the train, train-without-augmentation and test datasets."""
+
+    # ----------------------------------------------------------------- shared behaviour
+    def missing_files(self) -> list[Path]:
+        return [path for path in self.required_files() if not path.exists()]
+
+    def check_available(self) -> None:
+        """Raise DataNotFoundError (naming the paths) if files are missing and cannot be fetched.
+
+        Called before any training so that a missing dataset never costs compute. Downloads are
+        attempted here when allowed; a failed download is reported with the same instructions.
+        """
+        missing = self.missing_files()
+        if not missing:
+            return
+        problem = ""
+        if self.download:
+            try:
+                self.download_files()
+            except Exception as exc:  # noqa: BLE001 - any network or IO failure means "not available"
+                problem = f"The download failed ({type(exc).__name__}: {exc}).\n"
+            missing = self.missing_files()
+            if not missing:
+                return
+        else:
+            problem = "dataset.download is false, so nothing was fetched.\n"
+        listing = "\n".join(f"  - {path}" for path in missing)
+        raise DataNotFoundError(
+            f"dataset '{self.info.name}': files missing under dataset.root={self.root}:\n{listing}\n"
+            f"{problem}{self.how_to_get()}".rstrip()
+        )
+
+    def prepare_data(self) -> None:
+        self.check_available()
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.train_set is not None:
+            return
+        self.check_available()
+        splits = self.build_splits()
+        n = len(splits.train)
+        if len(splits.train_eval) != n:
+            raise RuntimeError(f"{type(self).__name__}: train and train_eval differ in length")
+        generator = torch.Generator().manual_seed(self.split_seed)
+        order = torch.randperm(n, generator=generator).tolist()
+        n_val = int(round(self.val_fraction * n))
+        val_idx, train_idx = order[:n_val], order[n_val:]
+        if self.max_train_samples is not None:
+            train_idx = train_idx[: self.max_train_samples]
+        self.train_set = Subset(splits.train, train_idx)
+        self.train_eval_set = Subset(splits.train_eval, train_idx)
+        # With no held-out samples the validation loop watches the test split, and says so in its name.
+        self.val_set = Subset(splits.train_eval, val_idx) if n_val > 0 else splits.test
+        self.test_set = splits.test
+
+    @property
+    def per_device_batch_size(self) -> int:
+        world = self.trainer.world_size if self.trainer is not None else 1
+        if self.batch_size % world:
+            raise ConfigError(
+                "dataset.batch_size",
+                f"{self.batch_size} is not divisible by the {world} DDP processes; it is the global batch",
+            )
+        return self.batch_size // world
+
+    def _loader(self, dataset: Dataset, batch_size: int, shuffle: bool) -> DataLoader:
+        return DataLoader(
+            dataset,
+            batch_size=batch_size,
+            shuffle=shuffle,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+            pin_memory=torch.cuda.is_available(),
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        self.setup()
+        return self._loader(self.train_set, self.per_device_batch_size, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        self.setup()
+        return self._loader(self.val_set, self.eval_batch_size, shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        self.setup()
+        return self._loader(self.test_set, self.eval_batch_size, shuffle=False)
+
+    def train_eval_dataloader(self, max_samples: int | None = None, batch_size: int | None = None) -> DataLoader:
+        """Training samples without augmentation or shuffling (BN recalibration, state extraction)."""
+        self.setup()
+        dataset = self.train_eval_set
+        if max_samples is not None and max_samples < len(dataset):
+            dataset = Subset(dataset, list(range(max_samples)))
+        return self._loader(dataset, batch_size or self.eval_batch_size, shuffle=False)

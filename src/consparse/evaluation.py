@@ -1,0 +1,62 @@
+"""Settings of the shared evaluation (the ``evaluation`` config node), validated before training."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from consparse.errors import ConfigError
+from consparse.validation import check_choice, check_int, check_range
+
+CURVE_KINDS = ("unstructured", "filter", "lowrank")
+
+
+@dataclass
+class EvaluationSettings:
+    """What is measured after training.
+
+    Attributes:
+        compression_grid: ``{kind: [amounts removed]}`` for the compression curve (empty: no curve).
+        recalibrate_bn_batches: training batches used to re-estimate BatchNorm statistics of each
+            pruned model in the curve (0: off, as in the SFW paper).
+        latency: keyword arguments of ``measure_latency`` (threads, batch_size, min_run_time).
+        export: write the deployed model under ``export/``.
+        device: ``auto`` (the training accelerator's device), ``cpu`` or ``cuda``.
+    """
+
+    compression_grid: dict[str, list[float]] = field(default_factory=dict)
+    recalibrate_bn_batches: int = 0
+    latency: dict[str, Any] = field(default_factory=dict)
+    export: bool = True
+    device: str = "auto"
+
+    @classmethod
+    def from_config(cls, node: DictConfig | dict | None) -> "EvaluationSettings":
+        raw = OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else dict(node or {})
+        grid = raw.get("compression_grid") or {}
+        for kind, amounts in grid.items():
+            check_choice("evaluation.compression_grid", kind, CURVE_KINDS)
+            if not isinstance(amounts, list):
+                raise ConfigError(f"evaluation.compression_grid.{kind}", f"expected a list of fractions, got {amounts!r}")
+            for amount in amounts:
+                check_range(f"evaluation.compression_grid.{kind}", amount, 0.0, 1.0, high_inclusive=False)
+        settings = cls(
+            compression_grid={kind: [float(a) for a in amounts] for kind, amounts in grid.items() if amounts},
+            recalibrate_bn_batches=raw.get("recalibrate_bn_batches", 0),
+            latency=dict(raw.get("latency") or {}),
+            export=raw.get("export", True),
+            device=raw.get("device", "auto"),
+        )
+        check_int("evaluation.recalibrate_bn_batches", settings.recalibrate_bn_batches, 0)
+        check_choice("evaluation.device", settings.device, ["auto", "cpu", "cuda"])
+        check_int("evaluation.latency.threads", settings.latency.get("threads", 1), 1)
+        check_int("evaluation.latency.batch_size", settings.latency.get("batch_size", 1), 1)
+        return settings
+
+    def resolve_device(self, accelerator: str | None) -> torch.device:
+        if self.device == "cpu" or (self.device == "auto" and accelerator not in ("gpu", "cuda")):
+            return torch.device("cpu")
+        return torch.device("cuda")

@@ -1,0 +1,73 @@
+"""``method=magnitude``: train dense, prune by magnitude to ``target_density``, optionally fine-tune.
+
+The run lasts ``trainer.max_epochs``; the last ``finetune_epochs`` of them train the pruned network
+with its mask fixed (pruned weights are re-zeroed after every optimiser step). With no fine-tuning
+the pruning happens in ``finalize``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from torch import nn
+
+from consparse.compress.prune import apply_masks, compute_masks, prune_to_density
+from consparse.errors import ConfigError
+from consparse.methods.base import SparseMethod
+from consparse.validation import check_choice, check_int
+
+
+class MagnitudeMethod(SparseMethod):
+    """Magnitude pruning baseline (global or layer-wise) with optional fine-tuning epochs."""
+
+    def __init__(self, *args, prune_scope: str = "global", finetune_epochs: int = 0, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        if self.target_density is None:
+            raise ConfigError("method.target_density", "magnitude pruning needs a target density in (0, 1]")
+        check_choice("method.prune_scope", prune_scope, ["global", "layer"])
+        check_int("method.finetune_epochs", finetune_epochs, 0)
+        self.prune_scope = prune_scope
+        self.finetune_epochs = finetune_epochs
+        self.masks: dict[str, torch.Tensor] | None = None
+
+    @property
+    def prune_epoch(self) -> int:
+        """The epoch at whose start the network is pruned (fine-tuning follows)."""
+        max_epochs = int(self.trainer.max_epochs or 0)
+        if self.finetune_epochs >= max_epochs:
+            raise ConfigError(
+                "method.finetune_epochs",
+                f"{self.finetune_epochs} leaves no dense training within trainer.max_epochs={max_epochs}; "
+                "use fewer fine-tuning epochs or more epochs",
+            )
+        return max_epochs - self.finetune_epochs
+
+    def on_fit_start(self) -> None:
+        if self.finetune_epochs:
+            _ = self.prune_epoch  # validates the epoch budget before the first batch
+
+    def on_train_epoch_start(self) -> None:
+        if self.finetune_epochs and self.masks is None and self.current_epoch >= self.prune_epoch:
+            self.masks = compute_masks(self.model, 1.0 - self.target_density, scope=self.prune_scope)
+            apply_masks(self.model, self.masks)
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        if self.masks is not None:
+            apply_masks(self.model, self.masks)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["magnitude_masks"] = self.masks
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.masks = checkpoint.get("magnitude_masks")
+
+    def finalize(self, datamodule: pl.LightningDataModule) -> nn.Module:
+        model = self.model.eval()
+        if self.masks is None:
+            return prune_to_density(model, self.target_density, scope=self.prune_scope)
+        return model
+
+    def method_metrics(self) -> dict[str, Any]:
+        return {"finetune_epochs": self.finetune_epochs, "prune_scope": self.prune_scope}

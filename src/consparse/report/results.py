@@ -1,0 +1,118 @@
+"""The ``results.json`` contract: one file per run, in the run directory.
+
+Written atomically (temporary file, then rename) so that an interrupted write never leaves a
+truncated file beside a previous good one.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+RESULTS_FILE = "results.json"
+SCHEMA_VERSION = 1
+
+# Keys every results.json carries (see docs/architecture.md and the design).
+REQUIRED_KEYS = (
+    "method",
+    "model",
+    "dataset",
+    "seed",
+    "status",
+)
+# Keys a completed run carries in addition.
+COMPLETED_KEYS = (
+    "test_accuracy",
+    "density",
+    "per_layer_density",
+    "params",
+    "dense_params",
+    "macs",
+    "dense_macs",
+    "latency_ms",
+    "dense_latency_ms",
+    "latency",
+    "target_density",
+    "compression_curve",
+    "method_metrics",
+    "train_seconds",
+    "epochs",
+    "export",
+)
+CURVE_KEYS = ("kind", "amount", "test_accuracy", "density", "params", "macs")
+CURVE_KINDS = ("unstructured", "filter", "lowrank")
+STATUSES = ("completed", "failed")
+
+
+class ResultsSchemaError(ValueError):
+    """A results dictionary does not follow the contract."""
+
+
+def validate_results(results: Mapping[str, Any]) -> None:
+    """Raise ResultsSchemaError naming every missing or malformed key."""
+    problems: list[str] = [f"missing key '{key}'" for key in REQUIRED_KEYS if key not in results]
+    status = results.get("status")
+    if status not in STATUSES:
+        problems.append(f"status must be one of {STATUSES}, got {status!r}")
+    if status == "failed" and not results.get("error"):
+        problems.append("a failed run must say why in 'error'")
+    if status == "completed":
+        problems += [f"missing key '{key}'" for key in COMPLETED_KEYS if key not in results]
+        for key in ("test_accuracy", "density"):
+            value = results.get(key)
+            if not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0 + 1e-9:
+                problems.append(f"'{key}' must be a fraction in [0, 1], got {value!r}")
+        for i, point in enumerate(results.get("compression_curve") or []):
+            missing = [k for k in CURVE_KEYS if k not in point]
+            if missing:
+                problems.append(f"compression_curve[{i}] lacks {missing}")
+            elif point["kind"] not in CURVE_KINDS:
+                problems.append(f"compression_curve[{i}].kind must be one of {CURVE_KINDS}, got {point['kind']!r}")
+        if not isinstance(results.get("method_metrics"), Mapping):
+            problems.append("'method_metrics' must be a mapping")
+    if problems:
+        raise ResultsSchemaError("results.json does not follow the contract: " + "; ".join(problems))
+
+
+def to_jsonable(value: Any) -> Any:
+    """Convert tensors, numpy scalars, paths and non-finite floats into plain JSON values."""
+    if isinstance(value, Mapping):
+        return {str(k): to_jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [to_jsonable(v) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    if hasattr(value, "tolist") and callable(value.tolist):  # torch tensors and numpy values
+        return to_jsonable(value.tolist())
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def write_results(run_dir: str | Path, results: Mapping[str, Any]) -> Path:
+    """Validate and write ``results.json`` into ``run_dir`` atomically; returns its path."""
+    payload = {"schema_version": SCHEMA_VERSION, **to_jsonable(dict(results))}
+    validate_results(payload)
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    target = run_dir / RESULTS_FILE
+    fd, tmp = tempfile.mkstemp(prefix=".results.", suffix=".json", dir=run_dir)
+    with os.fdopen(fd, "w") as handle:
+        json.dump(payload, handle, indent=2, sort_keys=False)
+        handle.write("\n")
+    os.replace(tmp, target)
+    return target
+
+
+def read_results(path: str | Path) -> dict[str, Any]:
+    """Read one results.json (a path to the file or to its run directory)."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / RESULTS_FILE
+    with open(path) as handle:
+        return json.load(handle)

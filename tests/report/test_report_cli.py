@@ -1,0 +1,119 @@
+"""``python -m consparse.report`` and the Hydra end-of-sweep callback."""
+
+from __future__ import annotations
+
+import csv
+import logging
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+from omegaconf import OmegaConf
+
+from consparse.errors import ConfigError
+from consparse.report.callback import ReportCallback
+
+SRC = Path(__file__).resolve().parents[2] / "src"
+
+
+def run_python(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(SRC), os.environ.get("PYTHONPATH")]))}
+    return subprocess.run(
+        [sys.executable, *args], check=False, capture_output=True, text=True, env=env, cwd=cwd, timeout=300
+    )
+
+
+def test_cli_writes_the_report(sweep: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    done = run_python("-m", "consparse.report", str(sweep), "--out", str(out), "--group-by", "method.penalty")
+    assert done.returncode == 0, done.stderr
+    assert f"markdown: {out / 'results.md'}" in done.stdout
+    for name in ("results.csv", "summary.csv", "results.md", "pareto.png", "compression_curves.png"):
+        assert (out / name).stat().st_size > 0
+    assert "| l0_penalty | method.penalty=0.01 |" in (out / "results.md").read_text()
+
+
+def test_cli_fails_clearly_on_an_empty_directory(tmp_path: Path) -> None:
+    done = run_python("-m", "consparse.report", str(tmp_path))
+    assert done.returncode == 1
+    assert f"no results.json found below {tmp_path}" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_cli_rejects_a_negative_tolerance(sweep: Path) -> None:
+    done = run_python("-m", "consparse.report", str(sweep), "--tolerance", "-1")
+    assert done.returncode == 2 and "report.tolerance" in done.stderr
+
+
+def test_callback_reports_the_sweep_dir(sweep: Path) -> None:
+    config = OmegaConf.create({"hydra": {"sweep": {"dir": str(sweep)}}})
+    ReportCallback().on_multirun_end(config)
+    assert "| sfw |" in (sweep / "results.md").read_text()
+    assert (sweep / "pareto.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_callback_never_raises(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING, logger="consparse.report.callback"):
+        ReportCallback().on_multirun_end(OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path)}}}))
+        ReportCallback().on_multirun_end(OmegaConf.create({"seed": 0}))
+    messages = [record.getMessage() for record in caplog.records]
+    assert len(messages) == 2
+    assert f"no results.json found below {tmp_path}" in messages[0]
+    assert all(m.startswith("could not write the sweep report") for m in messages)
+
+
+def test_callback_checks_its_tolerance() -> None:
+    with pytest.raises(ConfigError, match="hydra.callbacks.report.tolerance"):
+        ReportCallback(tolerance=-0.5)
+
+
+def test_callback_runs_at_the_end_of_a_real_multirun(tmp_path: Path) -> None:
+    # A timestamp to the microsecond, as in conf/config.yaml: the callback must see the directory
+    # the jobs were launched into, not a second resolution of ${now:}.
+    sweeps = tmp_path / "multirun"
+    (tmp_path / "conf").mkdir()
+    (tmp_path / "conf" / "config.yaml").write_text(
+        textwrap.dedent(
+            f"""\
+            seed: 0
+            method: {{name: sfw, target_density: 0.1}}
+            hydra:
+              sweep: {{dir: "{sweeps}/${{now:%H-%M-%S-%f}}", subdir: "${{hydra.job.num}}"}}
+              callbacks:
+                report: {{_target_: consparse.report.callback.ReportCallback}}
+            """
+        )
+    )
+    (tmp_path / "app.py").write_text(
+        textwrap.dedent(
+            """\
+            import hydra
+            from hydra.core.hydra_config import HydraConfig
+
+            from consparse.report.results import write_results
+
+
+            @hydra.main(version_base="1.3", config_path="conf", config_name="config")
+            def main(cfg):
+                write_results(
+                    HydraConfig.get().runtime.output_dir,
+                    {"method": cfg.method.name, "model": "mlp", "dataset": "digits", "seed": cfg.seed,
+                     "status": "failed", "error": "stopped on purpose"},
+                )
+
+
+            main()
+            """
+        )
+    )
+    done = run_python("app.py", "-m", "seed=0,1", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    (sweep_dir,) = sweeps.iterdir()
+    with open(sweep_dir / "results.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [(r["run_dir"], r["seed"], r["status"]) for r in rows] == [("0", "0", "failed"), ("1", "1", "failed")]
+    assert all(r["overrides"] == f"seed={r['seed']}" for r in rows)
+    assert "## Failed or missing runs (2)" in (sweep_dir / "results.md").read_text()

@@ -1,0 +1,164 @@
+"""End-to-end runs in-process: results.json contract, export round trip, resume, run-dir safety."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import pytorch_lightning as pl
+import torch
+
+from consparse.compress.evaluate import evaluate_accuracy
+from consparse.compress.export import load_exported
+from consparse.config import instantiate_node
+from consparse.errors import ConfigError, DataNotFoundError, RunDirError
+from consparse.report.results import read_results, validate_results
+from consparse.run_dir import archive_previous_results
+from consparse.train import run
+
+
+def test_tiny_run_writes_valid_results(make_config, tmp_path: Path) -> None:
+    cfg = make_config("method=dense", "model=mlp", "dataset=digits", "trainer.max_epochs=2")
+    results = run(cfg)
+    run_dir = tmp_path / "run"
+    on_disk = read_results(run_dir)
+    validate_results(on_disk)
+    assert on_disk["status"] == "completed"
+    assert (on_disk["method"], on_disk["model"], on_disk["dataset"], on_disk["seed"]) == ("dense", "mlp", "digits", 0)
+    assert on_disk["epochs"] == 2
+    assert 0.5 < on_disk["test_accuracy"] <= 1.0, "two epochs on digits learn far above chance (0.1)"
+    assert on_disk["density"] == pytest.approx(1.0)
+    assert on_disk["params"] == on_disk["dense_params"] == 64 * 300 + 300 + 300 * 100 + 100 + 100 * 10 + 10
+    assert on_disk["macs"] == on_disk["dense_macs"] == 64 * 300 + 300 * 100 + 100 * 10
+    kinds = {point["kind"] for point in on_disk["compression_curve"]}
+    assert kinds == {"unstructured", "lowrank"}, "an MLP has no conv filters, so no filter points"
+    assert on_disk["hardware"]["world_size"] == 1
+    assert (run_dir / "csv" / "version_0" / "metrics.csv").exists()
+    assert results["test_accuracy"] == on_disk["test_accuracy"]
+
+
+def test_export_round_trip_reproduces_accuracy(make_config, tmp_path: Path) -> None:
+    cfg = make_config("method=dense", "method.target_density=0.3", "dataset=digits")
+    results = run(cfg)
+    loaded = load_exported(tmp_path / "run" / results["export"])
+    datamodule = instantiate_node(cfg.dataset)
+    datamodule.setup()
+    assert evaluate_accuracy(loaded, datamodule.test_dataloader()) == pytest.approx(results["test_accuracy"])
+    assert results["density"] == pytest.approx(0.3, abs=1e-3)
+    # Exported tensors load without pickle.
+    from safetensors.torch import load_file
+
+    assert all(isinstance(t, torch.Tensor) for t in load_file(tmp_path / "run" / "export" / "model.safetensors").values())
+
+
+def test_magnitude_finetune_keeps_mask(make_config) -> None:
+    cfg = make_config("method=magnitude", "method.target_density=0.2", "method.finetune_epochs=1", "trainer.max_epochs=2")
+    results = run(cfg)
+    assert results["density"] == pytest.approx(0.2, abs=1e-3), "fine-tuning must not regrow pruned weights"
+    assert results["method_metrics"]["finetune_epochs"] == 1
+
+
+class _StopAtEpoch(pl.Callback):
+    """Simulates a crash in the middle of a run, at the start of an epoch."""
+
+    def __init__(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.current_epoch == self.epoch:
+            raise RuntimeError("simulated crash")
+
+
+def test_resume_after_interrupted_run(make_config, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import consparse.train as train_module
+
+    original = train_module._build_trainer
+
+    def interrupted_trainer(cfg, run_dir, timer):
+        trainer = original(cfg, run_dir, timer)
+        trainer.callbacks.append(_StopAtEpoch(1))
+        return trainer
+
+    cfg = make_config("trainer.max_epochs=3")
+    monkeypatch.setattr(train_module, "_build_trainer", interrupted_trainer)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        run(cfg)
+    run_dir = tmp_path / "run"
+    assert (run_dir / "checkpoints" / "last.ckpt").exists()
+    assert torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)["epoch"] == 0
+    monkeypatch.setattr(train_module, "_build_trainer", original)
+
+    results = run(make_config("trainer.max_epochs=3", "resume=true"))
+    assert results["epochs"] == 3
+    assert results["status"] == "completed"
+    # The interrupted attempt's failure record is kept, not overwritten.
+    archived = json.loads((run_dir / "results.previous-1.json").read_text())
+    assert archived["status"] == "failed" and "simulated crash" in archived["error"]
+
+
+def test_rerun_in_same_dir_continues_and_keeps_results(make_config, tmp_path: Path) -> None:
+    first = run(make_config("trainer.max_epochs=1"))
+    second = run(make_config("trainer.max_epochs=2"))
+    assert (first["epochs"], second["epochs"]) == (1, 2)
+    assert second["train_seconds"] >= first["train_seconds"], "training time accumulates over resumed invocations"
+    assert read_results(tmp_path / "run" / "results.previous-1.json")["epochs"] == 1
+    metrics = sorted((tmp_path / "run" / "csv").glob("version_*/metrics.csv"))
+    assert len(metrics) == 2, "each invocation keeps its own metrics file"
+
+
+def test_other_experiment_never_writes_into_a_run_dir(make_config, tmp_path: Path) -> None:
+    run(make_config("method=dense"))
+    before = (tmp_path / "run" / "results.json").read_bytes()
+    with pytest.raises(RunDirError, match="holds another experiment"):
+        run(make_config("method=magnitude", "method.target_density=0.5"))
+    assert (tmp_path / "run" / "results.json").read_bytes() == before
+
+
+def test_resume_true_without_checkpoint_is_an_error(make_config, tmp_path: Path) -> None:
+    with pytest.raises(RunDirError, match="resume=true but there is no checkpoint"):
+        run(make_config("resume=true"))
+    assert not (tmp_path / "run" / "results.json").exists()
+
+
+def test_archive_numbers_grow(tmp_path: Path) -> None:
+    for expected in (1, 2):
+        (tmp_path / "results.json").write_text("{}")
+        assert archive_previous_results(tmp_path).name == f"results.previous-{expected}.json"
+
+
+@pytest.mark.parametrize(
+    ("override", "field"),
+    [
+        ("method.target_density=1.5", "method.target_density"),
+        ("method.target_density=0", "method.target_density"),
+        ("dataset.batch_size=0", "dataset.batch_size"),
+        ("dataset.val_fraction=0.9", "dataset.val_fraction"),
+        ("trainer.max_epochs=-1", "trainer.max_epochs"),
+        ("model.hidden=[300,0]", "model.hidden"),
+        ("method.prune_scope=local", "method.prune_scope"),
+        ("evaluation.compression_grid.unstructured=[1.5]", "evaluation.compression_grid.unstructured"),
+        ("resume=maybe", "resume"),
+    ],
+)
+def test_bad_values_fail_before_compute(make_config, tmp_path: Path, override: str, field: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        run(make_config(override))
+    assert caught.value.field == field
+    assert not (tmp_path / "run" / "checkpoints").exists(), "no training may happen after a config error"
+    assert read_results(tmp_path / "run")["status"] == "failed"
+
+
+def test_missing_dataset_names_expected_files(make_config, tmp_path: Path) -> None:
+    missing_root = tmp_path / "no-data"
+    with pytest.raises(DataNotFoundError) as caught:
+        run(make_config("dataset=mnist", f"dataset.root={missing_root}", "dataset.download=false"))
+    assert str(missing_root / "MNIST" / "raw" / "train-images-idx3-ubyte.gz") in str(caught.value)
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_gpu_request_without_gpu_is_a_config_error(make_config) -> None:
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    with pytest.raises(ConfigError, match="no CUDA device"):
+        run(make_config("hardware=gpu"))

@@ -1,0 +1,28 @@
+"""Entry point: compose conf/config.yaml with Hydra and run one job (``consparse.train.run``)."""
+
+import sys
+
+from consparse.quiet import silence_known_noise
+
+silence_known_noise()
+
+import hydra  # noqa: E402
+from omegaconf import DictConfig  # noqa: E402
+
+from consparse.errors import ConsparseError  # noqa: E402
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="config")
+def main(cfg: DictConfig) -> None:
+    from consparse.train import run
+
+    try:
+        run(cfg)
+    except ConsparseError as error:
+        # A problem the user can fix: say what it is without a traceback, and exit non-zero.
+        print(f"consparse: error: {error}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()
