@@ -25,6 +25,7 @@ FAST_OVERRIDES = (
     "trainer.max_epochs=1",
     "trainer.enable_progress_bar=false",
     "evaluation.latency.min_run_time=0.02",
+    "evaluation.latency.rounds=1",
 )
 
 

@@ -15,6 +15,7 @@ import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
 from consparse.compress.count import sparsifiable_weights
@@ -26,6 +27,7 @@ from consparse.validation import check_choice, check_density, check_range
 OptimizerFactory = Callable[[Iterable[Any]], torch.optim.Optimizer]
 SchedulerFactory = Callable[[torch.optim.Optimizer], Any]
 
+STAGES = ("train", "val", "test")
 # Scheduler arguments that mean "the length of the run"; null in the config means "fill it in".
 _RUN_LENGTH_ARGS = ("T_max", "total_steps", "total_iters")
 
@@ -68,9 +70,20 @@ class SparseMethod(pl.LightningModule):
         self.scheduler_factory = scheduler
         self.scheduler_interval = scheduler_interval
         self.label_smoothing = label_smoothing
-        self.train_acc = MulticlassAccuracy(num_classes=num_classes, average="micro")
-        self.val_acc = MulticlassAccuracy(num_classes=num_classes, average="micro")
-        self.test_acc = MulticlassAccuracy(num_classes=num_classes, average="micro")
+        # Accumulated per step, logged once per epoch: a self.log call per step costs more than the
+        # forward pass of a small model (measured: benchmarks/train_overhead.py).
+        # Keys are prefixed: a ModuleDict key "train" would clash with nn.Module.train.
+        self.epoch_metrics = nn.ModuleDict(
+            {
+                f"{stage}_metrics": nn.ModuleDict(
+                    {
+                        "loss": MeanMetric(),
+                        "acc": MulticlassAccuracy(num_classes=num_classes, average="micro", validate_args=False),
+                    }
+                )
+                for stage in STAGES
+            }
+        )
 
     # ------------------------------------------------------------------ the method seam
     def sparsifiable(self) -> dict[str, torch.Tensor]:
@@ -122,11 +135,37 @@ class SparseMethod(pl.LightningModule):
         self.log_step("test", self.loss(logits, y), logits, y)
 
     def log_step(self, stage: str, loss: torch.Tensor, logits: torch.Tensor, targets: torch.Tensor) -> None:
-        metric = {"train": self.train_acc, "val": self.val_acc, "test": self.test_acc}[stage]
-        metric(logits.detach(), targets)
-        # Validation and test losses are averaged over DDP ranks; the training loss is per rank (cheaper).
-        self.log(f"{stage}/loss", loss.detach(), on_step=False, on_epoch=True, prog_bar=True, sync_dist=stage != "train")
-        self.log(f"{stage}/acc", metric, on_step=False, on_epoch=True, prog_bar=stage != "train")
+        """Accumulate this batch's loss and accuracy into the epoch's ``<stage>/loss`` and ``<stage>/acc``."""
+        metrics = self._stage_metrics(stage)
+        metrics["loss"].update(loss.detach(), weight=targets.numel())
+        metrics["acc"].update(logits.detach(), targets)
+
+    def _stage_metrics(self, stage: str) -> nn.ModuleDict:
+        return self.epoch_metrics[f"{stage}_metrics"]
+
+    def epoch_metric_values(self, stage: str) -> dict[str, torch.Tensor]:
+        """The epoch's metrics so far (synchronised over DDP ranks by torchmetrics)."""
+        return {
+            f"{stage}/{name}": metric.compute()
+            for name, metric in self._stage_metrics(stage).items()
+            if metric.update_count > 0
+        }
+
+    def _log_epoch(self, stage: str) -> None:
+        values = self.epoch_metric_values(stage)
+        if values:
+            self.log_dict(values, prog_bar=stage != "train")
+        for metric in self._stage_metrics(stage).values():
+            metric.reset()
+
+    def on_train_epoch_end(self) -> None:
+        self._log_epoch("train")
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_epoch("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._log_epoch("test")
 
     # ------------------------------------------------------------------ optimisation
     def parameter_groups(self) -> list[dict[str, Any]] | Iterable[torch.nn.Parameter]:

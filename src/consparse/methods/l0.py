@@ -1,0 +1,287 @@
+"""``method=l0`` and ``method=l0_penalty``: hard-concrete gates, purged into a smaller model.
+
+``l0`` is "Controlled Sparsity via Constrained Optimization" (Gallego-Posada et al., NeurIPS 2022):
+the expected density of the gated weights is held below ``target_density`` (one number: the whole
+model; a list: one target per gated layer) by Lagrange multipliers updated by projected gradient
+ascent, simultaneously with the primal step, with dual restarts. ``l0_penalty`` is the penalised
+baseline (Louizos et al. 2018, with the density normalised as in the 2022 paper): the same gates
+and loss with a fixed ``penalty * expected density`` term instead of the multipliers.
+
+Optimisation is Lightning's automatic optimisation: one optimiser with two parameter groups
+(weights at the optimiser's learning rate, gates at ``gates_lr``). Simultaneous descent-ascent fits
+it without manual optimisation: ``training_step`` builds ``f + sum_j lambda_j g_j`` with the
+multipliers held fixed and keeps the defects ``g_j`` (functions of the gate parameters only, so
+identical across gradient-accumulation micro-batches and DDP ranks); ``optimizer_step`` lets the
+optimiser step, then takes the dual step from those pre-step defects and clamps the gates.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from torch import nn
+
+from consparse.data.info import DatasetInfo
+from consparse.errors import ConfigError
+from consparse.gates import (
+    clamp_gates,
+    deterministic_gate_densities,
+    expected_l2,
+    expected_layer_densities,
+    expected_model_density,
+    fold_gates,
+    gate_model,
+    gate_parameters,
+    purge,
+)
+from consparse.methods.base import SparseMethod
+from consparse.optim.lagrangian import LagrangeMultipliers
+from consparse.validation import check_choice, check_density, check_length, check_range
+
+SPARSITY_TYPES = ("structured", "unstructured")
+
+
+def _per_constraint(field: str, value: Any, layers: Sequence[str], check: Any) -> tuple[list[float], bool]:
+    """``value`` as one number (model-wise) or one per gated layer (layer-wise); returns (values, layerwise)."""
+    if isinstance(value, (list, tuple)):
+        check_length(field, value, len(layers), "gated layers")
+        for item in value:
+            check(field, item)
+        return [float(v) for v in value], True
+    check(field, value)
+    return [float(value)], False
+
+
+class HardConcreteMethod(SparseMethod):
+    """What ``l0`` and ``l0_penalty`` share: gating, loss, two learning rates, clamping, purge, metrics.
+
+    Subclasses say how the constrained quantities enter the loss (``density_term``) and what
+    happens after each optimiser step (``after_optimizer_step``).
+
+    Args:
+        model, info: as for ``SparseMethod``; the model is gated in place.
+        sparsity: ``structured`` (gates per input neuron / output channel) or ``unstructured`` (per weight).
+        droprate_init: initial gate drop rate in (0, 1): one number or one per gated layer.
+        gated_layers: null (the paper's layers) or ``fnmatch`` patterns of layer names to gate.
+        gates_lr: learning rate of the gate parameters ``log_alpha`` (same optimiser class as the weights).
+        weight_decay: L2 coefficient applied through the loss, gated weights weighted by their
+            detached probability of being active; the optimiser's own weight_decay must be 0.
+        schedule_gates: let the learning-rate scheduler decay the gates' learning rate too
+            (the authors decay the weights' only).
+        **kwargs: ``optimizer``, ``scheduler``, ``scheduler_interval``, ``label_smoothing`` of ``SparseMethod``.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        info: DatasetInfo,
+        sparsity: str = "structured",
+        droprate_init: float | Sequence[float] = 0.5,
+        gated_layers: Sequence[str] | None = None,
+        gates_lr: float = 0.01,
+        weight_decay: float = 0.0,
+        schedule_gates: bool = False,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(model, info, target_density=None, **kwargs)
+        check_choice("method.sparsity", sparsity, SPARSITY_TYPES)
+        check_range("method.gates_lr", gates_lr, 0.0, low_inclusive=False)
+        check_range("method.weight_decay", weight_decay, 0.0)
+        check_choice("method.schedule_gates", schedule_gates, [True, False])
+        optimizer = self.optimizer_factory
+        if isinstance(optimizer, functools.partial) and optimizer.keywords.get("weight_decay", 0):
+            raise ConfigError(
+                "method.optimizer.weight_decay",
+                f"got {optimizer.keywords['weight_decay']}; must be 0 for {type(self).__name__}: it would decay the "
+                "gates too. Use method.weight_decay (applied through the loss, weighted by the gates)",
+            )
+        self.sparsity = sparsity
+        self.gates_lr = float(gates_lr)
+        self.weight_decay = float(weight_decay)
+        self.schedule_gates = schedule_gates
+        self.gated_names = gate_model(model, structured=sparsity == "structured", droprate_init=droprate_init,
+                                      layers=gated_layers)
+        self.layerwise = False
+
+    # ------------------------------------------------------------------ what subclasses decide
+    def density_term(self, densities: torch.Tensor) -> torch.Tensor:
+        """How the constrained densities (one model density or one per gated layer) enter the loss."""
+        raise NotImplementedError
+
+    def after_optimizer_step(self) -> None:
+        """Called after every optimiser step, before the gates are clamped."""
+
+    # ------------------------------------------------------------------ densities
+    def constrained_densities(self) -> torch.Tensor:
+        """The expected densities the constraints or penalties act on: ``[rho_model]`` or ``rho_l`` per layer."""
+        if self.layerwise:
+            return expected_layer_densities(self.model)
+        return expected_model_density(self.model).unsqueeze(0)
+
+    # ------------------------------------------------------------------ training
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        x, y = batch
+        logits = self(x)
+        data_loss = self.loss(logits, y)
+        objective = data_loss
+        if self.weight_decay:
+            objective = objective + 0.5 * self.weight_decay * expected_l2(self.model)
+        self.log_step("train", data_loss, logits, y)
+        return objective + self.density_term(self.constrained_densities())
+
+    def on_train_epoch_end(self) -> None:
+        super().on_train_epoch_end()
+        # Logged once per epoch (the state at its end): a self.log per step costs more than a small model's step.
+        for name, value in self.epoch_figures().items():
+            self.log(name, value, prog_bar=name == "train/expected_density")
+
+    def epoch_figures(self) -> dict[str, float]:
+        """Scalars logged at the end of each training epoch."""
+        with torch.no_grad():
+            return {"train/expected_density": float(expected_model_density(self.model))}
+
+    def optimizer_step(self, epoch: int, batch_idx: int, optimizer: Any, optimizer_closure: Any = None) -> None:
+        super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)
+        self.after_optimizer_step()
+        clamp_gates(self.model)
+
+    def parameter_groups(self) -> list[dict[str, Any]]:
+        gates = gate_parameters(self.model)
+        gate_ids = {id(p) for p in gates}
+        weights = [p for p in self.model.parameters() if id(p) not in gate_ids]
+        return [{"params": weights, "name": "weights"}, {"params": gates, "lr": self.gates_lr, "name": "gates"}]
+
+    def lr_scheduler_step(self, scheduler: Any, metric: Any) -> None:
+        if metric is None:
+            scheduler.step()
+        else:
+            scheduler.step(metric)
+        if not self.schedule_gates:
+            for group in scheduler.optimizer.param_groups:
+                if group.get("name") == "gates":
+                    group["lr"] = self.gates_lr
+
+    # ------------------------------------------------------------------ the method seam
+    def reference_model(self) -> nn.Module:
+        """The dense architecture with the trained weights and the test gates folded in (no gates)."""
+        return fold_gates(self.model).eval()
+
+    def compression_base(self) -> nn.Module | None:
+        return self.reference_model()
+
+    def finalize(self, datamodule: pl.LightningDataModule) -> nn.Module:
+        """The purged model: same classes, sliced layers, equal to the gated model in eval mode."""
+        return purge(self.model.eval(), self.info.input_shape)
+
+    def method_metrics(self) -> dict[str, Any]:
+        with torch.no_grad():
+            layer_densities = expected_layer_densities(self.model).tolist()
+            model_density = float(expected_model_density(self.model))
+        return {
+            "sparsity": self.sparsity,
+            "constraint": "layer" if self.layerwise else "model",
+            "gated_layers": list(self.gated_names),
+            "expected_density": {"model": model_density, "layers": dict(zip(self.gated_names, layer_densities))},
+            "test_gate_density": deterministic_gate_densities(self.model),
+        }
+
+
+class L0Method(HardConcreteMethod):
+    """Constrained L0: expected density ``<= target_density`` via Lagrange multipliers.
+
+    Args:
+        target_density: a number in (0, 1] (one model-wise constraint) or a list with one number per
+            gated layer (layer-wise constraints).
+        dual_lr: step size of the projected ascent on the multipliers.
+        dual_restarts: reset a multiplier to 0 whenever its constraint is strictly satisfied.
+        **kwargs: see ``HardConcreteMethod``.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        info: DatasetInfo,
+        target_density: float | Sequence[float] | None = 0.5,
+        dual_lr: float = 1e-3,
+        dual_restarts: bool = True,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(model, info, **kwargs)
+        if target_density is None:
+            raise ConfigError(
+                "method.target_density",
+                f"l0 needs a target: a number in (0, 1] (model-wise) or a list of {len(self.gated_names)} numbers "
+                f"in (0, 1] (layer-wise, one per gated layer: {self.gated_names})",
+            )
+        check_choice("method.dual_restarts", dual_restarts, [True, False])
+        targets, self.layerwise = _per_constraint(
+            "method.target_density", target_density, self.gated_names, lambda f, v: check_density(f, v, allow_none=False)
+        )
+        self.target_density = targets if self.layerwise else targets[0]
+        self.register_buffer("targets", torch.tensor(targets), persistent=False)
+        self.multipliers = LagrangeMultipliers(len(targets), dual_lr, restarts=dual_restarts)
+        self._defects: torch.Tensor | None = None
+
+    def density_term(self, densities: torch.Tensor) -> torch.Tensor:
+        defects = densities - self.targets
+        self._defects = defects.detach()
+        return self.multipliers.lagrangian_term(defects)
+
+    def epoch_figures(self) -> dict[str, float]:
+        figures = super().epoch_figures()
+        for index, value in enumerate(self.multipliers.values.tolist()):
+            figures[f"train/multiplier_{index}" if self.layerwise else "train/multiplier"] = value
+        return figures
+
+    def after_optimizer_step(self) -> None:
+        if self._defects is not None:
+            self.multipliers.update(self._defects)
+
+    def method_metrics(self) -> dict[str, Any]:
+        return {
+            **super().method_metrics(),
+            "multipliers": self.multipliers.values.tolist(),
+            "dual_lr": self.multipliers.dual_lr,
+            "dual_restarts": self.multipliers.restarts,
+        }
+
+
+class L0PenaltyMethod(HardConcreteMethod):
+    """Penalised L0: ``loss + penalty * expected density``; no target (results show where it lands).
+
+    Args:
+        penalty: a number >= 0 (penalises the model density) or a list with one number per gated
+            layer (penalises each layer's density).
+        target_density: must stay null (this method takes no target).
+        **kwargs: see ``HardConcreteMethod``.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        info: DatasetInfo,
+        penalty: float | Sequence[float] = 1e-2,
+        target_density: None = None,
+        **kwargs: Any,
+    ) -> None:
+        if target_density is not None:
+            raise ConfigError(
+                "method.target_density",
+                f"got {target_density!r}; l0_penalty takes no target (it penalises the expected density with "
+                "method.penalty). Use method=l0 to ask for a density",
+            )
+        super().__init__(model, info, **kwargs)
+        penalties, self.layerwise = _per_constraint(
+            "method.penalty", penalty, self.gated_names, lambda f, v: check_range(f, v, 0.0)
+        )
+        self.register_buffer("penalties", torch.tensor(penalties), persistent=False)
+
+    def density_term(self, densities: torch.Tensor) -> torch.Tensor:
+        return (self.penalties * densities).sum()
+
+    def method_metrics(self) -> dict[str, Any]:
+        return {**super().method_metrics(), "penalty": self.penalties.tolist()}

@@ -1,0 +1,157 @@
+"""``method=sfw``: compression-aware training with Stochastic Frank-Wolfe (Zimmer, Spiegel, Pokutta 2022).
+
+The network is trained dense by Frank-Wolfe inside norm-ball constraints (k-support, k-sparse,
+group-k-support, nuclear, spectral-k-support, Lp) whose vertices are sparse or low-rank, so that
+the trained weights concentrate on few entries / filters / singular directions and survive pruning
+or low-rank decomposition *without retraining*. Which parameter gets which set, and how big, is
+``method.constraint`` (``consparse.optim.constraints.model_constraints``); the update is
+``consparse.optim.FrankWolfe``.
+
+The deployed model is the trained network magnitude-pruned (globally) to ``target_density`` when
+one is given, and the shared compression curve (``evaluation.compression_grid``) evaluates
+unstructured, filter and low-rank compression of the trained network, all without retraining.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import torch
+
+from consparse.errors import ConfigError
+from consparse.methods.base import SparseMethod
+from consparse.optim import FrankWolfe
+from consparse.optim.constraints import ConstrainedGroup, ConstraintSpec, build_model_constraints
+from consparse.validation import check_range
+
+
+class SFWMethod(SparseMethod):
+    """Frank-Wolfe training in constraint sets; pruning / decomposition afterwards without retraining.
+
+    Args (beside ``SparseMethod``'s):
+        constraint: the ``method.constraint`` node (fields of ``ConstraintSpec``: kind, k, scope,
+            mode, value, init_norm_samples, init_norm_seed, svd_iterations, table).
+        unconstrained_lr: learning rate of the parameters the table leaves unconstrained
+            (``none``), which take momentum-SGD steps; null uses the optimiser's lr.
+    """
+
+    def __init__(
+        self,
+        *args: Any,
+        constraint: dict[str, Any] | ConstraintSpec | None = None,
+        unconstrained_lr: float | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        self.constraint_spec = (
+            constraint if isinstance(constraint, ConstraintSpec) else ConstraintSpec.from_config(constraint)
+        )
+        self.k = self.constraint_spec.resolved_k(self.target_density)
+        check_range("method.unconstrained_lr", unconstrained_lr, 0.0, low_inclusive=False, allow_none=True)
+        self.unconstrained_lr = unconstrained_lr
+        factory = self.optimizer_factory
+        target = factory.func if isinstance(factory, functools.partial) else factory
+        if not (isinstance(target, type) and issubclass(target, FrankWolfe)):
+            raise ConfigError(
+                "method.optimizer",
+                "sfw needs the Frank-Wolfe optimiser (_target_: consparse.optim.FrankWolfe, _partial_: true)",
+            )
+        self.groups: list[ConstrainedGroup] = []
+        self.initially_infeasible = 0
+        self._gap_sum: torch.Tensor | None = None  # the epoch's summed FW gaps (logged as their mean)
+        self._gap_steps = 0
+
+    # ------------------------------------------------------------------ optimisation
+    def parameter_groups(self) -> list[dict[str, Any]]:
+        self.groups = build_model_constraints(self.model, self.constraint_spec, self.target_density)
+        param_groups = [group.as_param_group() for group in self.groups]
+        if self.unconstrained_lr is not None:
+            for group in param_groups:
+                if group["constraint"] is None:
+                    group["lr"] = self.unconstrained_lr
+        return param_groups
+
+    def configure_optimizers(self) -> Any:
+        configured = super().configure_optimizers()
+        optimizer = configured["optimizer"] if isinstance(configured, dict) else configured
+        # Runs after the weights are restored on resumption and after DDP's broadcast, so the
+        # rescaling is the same on every rank and a no-op on an already feasible iterate.
+        self.initially_infeasible = optimizer.make_feasible_()
+        return configured
+
+    def frank_wolfe(self) -> FrankWolfe:
+        """The optimiser the trainer drives (unwrapped from Lightning's ``LightningOptimizer``)."""
+        optimizer = self.optimizers(use_pl_optimizer=False)
+        if isinstance(optimizer, list):
+            optimizer = optimizer[0]
+        return optimizer
+
+    def on_train_epoch_start(self) -> None:
+        super().on_train_epoch_start()
+        self._gap_sum = None
+        self._gap_steps = 0
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        super().on_train_batch_end(outputs, batch, batch_idx)
+        # Summed on the device and logged once per epoch: a log call per step costs more than a
+        # small model's forward pass, and reading the value would force a device sync.
+        gaps = self.frank_wolfe().frank_wolfe_gaps()
+        if gaps:
+            total = torch.stack(list(gaps.values())).sum().detach()
+            self._gap_sum = total if self._gap_sum is None else self._gap_sum + total
+            self._gap_steps += 1
+
+    def on_train_epoch_end(self) -> None:
+        super().on_train_epoch_end()
+        if self._gap_sum is not None:
+            # Every rank holds the same gap (same reduced gradients); the once-per-epoch mean over
+            # ranks changes nothing and keeps Lightning from warning about unsynchronised epoch logs.
+            self.log(
+                "train/fw_gap", self._gap_sum / self._gap_steps, on_step=False, on_epoch=True, sync_dist=True
+            )
+
+    # ------------------------------------------------------------------ reporting
+    def method_metrics(self) -> dict[str, Any]:
+        spec = self.constraint_spec
+        metrics: dict[str, Any] = {
+            "constraint_kind": spec.kind,
+            "k": self.k,
+            "scope": spec.scope,
+            "mode": spec.mode,
+            "value": spec.value,
+            "table": dict(spec.table),
+            "initially_infeasible_groups": self.initially_infeasible,
+        }
+        if self._trainer is None or not self.groups:
+            return metrics
+        optimizer = self.frank_wolfe()
+        gaps = {name: float(gap) for name, gap in optimizer.frank_wolfe_gaps().items()}
+        metrics.update(
+            {
+                "optimizer": {
+                    key: optimizer.defaults[key]
+                    for key in ("momentum", "momentum_form", "rescale", "step_rule")
+                },
+                "fw_gap": sum(gaps.values()) if gaps else None,
+                "fw_gap_per_group": gaps,
+                "constraints": {
+                    group.name: {**group.constraint.describe(), "feasible": self._feasible(group)}
+                    for group in self.groups
+                    if group.constraint is not None
+                },
+                "unconstrained_parameters": [
+                    name
+                    for group in self.groups
+                    if group.constraint is None
+                    for name in group.parameter_names
+                ],
+            }
+        )
+        return metrics
+
+    @staticmethod
+    @torch.no_grad()
+    def _feasible(group: ConstrainedGroup) -> bool:
+        flat = torch.cat([p.detach().reshape(-1) for p in group.parameters]).reshape(group.constraint.shape)
+        return group.constraint.is_feasible(flat)

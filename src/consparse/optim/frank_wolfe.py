@@ -1,0 +1,253 @@
+"""Stochastic Frank-Wolfe (SFW) as a ``torch.optim.Optimizer`` whose param groups carry a constraint set.
+
+For each param group with a constraint ``C``, at every step (Pokutta, Spiegel, Zimmer 2020; Zimmer,
+Spiegel, Pokutta 2022)::
+
+    m      <- mu * m + (1 - mu) * g        (momentum_form="ema", the default; first step m = g)
+    m      <- mu * m + g                   (momentum_form="sum", the compression-aware-SFW code)
+    V      =  C.lmo(m)                     argmin_{V in C} <m, V>
+    gap    =  <m, theta - V>               the Frank-Wolfe gap (a stochastic certificate)
+    eta    =  clamp(factor * lr, 0, 1)     step_rule="lr", factor from ``rescale``:
+                 none: 1 | diameter: 1 / D | gradient: ||m|| / ||theta - V|| | fast_gradient: ||m|| / (D / 2)
+           =  2 / (t + 2)                  step_rule="sublinear" (t = 0 at the first step; lr is ignored)
+    theta  <- (1 - eta) * theta + eta * V
+
+A group holding several tensors is one (global) constraint over their flattened concatenation. A
+group without a constraint (``constraint=None``) takes a plain momentum-SGD step ``theta <- theta -
+lr * m`` with the same momentum form: that is how biases or BatchNorm parameters can stay
+unconstrained while one optimiser serves Lightning's automatic optimisation.
+
+With ``rescale="gradient"`` the step has Euclidean length ``lr * ||m||`` (while eta < 1), the length
+of an SGD step with learning rate ``lr``; hence lr behaves like an SGD learning rate. The EMA
+momentum keeps ``||m||`` at the scale of one gradient; the summed form makes it up to ``1 / (1 - mu)``
+times larger, so the same lr takes up to 10x longer steps at mu = 0.9.
+
+Lightning: automatic optimisation calls ``step(closure)``. Under DDP the gradients are all-reduced
+during backward, before ``step``, so every rank computes the same LMO and takes the same step. Under
+AMP (16-mixed) Lightning's precision plugin unscales the gradients (``GradScaler.unscale_``) before
+``step`` because this optimiser does not claim to handle scaling itself
+(``_step_supports_amp_scaling`` is not set), and skips the step on inf/NaN gradients.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+
+from consparse.errors import ConfigError
+from consparse.optim.constraints.base import ConstraintSet, safe_ratio
+from consparse.validation import check_choice, check_range
+
+MOMENTUM_FORMS = ("ema", "sum")
+RESCALES = ("none", "diameter", "gradient", "fast_gradient")
+STEP_RULES = ("lr", "sublinear")
+
+# Config keys of the optimiser node, for error messages.
+FIELD = "method.optimizer"
+
+
+class FrankWolfe(torch.optim.Optimizer):
+    """Stochastic Frank-Wolfe with momentum (see the module docstring for the update).
+
+    Args:
+        params: tensors or param groups. A group's ``constraint`` (a ``ConstraintSet`` sized for
+            the group's tensor, or for the concatenation of its tensors) makes it a Frank-Wolfe
+            group; ``None`` makes it a momentum-SGD group. A group may also set ``name`` (used by
+            ``frank_wolfe_gaps``) and override any of the hyperparameters below.
+        lr: base learning rate alpha (stepped by the scheduler); in (0, 1] when ``rescale='none'``.
+        momentum: mu in [0, 1); 0 uses the raw gradient.
+        momentum_form: ``ema`` (``mu m + (1 - mu) g``) or ``sum`` (``mu m + g``).
+        rescale: ``none | diameter | gradient | fast_gradient`` (factor applied to lr).
+        step_rule: ``lr`` (``clamp(factor * lr, 0, 1)``) or ``sublinear`` (``2 / (t + 2)``).
+    """
+
+    def __init__(
+        self,
+        params: Iterable[torch.Tensor] | Iterable[dict[str, Any]],
+        lr: float = 0.1,
+        momentum: float = 0.9,
+        momentum_form: str = "ema",
+        rescale: str = "gradient",
+        step_rule: str = "lr",
+    ) -> None:
+        defaults = {
+            "lr": lr,
+            "momentum": momentum,
+            "momentum_form": momentum_form,
+            "rescale": rescale,
+            "step_rule": step_rule,
+            "constraint": None,
+            "name": None,
+        }
+        super().__init__(params, defaults)
+
+    # ------------------------------------------------------------------ groups
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        super().add_param_group(param_group)
+        self._check_group(self.param_groups[-1])
+
+    @staticmethod
+    def _check_group(group: dict[str, Any]) -> None:
+        check_range(f"{FIELD}.lr", group["lr"], 0.0, low_inclusive=False)
+        check_range(f"{FIELD}.momentum", group["momentum"], 0.0, 1.0, high_inclusive=False)
+        check_choice(f"{FIELD}.momentum_form", group["momentum_form"], MOMENTUM_FORMS)
+        check_choice(f"{FIELD}.rescale", group["rescale"], RESCALES)
+        check_choice(f"{FIELD}.step_rule", group["step_rule"], STEP_RULES)
+        constraint = group["constraint"]
+        if constraint is None:
+            return
+        if not isinstance(constraint, ConstraintSet):
+            raise TypeError(
+                f"a param group's constraint must be a ConstraintSet or None, got {type(constraint).__name__}"
+            )
+        if group["rescale"] == "none" and group["step_rule"] == "lr":
+            check_range(f"{FIELD}.lr", group["lr"], 0.0, 1.0, low_inclusive=False)
+        numel = sum(p.numel() for p in group["params"])
+        if numel != constraint.numel:
+            raise ValueError(
+                f"param group {group['name'] or ''!s}: the constraint {constraint!r} is sized for "
+                f"{constraint.numel} entries but the group's tensors have {numel}"
+            )
+
+    # ------------------------------------------------------------------ the step
+    @torch.no_grad()
+    def step(self, closure: Any = None) -> Any:
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            self._step_group(group)
+        return loss
+
+    def _step_group(self, group: dict[str, Any]) -> None:
+        params: list[torch.Tensor] = group["params"]
+        if not params or all(p.grad is None for p in params):
+            return
+        momenta = [self._momentum(p, group) for p in params]
+        state = self.state[params[0]]
+        state["step"] = state.get("step", 0) + 1
+        constraint: ConstraintSet | None = group["constraint"]
+        if constraint is None:
+            for p, m in zip(params, momenta):
+                p.add_(m, alpha=-group["lr"])
+            return
+        m = _joined(momenta, constraint)
+        vertex = constraint.lmo(m)
+        direction = _joined(params, constraint) - vertex
+        state["fw_gap"] = torch.dot(m.reshape(-1), direction.reshape(-1))
+        eta = self._step_size(group, m, direction, constraint, state["step"])
+        if len(params) == 1:
+            params[0].lerp_(vertex.reshape(params[0].shape), eta)
+            return
+        for p, v in zip(params, torch.split(vertex.reshape(-1), [p.numel() for p in params])):
+            p.lerp_(v.reshape(p.shape), eta)
+
+    def _momentum(self, p: torch.Tensor, group: dict[str, Any]) -> torch.Tensor:
+        grad = p.grad if p.grad is not None else torch.zeros_like(p)
+        if grad.is_sparse:
+            raise RuntimeError("FrankWolfe does not support sparse gradients")
+        mu = group["momentum"]
+        if mu == 0:
+            return grad
+        state = self.state[p]
+        buffer = state.get("momentum_buffer")
+        if buffer is None:
+            state["momentum_buffer"] = buffer = grad.detach().clone()
+        elif group["momentum_form"] == "ema":
+            buffer.mul_(mu).add_(grad, alpha=1.0 - mu)
+        else:
+            buffer.mul_(mu).add_(grad)
+        return buffer
+
+    @staticmethod
+    def _step_size(
+        group: dict[str, Any], m: torch.Tensor, direction: torch.Tensor, constraint: ConstraintSet, step: int
+    ) -> float | torch.Tensor:
+        """eta in [0, 1]; a tensor when it depends on norms (no host-device sync)."""
+        if group["step_rule"] == "sublinear":
+            return 2.0 / (step + 1)
+        lr = float(group["lr"])
+        rescale = group["rescale"]
+        if rescale == "none":
+            return min(lr, 1.0)
+        if rescale == "diameter":
+            return min(lr / constraint.diameter, 1.0)
+        m_norm = torch.linalg.vector_norm(m)
+        if rescale == "gradient":
+            factor = safe_ratio(m_norm, torch.linalg.vector_norm(direction))
+        else:
+            factor = m_norm / (constraint.diameter / 2.0)
+        return torch.clamp(factor * lr, 0.0, 1.0).to(m.dtype)
+
+    # ------------------------------------------------------------------ certificates and feasibility
+    def frank_wolfe_gaps(self) -> dict[str, torch.Tensor]:
+        """``{group name (or index): <m, theta - V>}`` from each constrained group's last step.
+
+        The sum over groups is the gap of the product set. It is computed from the momentum, so it
+        is a stochastic estimate of the true gap; 0-dim tensors, so logging them needs no sync.
+        """
+        gaps: dict[str, torch.Tensor] = {}
+        for index, group in enumerate(self.param_groups):
+            if group["constraint"] is None or not group["params"]:
+                continue
+            gap = self.state[group["params"][0]].get("fw_gap")
+            if gap is not None:
+                gaps[str(group["name"] if group["name"] is not None else index)] = gap
+        return gaps
+
+    @torch.no_grad()
+    def make_feasible_(self) -> int:
+        """Rescale, in place, every constrained group's tensors into their set; returns how many groups moved.
+
+        Frank-Wolfe iterates are convex combinations of the start and vertices, so a feasible start
+        keeps every iterate feasible; an infeasible one would only be forgotten geometrically.
+        """
+        moved = 0
+        for group in self.param_groups:
+            constraint = group["constraint"]
+            if constraint is None or not group["params"]:
+                continue
+            params = group["params"]
+            theta = _joined(params, constraint)
+            if constraint.is_feasible(theta):
+                continue
+            feasible = constraint.make_feasible(theta).reshape(-1)
+            for p, value in zip(params, torch.split(feasible, [p.numel() for p in params])):
+                p.copy_(value.reshape(p.shape))
+            moved += 1
+        return moved
+
+    # ------------------------------------------------------------------ checkpoints
+    def state_dict(self) -> dict[str, Any]:
+        """As torch's, with each constraint replaced by its plain description (checkpoints stay loadable
+        with ``weights_only=True``); the sets themselves are rebuilt from the config."""
+        saved = super().state_dict()
+        for group in saved["param_groups"]:
+            constraint = group.get("constraint")
+            group["constraint"] = constraint.describe() if isinstance(constraint, ConstraintSet) else None
+        return saved
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """As torch's, keeping this optimiser's constraint sets (the checkpoint holds descriptions only)."""
+        constraints = [group["constraint"] for group in self.param_groups]
+        saved_kinds = [(g.get("constraint") or {}).get("set") for g in state_dict["param_groups"]]
+        current_kinds = [c.kind if c is not None else None for c in constraints]
+        if saved_kinds != current_kinds:
+            raise ConfigError(
+                "method.constraint",
+                f"the checkpoint's constraint sets {saved_kinds} differ from this run's {current_kinds}; "
+                "resume with the same method.constraint settings",
+            )
+        super().load_state_dict(state_dict)
+        for group, constraint in zip(self.param_groups, constraints):
+            group["constraint"] = constraint
+
+
+def _joined(tensors: list[torch.Tensor], constraint: ConstraintSet) -> torch.Tensor:
+    """The group's tensors as one tensor of the constraint's shape (a view for a single contiguous tensor)."""
+    if len(tensors) == 1:
+        return tensors[0].reshape(constraint.shape)
+    return torch.cat([t.reshape(-1) for t in tensors]).reshape(constraint.shape)
