@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 import yaml
 
-from consparse.report.results import write_results
+from consparse.report.results import read_results, write_results
 
 DENSE_PARAMS = 266_610  # mlp 784-300-100-10: 266,200 weights + 410 biases
 DENSE_MACS = 266_200
@@ -100,7 +100,11 @@ def _job(
 def sweep(tmp_path: Path) -> Path:
     """A multirun dir: numbered jobs of magnitude, sfw and l0 at targets 0.1 and 0.05 (l0 also
     0.02) over seeds 0 and 1, one failed l0 job, and a nested l0_penalty sweep with one job."""
-    root = tmp_path / "sweep"
+    return build_sweep(tmp_path / "sweep")
+
+
+def build_sweep(root: Path) -> Path:
+    """The ``sweep`` fixture's directory, written at ``root``."""
     job = 0
     for (method, target, seed), values in COMPLETED_RUNS.items():
         overrides = [f"method={method}", f"method.target_density={target}", f"seed={seed}", "trainer.max_epochs=3"]
@@ -111,3 +115,47 @@ def sweep(tmp_path: Path) -> Path:
     penalty_overrides = ["method=l0_penalty", "method.penalty=0.01", "seed=0", "trainer.max_epochs=3"]
     _job(root / "penalty" / "0", "l0_penalty", 0, None, PENALTY_RUN, penalty_overrides)
     return root
+
+
+@pytest.fixture
+def compare_sweep(sweep: Path) -> Path:
+    """``sweep`` as a block sweep (consparse.sweeper) leaves it: a dense run without a target whose
+    curve reaches the targets 0.1 and 0.05, magnitude's per-method setting in its overrides, and a
+    sweep_plan.yaml with that setting fixed and two blocks not run."""
+    return build_compare_sweep(sweep)
+
+
+def build_compare_sweep(sweep: Path) -> Path:
+    """Turn a ``build_sweep`` directory into the ``compare_sweep`` fixture's."""
+    dense_values = (0.9800, 1.0, 0.210, 30.0)
+    _job(sweep / "50", "dense", 0, None, dense_values, ["method=dense", "seed=0", "trainer.max_epochs=3"])
+    results = read_results(sweep / "50")
+    results["compression_curve"] = [
+        {"kind": "unstructured", "amount": amount, "test_accuracy": accuracy, "density": 1 - amount,
+         "params": round((1 - amount) * DENSE_MACS) + HIDDEN_BIASES, "macs": round((1 - amount) * DENSE_MACS)}
+        for amount, accuracy in ((0.0, 0.98), (0.9, 0.9600), (0.95, 0.9100))
+    ]  # fmt: skip
+    write_results(sweep / "50", results)
+    for job in sweep.iterdir():
+        overrides_path = job / ".hydra" / "overrides.yaml"
+        if overrides_path.is_file() and "method=magnitude" in overrides_path.read_text():
+            overrides_path.write_text(yaml.safe_dump([*yaml.safe_load(overrides_path.read_text()), "method.finetune_epochs=1"]))
+    plan = {
+        "sweeper": "blocks",
+        "command_line": ["experiment=compare_mnist_mlp", "dataset.root=../shared/data"],
+        "started": "2026-01-01T10:00:00+00:00",
+        "finished": "2026-01-01T10:58:30+00:00",
+        "wall_seconds": 3510.0,
+        "jobs": 15,
+        "fixed_keys": ["method", "method.finetune_epochs"],
+        "blocks": [
+            {"name": "dense", "status": "planned", "params": {"method": ["dense"]}, "jobs": [14]},
+            {"name": "magnitude", "status": "planned", "params": {"method": ["magnitude"]}, "jobs": [0, 1, 2, 3]},
+            {"name": "implicit_fw", "status": "skipped", "reason": "In 'config': Could not find 'method/implicit_fw'",
+             "params": {"method": ["implicit_fw"]}, "jobs": []},
+            {"name": "sfw_l2", "status": "deselected", "reason": "method=l0,magnitude,sfw on the command line",
+             "params": {"method": ["sfw"]}, "jobs": []},
+        ],
+    }  # fmt: skip
+    (sweep / "sweep_plan.yaml").write_text(yaml.safe_dump(plan, sort_keys=False))
+    return sweep

@@ -38,7 +38,7 @@ from __future__ import annotations
 import math
 import re
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from json import JSONDecodeError
 from pathlib import Path
 from typing import Any
@@ -50,6 +50,24 @@ from hydra.errors import HydraException
 from omegaconf import OmegaConf
 
 from consparse.errors import ConsparseError
+from consparse.report.compare import (
+    CURVE_VARIANT,
+    comparison_lines,
+    curve_rows,
+    find_plans,
+    fixed_keys,
+    sweep_lines,
+)
+from consparse.report.format import (
+    cell,
+    first_line,
+    format_count,
+    is_nan,
+    markdown_table,
+    mean_std,
+    percent,
+    significant_decimals,
+)
 from consparse.report.results import RESULTS_FILE, read_results
 from consparse.validation import check_range
 
@@ -219,19 +237,24 @@ def parse_overrides(overrides: Sequence[str] | None) -> dict[str, str]:
     return {o.key_or_group: "~" if o.is_delete() else o.get_value_element_as_str() for o in parsed}
 
 
-def run_variants(rows: Sequence[Mapping[str, Any]], group_by: Sequence[str] | None = None) -> list[str]:
+def run_variants(
+    rows: Sequence[Mapping[str, Any]], group_by: Sequence[str] | None = None, fixed: Sequence[str] = ()
+) -> list[str]:
     """The variant label of each run, e.g. ``"method.penalty=0.01"`` (empty when nothing differs).
 
     Without ``group_by``: the overrides whose value differs between the completed runs (a run
-    without the override counts as a different value), leaving out ``NON_VARIANT_OVERRIDES`` and
-    ``hydra.*``. Only completed runs decide, because they make the table's rows; failed runs are
+    without the override counts as a different value), leaving out ``NON_VARIANT_OVERRIDES``,
+    ``fixed`` (a block sweep's per-method settings, see ``consparse.sweeper.SweepPlan.fixed_keys``)
+    and ``hydra.*``. Only completed runs decide, because they make the table's rows; failed runs are
     labelled with the same keys so that they are counted beside their group. With ``group_by``:
     those keys, looked up in the overrides, then in the flattened run.
     """
     parsed = [parse_overrides(row.get("overrides")) for row in rows]
     if group_by is None:
         deciding = [o for row, o in zip(rows, parsed) if row.get("status") == COMPLETED] or parsed
-        candidates = sorted({key for overrides in deciding for key in overrides if _may_make_variant(key)})
+        candidates = sorted(
+            {key for overrides in deciding for key in overrides if _may_make_variant(key) and key not in fixed}
+        )
         keys = [key for key in candidates if len({overrides.get(key) for overrides in deciding}) > 1]
     else:
         keys = list(group_by)
@@ -241,7 +264,7 @@ def run_variants(rows: Sequence[Mapping[str, Any]], group_by: Sequence[str] | No
         parts = []
         for key in keys:
             value = overrides.get(key, flat.get(key))
-            if value is not None and not _is_nan(value):
+            if value is not None and not is_nan(value):
                 parts.append(f"{key}={value}")
         labels.append(", ".join(parts))
     return labels
@@ -284,11 +307,13 @@ def runs_table(
     rows: Sequence[Mapping[str, Any]],
     root: str | Path | None = None,
     group_by: Sequence[str] | None = None,
+    fixed: Sequence[str] = (),
 ) -> pd.DataFrame:
     """One row per run (the content of ``results.csv``): ``RUN_COLUMNS`` first, then the other
-    top-level scalars, then flattened mappings (``method_metrics.*``, ``latency.*``), ``overrides`` last."""
+    top-level scalars, then flattened mappings (``method_metrics.*``, ``latency.*``), ``overrides``
+    last. ``group_by`` and ``fixed`` as in ``run_variants``."""
     records = []
-    for row, variant in zip(rows, run_variants(rows, group_by)):
+    for row, variant in zip(rows, run_variants(rows, group_by, fixed)):
         flat = flatten_run(row, root)
         flat["variant"] = variant
         records.append(flat)
@@ -327,7 +352,6 @@ def summarise(
 
 def summarise_table(table: pd.DataFrame, *, tolerance: float = DEFAULT_TOLERANCE) -> pd.DataFrame:
     """``summarise`` for a table made by ``runs_table``."""
-    check_range("report.tolerance", tolerance, 0.0)
     keyed = _with_group_keys(table)
     # Grouped by hand: pandas turns tuple keys into a MultiIndex, where None targets become NaN
     # and no longer match between completed and failed runs.
@@ -363,6 +387,14 @@ def summarise_table(table: pd.DataFrame, *, tolerance: float = DEFAULT_TOLERANCE
             *(f"{m}_mean" for m in DENSE_METRICS),
         ],
     )
+    return judge(summary, tolerance=tolerance)
+
+
+def judge(summary: pd.DataFrame, *, tolerance: float = DEFAULT_TOLERANCE) -> pd.DataFrame:
+    """Add ``density_vs_target``, ``meets_target`` and ``best`` to summary rows and sort them; rows
+    added after ``summarise_table`` (e.g. ``consparse.report.compare.curve_rows``) are judged with the rest."""
+    check_range("report.tolerance", tolerance, 0.0)
+    summary = summary.reset_index(drop=True)
     summary["target_density"] = pd.to_numeric(summary["target_density"])
     summary["density_vs_target"] = (summary["density_mean"] - summary["target_density"]) / summary["target_density"]
     has_target = summary["target_density"].notna()
@@ -381,7 +413,7 @@ def _with_group_keys(table: pd.DataFrame) -> pd.DataFrame:
         keyed[column] = keyed[column].astype(object).where(keyed[column].notna(), "?").astype(str)
     targets = keyed["target_density"].round(9)
     keyed["_key"] = [
-        (d, m, me, None if _is_nan(t) else float(t), v)
+        (d, m, me, None if is_nan(t) else float(t), v)
         for d, m, me, t, v in zip(keyed["dataset"], keyed["model"], keyed["method"], targets, keyed["variant"])
     ]
     return keyed
@@ -435,49 +467,12 @@ def summarise_curves(points: pd.DataFrame) -> pd.DataFrame:
     return summary.reset_index()
 
 
-# ----------------------------------------------------------------------------------- formatting
-def format_count(value: float) -> str:
-    """266600 -> ``266.6k``, 1.2e6 -> ``1.2M``; below 1000 a whole number."""
-    if _is_nan(value):
-        return "—"
-    for scale, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
-        # 999,960 would print as 1000.0k; it reads better as 1.0M.
-        if abs(value) >= scale * 0.99995:
-            return f"{value / scale:.1f}{suffix}"
-    return f"{value:.0f}"
-
-
-def significant_decimals(value: float, digits: int = 3) -> int:
-    """Decimals that show ``value`` with ``digits`` significant digits (0 for large values)."""
-    if _is_nan(value) or value == 0:
-        return digits - 1
-    return max(digits - 1 - math.floor(math.log10(abs(value))), 0)
-
-
-def _mean_std(mean: float, std: float, fmt) -> str:
-    if _is_nan(mean):
-        return "—"
-    return fmt(mean) if _is_nan(std) else f"{fmt(mean)} ± {fmt(std)}"
-
-
-def _cell(text: Any) -> str:
-    """A markdown table cell: one line, pipes escaped."""
-    return str(text).replace("\n", " ").replace("|", "\\|")
-
-
-def _first_line(text: Any, limit: int = 200) -> str:
-    if text is None or _is_nan(text):
-        return "(no error message)"
-    line = next((line.strip() for line in str(text).splitlines() if line.strip()), "(empty error message)")
-    return line if len(line) <= limit else line[: limit - 1] + "…"
-
-
 def _format_row(row: pd.Series, show_variant: bool) -> list[str]:
     decimals = significant_decimals(row["latency_ms_mean"])
     seconds = significant_decimals(row["train_seconds_mean"])
     target = row["target_density"]
     deviation = row["density_vs_target"]
-    if _is_nan(target) or _is_nan(deviation):
+    if is_nan(target) or is_nan(deviation):
         versus = ""
     else:
         versus = f"{100 * deviation:+.1f} %" + ("" if row["meets_target"] else " ⚠")
@@ -485,24 +480,18 @@ def _format_row(row: pd.Series, show_variant: bool) -> list[str]:
     cells = [
         row["method"],
         *([row["variant"] or "—"] if show_variant else []),
-        "—" if _is_nan(target) else f"{target:.3f}",
-        _mean_std(row["density_mean"], row["density_std"], lambda v: f"{v:.3f}"),
+        "—" if is_nan(target) else f"{target:.3f}",
+        mean_std(row["density_mean"], row["density_std"], lambda v: f"{v:.3f}"),
         versus,
-        _mean_std(row["test_accuracy_mean"], row["test_accuracy_std"], lambda v: f"{100 * v:.2f}"),
-        _mean_std(row["params_mean"], row["params_std"], format_count),
-        _mean_std(row["macs_mean"], row["macs_std"], format_count),
-        _mean_std(row["latency_ms_mean"], row["latency_ms_std"], lambda v: f"{v:.{decimals}f}"),
-        _mean_std(row["train_seconds_mean"], row["train_seconds_std"], lambda v: f"{v:.{seconds}f}"),
+        mean_std(row["test_accuracy_mean"], row["test_accuracy_std"], percent),
+        mean_std(row["params_mean"], row["params_std"], format_count),
+        mean_std(row["macs_mean"], row["macs_std"], format_count),
+        mean_std(row["latency_ms_mean"], row["latency_ms_std"], lambda v: f"{v:.{decimals}f}"),
+        mean_std(row["train_seconds_mean"], row["train_seconds_std"], lambda v: f"{v:.{seconds}f}"),
         count,
         "★" if row["best"] else "",
     ]
-    return [_cell(c) for c in cells]
-
-
-def _markdown_table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> list[str]:
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    lines += ["| " + " | ".join(row) + " |" for row in rows]
-    return lines
+    return [cell(c) for c in cells]
 
 
 # ------------------------------------------------------------------------------------ markdown
@@ -513,23 +502,29 @@ def render_markdown(
     title: str,
     tolerance: float,
     images: Mapping[tuple[str, str], Sequence[tuple[str, str]]] | None = None,
+    sweep: Sequence[str] = (),
 ) -> str:
-    """The report: title, counts, legend, one table per (dataset, model) with its plots, failures.
+    """The report: title, counts, ``sweep`` (lines describing block sweeps), legend, one table per
+    (dataset, model) with its side-by-side comparison (``consparse.report.compare``) and plots, failures.
 
     ``images`` maps (dataset, model) to ``(caption, relative path)`` pairs to embed under its table.
     """
     completed = int((table["status"] == COMPLETED).sum())
     unsuccessful = len(table) - completed
     pairs = summary.groupby(["dataset", "model"]).ngroups
+    from_curves = int(summary["variant"].astype(str).str.endswith(CURVE_VARIANT).sum())
     lines = [
         f"# {title}",
         "",
         (
             f"{len(table)} runs: {completed} completed, {unsuccessful} failed or missing; "
-            f"{len(summary)} groups of seeds in {pairs} table{'s' if pairs != 1 else ''}."
+            f"{len(summary)} groups of seeds in {pairs} table{'s' if pairs != 1 else ''}"
+            + (f" ({from_curves} of them points of compression curves)." if from_curves else ".")
         ),
         "",
+        *sweep,
         *_legend(tolerance),
+        *([CURVE_LEGEND] if from_curves else []),
     ]
     for (dataset, model), group in summary.groupby(["dataset", "model"], sort=True):
         lines += ["", f"## {dataset} / {model}", ""]
@@ -551,14 +546,21 @@ def render_markdown(
             "n",
             "best",
         ]
-        lines += _markdown_table(header, (_format_row(row, show_variant) for _, row in group.iterrows()))
+        lines += markdown_table(header, (_format_row(row, show_variant) for _, row in group.iterrows()))
         missed = _targets_missed(group, tolerance)
         if missed:
             lines += ["", *missed]
+        lines += comparison_lines(group, tolerance)
         for caption, path in (images or {}).get((dataset, model), ()):
             lines += ["", f"![{caption}]({path})"]
     lines += ["", *_failures_section(table)]
     return "\n".join(lines) + "\n"
+
+
+CURVE_LEGEND = (
+    f"- **{CURVE_VARIANT}**: a run without a target (e.g. dense) magnitude-pruned to the target by the "
+    "shared compression curve, without retraining; judged like the others, no latency or training time of its own."
+)
 
 
 def _legend(tolerance: float) -> list[str]:
@@ -599,14 +601,14 @@ def _dense_reference(table: pd.DataFrame, dataset: str, model: str) -> str:
 
 def _dense_counts(runs: pd.DataFrame) -> str:
     params, macs = runs["dense_params"].mean(), runs["dense_macs"].mean()
-    parts = [] if _is_nan(params) else [f"{format_count(params)} params"]
-    return ", ".join(parts + ([] if _is_nan(macs) else [f"{format_count(macs)} MACs"]))
+    parts = [] if is_nan(params) else [f"{format_count(params)} params"]
+    return ", ".join(parts + ([] if is_nan(macs) else [f"{format_count(macs)} MACs"]))
 
 
 def _dense_description(runs: pd.DataFrame) -> str:
     latency = runs["dense_latency_ms"].mean()
     parts = [_dense_counts(runs)] if _dense_counts(runs) else []
-    if not _is_nan(latency):
+    if not is_nan(latency):
         parts.append(f"latency {latency:.{significant_decimals(latency)}f} ms (mean over runs)")
     return ", ".join(parts)
 
@@ -634,15 +636,15 @@ def _failures_section(table: pd.DataFrame) -> list[str]:
     for _, run in failed.iterrows():
         rows.append(
             [
-                _cell(run["run_dir"]),
-                _cell(run["status"] if isinstance(run["status"], str) else "?"),
-                *(_cell(run[c] if isinstance(run[c], str) else "?") for c in ("method", "model", "dataset")),
+                cell(run["run_dir"]),
+                cell(run["status"] if isinstance(run["status"], str) else "?"),
+                *(cell(run[c] if isinstance(run[c], str) else "?") for c in ("method", "model", "dataset")),
                 "?" if pd.isna(run["seed"]) else str(run["seed"]),
-                "—" if _is_nan(run["target_density"]) else f"{run['target_density']:.3f}",
-                _cell(_first_line(run["error"])),
+                "—" if is_nan(run["target_density"]) else f"{run['target_density']:.3f}",
+                cell(first_line(run["error"])),
             ]
         )
-    return lines + _markdown_table(header, rows)
+    return lines + markdown_table(header, rows)
 
 
 # -------------------------------------------------------------------------------------- writing
@@ -667,9 +669,13 @@ def write_report(
     out = Path(out_dir) if out_dir is not None else root
     out.mkdir(parents=True, exist_ok=True)
     rows = collect_results(root)
-    table = runs_table(rows, root, group_by)
+    plans = find_plans(root)
+    table = runs_table(rows, root, group_by, fixed=fixed_keys(plans))
     summary = summarise_table(table, tolerance=tolerance)
     curves = summarise_curves(curve_points(rows, list(table["variant"])))
+    pruned = curve_rows(summary, curves)
+    if not pruned.empty:
+        summary = judge(pd.concat([summary, pruned], ignore_index=True), tolerance=tolerance)
 
     paths = {"results_csv": out / RESULTS_CSV, "summary_csv": out / SUMMARY_CSV}
     table.to_csv(paths["results_csv"], index=False)
@@ -696,7 +702,12 @@ def write_report(
             images[(dataset, model)].append((f"{label}: compression without retraining", curve_png.name))
 
     markdown = render_markdown(
-        table, summary, title=f"consparse results: {root.resolve().name}", tolerance=tolerance, images=images
+        table,
+        summary,
+        title=f"consparse results: {root.resolve().name}",
+        tolerance=tolerance,
+        images=images,
+        sweep=sweep_lines(plans, root, table),
     )
     paths["markdown"] = out / REPORT_MD
     paths["markdown"].write_text(markdown)
@@ -717,10 +728,3 @@ def _slug(name: str) -> str:
 
 def _is_scalar(value: Any) -> bool:
     return value is None or isinstance(value, (str, int, float, bool))
-
-
-def _is_nan(value: Any) -> bool:
-    try:
-        return bool(pd.isna(value))
-    except (TypeError, ValueError):
-        return False

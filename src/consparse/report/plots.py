@@ -18,6 +18,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import EngFormatter, FuncFormatter, LogLocator, NullFormatter
 
+from consparse.report.compare import CURVE_VARIANT
+
 # (summary column prefix, x label) of the four panels of pareto.png.
 PARETO_PANELS = (
     ("density", "achieved density (fraction of weights kept)"),
@@ -46,15 +48,18 @@ def method_styles(methods: Sequence[str]) -> dict[str, tuple[str, str]]:
 
 def plot_pareto(summary: pd.DataFrame, path: str | Path, title: str) -> Path:
     """Four panels: mean test accuracy (%) against density, params, MACs and latency, one line per
-    method through its groups (sorted by x), std error bars on both axes, target densities as
-    dotted lines. ``summary`` comes from ``consparse.report.aggregate.summarise`` for one
+    method through its groups (sorted by x; its rows pruned without retraining dashed, apart), std
+    error bars on both axes, target densities as dotted lines. ``summary`` comes from ``consparse.report.aggregate.summarise`` for one
     (dataset, model)."""
     figure = _figure(2, 2, (12, 9))
     axes = figure.axes
     styles = method_styles(list(summary["method"]))
+    # Rows made from a compression curve (consparse.report.compare.curve_rows) get their own dashed
+    # line in the method's colour, apart from the method's trained runs.
+    pruned = summary["variant"].astype(str).str.endswith(CURVE_VARIANT)
     for ax, (column, label) in zip(axes, PARETO_PANELS):
         xs = []
-        for method, rows in summary.groupby("method", sort=True):
+        for (method, from_curve), rows in summary.assign(_curve=pruned).groupby(["method", "_curve"], sort=True):
             points = rows.dropna(subset=[f"{column}_mean", "test_accuracy_mean"]).sort_values(f"{column}_mean")
             if points.empty:
                 continue
@@ -65,11 +70,13 @@ def plot_pareto(summary: pd.DataFrame, path: str | Path, title: str) -> Path:
                 100 * points["test_accuracy_mean"].to_numpy(float),
                 xerr=np.nan_to_num(points[f"{column}_std"].to_numpy(float)),
                 yerr=100 * np.nan_to_num(points["test_accuracy_std"].to_numpy(float)),
-                label=method,
+                label=f"{method}, {CURVE_VARIANT}" if from_curve else method,
                 color=colour,
                 marker=marker,
-                markersize=7,
+                markersize=5 if from_curve else 7,
                 linewidth=1.5,
+                linestyle="--" if from_curve else "-",
+                mfc="none" if from_curve else colour,
                 capsize=3,
             )
             xs.extend(x)

@@ -1,0 +1,138 @@
+"""The side-by-side part of the report (consparse.report.compare) on fake sweeps with known numbers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from consparse.report import write_report
+from consparse.report.compare import CURVE_VARIANT
+
+from .conftest import build_compare_sweep, build_sweep
+
+# Helpers of the aggregate tests: the first markdown table after a heading, one row of it.
+from .test_report_aggregate import assert_png, markdown_table, row_for
+
+
+# Each report is written once for the module: drawing the plots is what takes the time.
+@pytest.fixture(scope="module")
+def plain(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    return write_report(build_sweep(tmp_path_factory.mktemp("plain") / "sweep"))
+
+
+@pytest.fixture(scope="module")
+def compared(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    return write_report(build_compare_sweep(build_sweep(tmp_path_factory.mktemp("compared") / "sweep")))
+
+
+def section(markdown: str, heading: str) -> list[str]:
+    """The lines after ``heading`` up to the next heading of the same or a higher level, or an image."""
+    lines = markdown.splitlines()
+    start = lines.index(heading)
+    level = heading.split(" ")[0]
+    body = []
+    for line in lines[start + 1 :]:
+        if line.startswith("![") or line.startswith("#") and len(line.split(" ")[0]) <= len(level):
+            break
+        body.append(line)
+    return [line for line in body if line]
+
+
+def test_side_by_side_matrices(plain: dict[str, Path]) -> None:
+    markdown = plain["markdown"].read_text()
+    accuracy = {row["method"]: row for row in markdown_table(markdown, "### Side by side at matched target densities")}
+    assert list(accuracy["sfw"]) == ["method", "0.1", "0.05", "0.02"]
+    assert accuracy["sfw"] == {"method": "sfw", "0.1": "97.40 ± 0.14 ★", "0.05": "96.30 ± 0.14", "0.02": "—"}
+    # l0 is the most accurate at 0.1 but keeps 0.118 of the weights: flagged, with its density, never best.
+    assert accuracy["l0"]["0.1"] == "97.80 ± 0.14 ⚠ (0.118)"
+    assert accuracy["l0"]["0.05"] == "96.50 ± 0.14 ★" and accuracy["l0"]["0.02"] == "95.00 ⚠ (0.035)"
+    assert accuracy["magnitude"]["0.05"] == "94.00 ± 0.28"
+    assert "l0_penalty (method.penalty=0.01)" not in accuracy  # no target: not a column of its own
+
+    lines = markdown.splitlines()
+    density_heading = lines.index("Achieved density (fraction of weights kept) by target density:")
+    density = {row["method"]: row for row in markdown_table(markdown, lines[density_heading])}
+    assert density["l0"]["0.1"] == "0.118 ± 0.004 ⚠" and density["sfw"]["0.05"] == "0.050 ± 0.000"
+
+
+def test_shortfalls_say_who_falls_short_and_by_how_much(plain: dict[str, Path]) -> None:
+    markdown = plain["markdown"].read_text()
+    shortfalls = section(markdown, "#### Where methods fall short")
+    assert shortfalls == [
+        # spread = 0.14 + 0.17 = 0.31 < 0.40: beyond.
+        "- **0.1**: best sfw 97.40 ± 0.14 %; magnitude 0.40 points below (beyond the seeds' spread); "
+        "l0 misses it at density 0.118 (+18.0 %).",
+        # sfw: 0.20 < 0.14 + 0.14: within; magnitude: 2.50 > 0.14 + 0.28: beyond.
+        "- **0.05**: best l0 96.50 ± 0.14 %; sfw 0.20 points below (within the seeds' spread); "
+        "magnitude 2.50 points below (beyond the seeds' spread).",
+        "- **0.02**: no method meets it; l0 misses it at density 0.035 (+75.0 %).",
+    ]
+
+
+def test_methods_without_a_target_are_placed_between_targets(plain: dict[str, Path]) -> None:
+    landing = section(plain["markdown"].read_text(), "#### Without a target: where they land")
+    assert landing == [
+        "- l0_penalty (method.penalty=0.01): density 0.083, 97.00 %; at least as accurate as l0 "
+        "(96.50 ± 0.14 % at target 0.05, fewer weights); behind sfw (97.40 ± 0.14 % at target 0.1, "
+        "at least as many weights).",
+    ]
+
+
+def test_no_comparison_without_two_methods_at_a_target(sweep: Path, tmp_path: Path) -> None:
+    only = tmp_path / "only_sfw"
+    for job in sweep.iterdir():
+        if (job / "results.json").is_file() and '"method": "sfw"' in (job / "results.json").read_text():
+            (only / job.name).mkdir(parents=True)
+            for item in ("results.json", ".hydra"):
+                source = job / item
+                target = only / job.name / item
+                if source.is_dir():
+                    target.mkdir()
+                    for file in source.iterdir():
+                        (target / file.name).write_bytes(file.read_bytes())
+                else:
+                    target.write_bytes(source.read_bytes())
+    markdown = write_report(only)["markdown"].read_text()
+    assert "### Side by side" not in markdown and "## Sweep" not in markdown
+    assert len(markdown_table(markdown, "## mnist / mlp")) == 2
+
+
+def test_curve_of_a_run_without_target_competes_at_matching_targets(compared: dict[str, Path]) -> None:
+    paths = compared
+    markdown = paths["markdown"].read_text()
+    rows = markdown_table(markdown, "## mnist / mlp")
+    pruned = [r for r in rows if r["variant"] == CURVE_VARIANT]
+    assert [(r["method"], r["target"], r["density"], r["test acc (%)"], r["latency (ms)"]) for r in pruned] == [
+        ("dense", "0.050", "0.050", "91.00", "—"),
+        ("dense", "0.100", "0.100", "96.00", "—"),
+    ]
+    assert row_for([r for r in rows if r["variant"] != CURVE_VARIANT], "dense", "—")["test acc (%)"] == "98.00"
+    assert "(2 of them points of compression curves)" in markdown
+    assert f"- **{CURVE_VARIANT}**: a run without a target" in markdown
+    shortfalls = section(markdown, "#### Where methods fall short")
+    assert "dense (pruned without retraining) 1.40 points below (one seed, no spread to judge by)" in shortfalls[0]
+    summary = pd.read_csv(paths["summary_csv"])
+    curve = summary[summary["variant"] == CURVE_VARIANT]
+    assert set(curve["target_density"]) == {0.1, 0.05} and not curve["best"].any()
+    assert_png(paths["pareto"])
+
+
+def test_block_sweep_settings_are_no_variants_and_the_plan_is_reported(compared: dict[str, Path]) -> None:
+    markdown = compared["markdown"].read_text()
+    rows = markdown_table(markdown, "## mnist / mlp")
+    # method.finetune_epochs=1 is in every magnitude run's overrides, but the plan lists it as fixed.
+    assert {r["variant"] for r in rows if r["method"] == "magnitude"} == {"—"}
+    assert row_for(rows, "l0_penalty", "—")["variant"] == "method.penalty=0.01"
+    sweep = section(markdown, "## Sweep")
+    assert sweep[5].startswith("How to read the tables")  # the legend follows the sweep's lines
+    assert sweep[:5] == [
+        "`python train.py -m experiment=compare_mnist_mlp dataset.root=../shared/data`",
+        "15 jobs; wall time 58 min 30 s (started 2026-01-01T10:00:00+00:00, finished 2026-01-01T10:58:30+00:00); "
+        "training time summed over its runs 14 min 05 s.",  # 845 s of train_seconds
+        "- Blocks run: dense (1 job), magnitude (4 jobs).",
+        "- **Not run** (optional blocks whose config did not exist when the sweep started): "
+        "**implicit_fw** (In 'config': Could not find 'method/implicit_fw').",
+        "- Left out by the command line: sfw_l2 (method=l0,magnitude,sfw on the command line).",
+    ]
