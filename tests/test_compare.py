@@ -208,7 +208,7 @@ def test_tiny_compare_sweep_through_the_cli(tmp_path: Path) -> None:
     plan = read_plan(sweep)
     assert {b["name"] for b in plan["blocks"] if b["status"] == PLANNED} == available
     assert {b["name"] for b in plan["blocks"] if b["status"] == SKIPPED} == set(preset) - available
-    assert plan["wall_seconds"] > 0
+    assert plan["wall_seconds"] > 0 and plan["setting"] == {"dataset": "digits", "model": "mlp"}
     targeted = available - {"dense", "l0_penalty"}
     for job in sweep.iterdir():
         if job.name.isdigit():
@@ -233,7 +233,9 @@ def test_tiny_compare_sweep_through_the_cli(tmp_path: Path) -> None:
         start += 1
     assert table[0] == ["method", "0.5", "0.1"]
     matrix = {cells[0]: cells[1:] for cells in table[2:]}
-    assert set(matrix) == targeted | {"dense (pruned without retraining)"}
+    # A method on another model (implicit_fw: model=implicit) is compared in the mlp's table, labelled with its model.
+    labels = {name + (f" (model={preset[name]['model']})" if "model" in preset[name] else "") for name in targeted}
+    assert set(matrix) == labels | {"dense (pruned without retraining)"}
     assert all(cell != "—" for cells in matrix.values() for cell in cells)
     assert "★" in " ".join(c for cells in matrix.values() for c in cells)
     assert "#### Where methods fall short" in markdown and "- l0_penalty: density" in markdown

@@ -39,8 +39,9 @@ Command-line overrides, in this order of precedence:
 Jobs are launched seed-major: for each combination of ``params``, every block in order, each with its
 own product. An interrupted sweep therefore holds complete comparisons for its first seeds.
 
-The plan, with each block's job numbers, the blocks skipped and why, the command line and the wall
-time, is written to ``sweep_plan.yaml`` in the sweep directory, where ``consparse.report`` reads it.
+The plan, with each block's job numbers, the blocks skipped and why, the command line, the wall
+time and the setting (dataset and model of the base config), is written to ``sweep_plan.yaml`` in
+the sweep directory, where ``consparse.report`` reads it.
 """
 
 from __future__ import annotations
@@ -91,6 +92,9 @@ class SweepPlan:
     shared: dict[str, list[str]]
     blocks: list[Block]
     extras: dict[str, list[str]]
+    # What the sweep compares on, from its base config ({dataset, model}): the report puts runs of
+    # another model (implicit_fw on model=implicit) in this model's table.
+    setting: dict[str, str] = field(default_factory=dict)
     started: str = ""
     finished: str = ""
 
@@ -130,6 +134,7 @@ class SweepPlan:
             "finished": self.finished or None,
             "wall_seconds": round((finished - started).total_seconds(), 1) if started and finished else None,
             "jobs": sum(len(block.jobs) for block in self.blocks),
+            "setting": dict(self.setting),
             "shared": {key: [_value(v) for v in values] for key, values in self.shared.items()},
             "extras": {key: [_value(v) for v in values] for key, values in self.extras.items()},
             "fixed_keys": self.fixed_keys(),

@@ -120,8 +120,9 @@ def build_sweep(root: Path) -> Path:
 @pytest.fixture
 def compare_sweep(sweep: Path) -> Path:
     """``sweep`` as a block sweep (consparse.sweeper) leaves it: a dense run without a target whose
-    curve reaches the targets 0.1 and 0.05, magnitude's per-method setting in its overrides, and a
-    sweep_plan.yaml with that setting fixed and two blocks not run."""
+    curve reaches the targets 0.1 and 0.05, an implicit_fw run on model=implicit, magnitude's
+    per-method setting in its overrides, and a sweep_plan.yaml (setting mnist / mlp) with that
+    setting fixed and two blocks not run."""
     return build_compare_sweep(sweep)
 
 
@@ -136,6 +137,12 @@ def build_compare_sweep(sweep: Path) -> Path:
         for amount, accuracy in ((0.0, 0.98), (0.9, 0.9600), (0.95, 0.9100))
     ]  # fmt: skip
     write_results(sweep / "50", results)
+    # implicit_fw trains model=implicit (400 states) in a compare_*_mlp sweep: measured against a dense implicit model.
+    _job(sweep / "60", "implicit_fw", 0, 0.1, (0.9500, 0.095, 0.300, 90.0),
+         ["method=implicit_fw", "model=implicit", "method.target_density=0.1", "seed=0", "trainer.max_epochs=3"])  # fmt: skip
+    results = read_results(sweep / "60")
+    results.update(model="implicit", dense_params=485_850, dense_macs=485_000, dense_latency_ms=0.5)
+    write_results(sweep / "60", results)
     for job in sweep.iterdir():
         overrides_path = job / ".hydra" / "overrides.yaml"
         if overrides_path.is_file() and "method=magnitude" in overrides_path.read_text():
@@ -146,8 +153,9 @@ def build_compare_sweep(sweep: Path) -> Path:
         "started": "2026-01-01T10:00:00+00:00",
         "finished": "2026-01-01T10:58:30+00:00",
         "wall_seconds": 3510.0,
-        "jobs": 15,
-        "fixed_keys": ["method", "method.finetune_epochs"],
+        "jobs": 17,
+        "setting": {"dataset": "mnist", "model": "mlp"},
+        "fixed_keys": ["method", "method.finetune_epochs", "model"],
         "blocks": [
             {"name": "dense", "status": "planned", "params": {"method": ["dense"]}, "jobs": [14]},
             {"name": "magnitude", "status": "planned", "params": {"method": ["magnitude"]}, "jobs": [0, 1, 2, 3]},

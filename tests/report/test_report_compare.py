@@ -75,8 +75,8 @@ def test_methods_without_a_target_are_placed_between_targets(plain: dict[str, Pa
     landing = section(plain["markdown"].read_text(), "#### Without a target: where they land")
     assert landing == [
         "- l0_penalty (method.penalty=0.01): density 0.083, 97.00 %; at least as accurate as l0 "
-        "(96.50 ± 0.14 % at target 0.05, fewer weights); behind sfw (97.40 ± 0.14 % at target 0.1, "
-        "at least as many weights).",
+        "(96.50 ± 0.14 % at target 0.05, a smaller budget, density 0.051); behind sfw (97.40 ± 0.14 % "
+        "at target 0.1, a budget at least as large, density 0.100).",
     ]
 
 
@@ -129,10 +129,24 @@ def test_block_sweep_settings_are_no_variants_and_the_plan_is_reported(compared:
     assert sweep[5].startswith("How to read the tables")  # the legend follows the sweep's lines
     assert sweep[:5] == [
         "`python train.py -m experiment=compare_mnist_mlp dataset.root=../shared/data`",
-        "15 jobs; wall time 58 min 30 s (started 2026-01-01T10:00:00+00:00, finished 2026-01-01T10:58:30+00:00); "
-        "training time summed over its runs 14 min 05 s.",  # 845 s of train_seconds
+        "17 jobs; wall time 58 min 30 s (started 2026-01-01T10:00:00+00:00, finished 2026-01-01T10:58:30+00:00); "
+        "training time summed over its runs 15 min 35 s.",  # 935 s of train_seconds
         "- Blocks run: dense (1 job), magnitude (4 jobs).",
         "- **Not run** (optional blocks whose config did not exist when the sweep started): "
         "**implicit_fw** (In 'config': Could not find 'method/implicit_fw').",
         "- Left out by the command line: sfw_l2 (method=l0,magnitude,sfw on the command line).",
     ]
+
+
+def test_a_run_of_another_model_joins_the_sweeps_table(compared: dict[str, Path]) -> None:
+    markdown = compared["markdown"].read_text()
+    assert "## mnist / implicit" not in markdown
+    row = row_for(markdown_table(markdown, "## mnist / mlp"), "implicit_fw", "0.100")
+    assert row["variant"] == "model=implicit" and row["test acc (%)"] == "95.00"
+    assert "implicit_fw: 485.9k params, 485.0k MACs, latency 0.500 ms (mean over runs)" in markdown
+    accuracy = {r["method"]: r for r in markdown_table(markdown, "### Side by side at matched target densities")}
+    assert accuracy["implicit_fw (model=implicit)"]["0.1"] == "95.00"
+    runs = pd.read_csv(compared["results_csv"])
+    moved = runs[runs["method"] == "implicit_fw"].iloc[0]
+    assert (moved["model"], moved["run_model"]) == ("mlp", "implicit")
+    assert set(runs.loc[runs["method"] != "implicit_fw", "run_model"]) == {"mlp"}

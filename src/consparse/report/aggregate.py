@@ -56,6 +56,7 @@ from consparse.report.compare import (
     curve_rows,
     find_plans,
     fixed_keys,
+    on_setting_models,
     sweep_lines,
 )
 from consparse.report.format import (
@@ -670,7 +671,7 @@ def write_report(
     out.mkdir(parents=True, exist_ok=True)
     rows = collect_results(root)
     plans = find_plans(root)
-    table = runs_table(rows, root, group_by, fixed=fixed_keys(plans))
+    table = on_setting_models(runs_table(rows, root, group_by, fixed=fixed_keys(plans)), plans, root)
     summary = summarise_table(table, tolerance=tolerance)
     curves = summarise_curves(curve_points(rows, list(table["variant"])))
     pruned = curve_rows(summary, curves)

@@ -10,9 +10,9 @@ same target density, which is what ``experiment=compare_*`` sweeps produce:
   meets the target is below it, and whether the gap is beyond the seeds' spread (the difference of
   the means exceeds the sum of the two standard deviations, a rule of thumb, not a test); which
   methods miss the target and by how much.
-* **Without a target** (``l0_penalty``, unpruned ``dense``): where each lands, and whether it falls
-  short of the best method at the next target below (which kept fewer weights) or beats the best at
-  the next target above (which kept more).
+* **Without a target** (``l0_penalty``, unpruned ``dense``): where each lands, and whether it is at
+  least as accurate as the best method at the next target below (a smaller budget of weights) and
+  at the next target above (a budget at least as large), with what those kept.
 * **Pruned without retraining**: the unstructured compression curve of a run without a target
   (``dense`` in the compare presets) at an amount of exactly 1 - target becomes a summary row with
   the variant ``pruned without retraining`` (``curve_rows``): the classic baseline, judged like any
@@ -179,22 +179,21 @@ def _landing(row: pd.Series, targeted: pd.DataFrame) -> str:
     if is_nan(density):
         return text + "."
     best = targeted[targeted["best"]]
-    below = best[best["target_density"] < density]
-    above = best[best["target_density"] >= density]
+    # The best at the next target below had a smaller budget of weights, the best at the next one above
+    # a budget at least as large (what each kept is shown: l0's purge often keeps less than its target).
+    neighbours = (
+        (best[best["target_density"] < density], "idxmax", "a smaller budget", "falls short of"),
+        (best[best["target_density"] >= density], "idxmin", "a budget at least as large", "behind"),
+    )
     notes = []
-    if not below.empty:
-        neighbour = below.loc[below["target_density"].idxmax()]
-        behind = neighbour["test_accuracy_mean"] > row["test_accuracy_mean"]
+    for rows, pick, budget, worse in neighbours:
+        if rows.empty:
+            continue
+        neighbour = rows.loc[getattr(rows["target_density"], pick)()]
+        verdict = "at least as accurate as" if row["test_accuracy_mean"] >= neighbour["test_accuracy_mean"] else worse
         notes.append(
-            f"{'falls short of' if behind else 'at least as accurate as'} {_label(neighbour)} "
-            f"({_accuracy(neighbour)} % at target {neighbour['target_density']:g}, fewer weights)"
-        )
-    if not above.empty:
-        neighbour = above.loc[above["target_density"].idxmin()]
-        ahead = row["test_accuracy_mean"] > neighbour["test_accuracy_mean"]
-        notes.append(
-            f"{'ahead of' if ahead else 'behind'} {_label(neighbour)} "
-            f"({_accuracy(neighbour)} % at target {neighbour['target_density']:g}, at least as many weights)"
+            f"{verdict} {_label(neighbour)} ({_accuracy(neighbour)} % at target {neighbour['target_density']:g}, "
+            f"{budget}, density {neighbour['density_mean']:.3f})"
         )
     return text + ("; " + "; ".join(notes) if notes else "") + "."
 
@@ -211,6 +210,25 @@ def find_plans(root: str | Path) -> list[tuple[Path, dict[str, Any]]]:
     return found
 
 
+def on_setting_models(table: pd.DataFrame, plans: Sequence[tuple[Path, Mapping[str, Any]]], root: str | Path) -> pd.DataFrame:
+    """Runs of a block sweep are compared on the sweep's model (``setting.model`` of its plan): a run of
+    another model (implicit_fw on ``model=implicit`` in a compare_*_mlp sweep) moves into that model's
+    table, with ``model=<its model>`` leading its variant. ``run_model`` keeps what every run trained."""
+    table = table.copy()
+    table.insert(table.columns.get_loc("model") + 1, "run_model", table["model"])
+    for directory, plan in plans:
+        model = (plan.get("setting") or {}).get("model")
+        if not model:
+            continue
+        moved = _inside(table, directory, root) & table["model"].notna() & (table["model"] != model)
+        table.loc[moved, "variant"] = [
+            ", ".join(filter(None, [f"model={run_model}", variant]))
+            for run_model, variant in zip(table.loc[moved, "run_model"], table.loc[moved, "variant"])
+        ]
+        table.loc[moved, "model"] = model
+    return table
+
+
 def fixed_keys(plans: Sequence[tuple[Path, Mapping[str, Any]]]) -> list[str]:
     """The per-method settings of the block sweeps, which never make a variant."""
     return sorted({key for _, plan in plans for key in plan.get("fixed_keys") or []})
@@ -220,14 +238,13 @@ def sweep_lines(plans: Sequence[tuple[Path, Mapping[str, Any]]], root: str | Pat
     """A ``## Sweep`` section per block sweep: command, jobs, wall time, blocks run and not run."""
     lines: list[str] = []
     for directory, plan in plans:
-        where = directory.resolve().relative_to(Path(root).resolve()).as_posix()
+        where = _relative(directory, root)
         blocks = plan.get("blocks") or []
         run = [b for b in blocks if b.get("status") not in (SKIPPED, DESELECTED)]
         skipped = [b for b in blocks if b.get("status") == SKIPPED]
         deselected = [b for b in blocks if b.get("status") == DESELECTED]
         wall = plan.get("wall_seconds")
-        inside = table[table["run_dir"].astype(str).str.startswith("" if where == "." else where + "/")]
-        train = inside["train_seconds"].sum()
+        train = table.loc[_inside(table, directory, root), "train_seconds"].sum()
         lines += [
             f"## Sweep{'' if where == '.' else f' {where}'}",
             "",
@@ -251,6 +268,16 @@ def sweep_lines(plans: Sequence[tuple[Path, Mapping[str, Any]]], root: str | Pat
             lines.append("- Left out by the command line: " + "; ".join(f"{b['name']} ({b.get('reason', '')})" for b in deselected) + ".")
         lines.append("")
     return lines
+
+
+def _relative(directory: Path, root: str | Path) -> str:
+    return directory.resolve().relative_to(Path(root).resolve()).as_posix()
+
+
+def _inside(table: pd.DataFrame, directory: Path, root: str | Path) -> pd.Series:
+    """Rows whose ``run_dir`` (relative to ``root``, as in results.csv) lies below ``directory``."""
+    where = _relative(directory, root)
+    return table["run_dir"].astype(str).str.startswith("" if where == "." else where + "/")
 
 
 def _jobs(count: int) -> str:

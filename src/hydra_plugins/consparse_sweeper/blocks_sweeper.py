@@ -82,6 +82,8 @@ class BlocksSweeper(Sweeper):
             optional=self.optional,
             parser=OverridesParser.create(config_loader=loader),
         )
+        names = {key: OmegaConf.select(self.config, f"{key}.name", default=None) for key in ("dataset", "model")}
+        plan.setting = {key: str(name) for key, name in names.items() if name is not None}
         for block in skip_unavailable(
             plan, lambda overrides: loader.load_sweep_config(master_config=self.config, sweep_overrides=overrides), self.optional
         ):
