@@ -31,9 +31,11 @@ test: setup
 test-fast: setup
 	WANDB_MODE=disabled $(PY) -m pytest -m "not slow and not realdata and not ddp" $(ARGS)
 
-# Speed measurements (ratios against a baseline measured in the same run).
+# Speed measurements (ratios against a baseline measured in the same run): every script in
+# benchmarks/, or one: make bench BENCHMARKS=benchmarks/train_overhead.py ARGS="--dataset mnist ..."
+BENCHMARKS ?= $(sort $(wildcard benchmarks/*.py))
 bench: setup
-	$(PY) benchmarks/run_all.py $(ARGS)
+	@for script in $(BENCHMARKS); do echo "== $$script"; $(PY) $$script $(ARGS) || exit 1; done
 
 # Tables and plots of a sweep: make report DIR=outputs/multiruns/<date>/<time>
 report: setup

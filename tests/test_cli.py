@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from consparse.report.results import read_results, validate_results
+from consparse.run_dir import claim_run_dir
 
 REPO = Path(__file__).resolve().parents[1]
 TRAIN = str(REPO / "train.py")
@@ -26,7 +27,8 @@ TINY = [
 def train(args: list[str], cwd: Path, env: dict[str, str] | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
     full_env = {**os.environ, "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1", **(env or {})}
     return subprocess.run(
-        [sys.executable, TRAIN, *args], cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout
+        [sys.executable, TRAIN, *args], cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout,
+        check=False,
     )
 
 
@@ -40,11 +42,26 @@ def test_help_lists_groups_and_options(tmp_path: Path) -> None:
 
 
 def test_bad_value_exits_nonzero_with_field_and_range(tmp_path: Path) -> None:
-    result = train(["method.target_density=1.5", f"hydra.run.dir={tmp_path / 'run'}"], tmp_path)
+    result = train(["method=dense", "method.target_density=1.5", f"hydra.run.dir={tmp_path / 'run'}"], tmp_path)
     assert result.returncode == 2
     assert "method.target_density" in result.stderr and "(0.0, 1.0]" in result.stderr
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_run_dir_of_another_experiment_is_refused_before_hydra_writes(make_config, tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    # A directory holding a trained run of another experiment, with Hydra's record of it.
+    claim_run_dir(run_dir, make_config("method=dense", output_dir=run_dir))
+    (run_dir / "checkpoints").mkdir()
+    (run_dir / "checkpoints" / "last.ckpt").write_bytes(b"checkpoint")
+    (run_dir / ".hydra").mkdir()
+    (run_dir / ".hydra" / "config.yaml").write_text("the other run's config")
+    before = {path: path.read_bytes() for path in run_dir.rglob("*") if path.is_file()}
+    result = train(["method=magnitude", f"hydra.run.dir={run_dir}"], tmp_path)
+    assert result.returncode == 2
+    assert "holds another experiment (it differs in: method)" in result.stderr and "Traceback" not in result.stderr
+    assert {path: path.read_bytes() for path in run_dir.rglob("*") if path.is_file()} == before
 
 
 @pytest.mark.slow
@@ -66,7 +83,8 @@ def test_multirun_two_seeds_then_report(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_multirun_records_a_failed_job_and_goes_on(tmp_path: Path) -> None:
     sweep = tmp_path / "sweep"
-    result = train(["-m", "method.target_density=0.5,7", f"hydra.sweep.dir={sweep}", *TINY], tmp_path, timeout=600)
+    result = train(["-m", "method=dense", "method.target_density=0.5,7", f"hydra.sweep.dir={sweep}", *TINY], tmp_path,
+                   timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     assert read_results(sweep / "0")["status"] == "completed"
     failed = read_results(sweep / "1")
@@ -78,7 +96,7 @@ def test_multirun_records_a_failed_job_and_goes_on(tmp_path: Path) -> None:
 @pytest.mark.ddp
 def test_cpu_ddp_two_processes(tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
-    result = train(["hardware=cpu_ddp", f"hydra.run.dir={run_dir}", *TINY], tmp_path, timeout=600)
+    result = train(["method=dense", "hardware=cpu_ddp", f"hydra.run.dir={run_dir}", *TINY], tmp_path, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     results = read_results(run_dir)
     assert results["hardware"]["world_size"] == 2
@@ -101,7 +119,7 @@ def test_fake_slurm_two_tasks_use_slurm_environment(tmp_path: Path) -> None:
     common = {"SLURM_NTASKS": "2", "SLURM_NTASKS_PER_NODE": "2", "SLURM_NNODES": "1", "SLURM_NODEID": "0",
               "SLURM_JOB_ID": "4242", "SLURM_JOB_NAME": "consparse-test", "SLURM_NODELIST": "127.0.0.1",
               "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port}
-    args = [TRAIN, "hardware=cpu_ddp", f"hydra.run.dir={run_dir}", *TINY]
+    args = [TRAIN, "method=dense", "hardware=cpu_ddp", f"hydra.run.dir={run_dir}", *TINY]
     processes = []
     for rank in (0, 1):
         env = {**os.environ, **common, "SLURM_PROCID": str(rank), "SLURM_LOCALID": str(rank),
@@ -123,7 +141,7 @@ def test_wandb_offline_needs_no_account(tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
     env = {"WANDB_MODE": "offline", "WANDB_DIR": str(tmp_path / "wandb"), "WANDB_API_KEY": "",
            "WANDB_CONFIG_DIR": str(tmp_path / "wandb-config")}
-    result = train(["logger=wandb", f"hydra.run.dir={run_dir}", *TINY], tmp_path, env=env)
+    result = train(["method=dense", "logger=wandb", f"hydra.run.dir={run_dir}", *TINY], tmp_path, env=env)
     assert result.returncode == 0, result.stderr[-3000:]
     offline_runs = list(run_dir.glob("wandb/offline-run-*"))
     assert offline_runs, f"no offline W&B run under {run_dir}"

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import io
 import json
+import sys
 from pathlib import Path
 
 import pytest
 import pytorch_lightning as pl
 import torch
 
+import consparse.train as train_module
+from consparse.callbacks import EpochSummary, TrainTimer
 from consparse.compress.evaluate import evaluate_accuracy
 from consparse.compress.export import load_exported
 from consparse.config import instantiate_node
@@ -38,6 +42,19 @@ def test_tiny_run_writes_valid_results(make_config, tmp_path: Path) -> None:
     assert results["test_accuracy"] == on_disk["test_accuracy"]
 
 
+def test_default_job_is_l0_on_digits_and_prints_a_table(make_config, tmp_path: Path, capsys) -> None:
+    """`python train.py` (`make train`) with no overrides, cut to one epoch."""
+    cfg = make_config()
+    assert (cfg.method.name, cfg.model.name, cfg.dataset.name) == ("l0", "mlp", "digits")
+    results = run(cfg)
+    validate_results(read_results(tmp_path / "run"))
+    assert results["status"] == "completed" and results["method"] == "l0"
+    assert "expected_density" in results["method_metrics"]
+    table = capsys.readouterr().out
+    assert "consparse results" in table and "l0 / mlp / digits" in table
+    assert f"{100 * results['test_accuracy']:.2f} %" in table and str(tmp_path / "run" / "results.json") in table
+
+
 def test_export_round_trip_reproduces_accuracy(make_config, tmp_path: Path) -> None:
     cfg = make_config("method=dense", "method.target_density=0.3", "dataset=digits")
     results = run(cfg)
@@ -59,6 +76,35 @@ def test_magnitude_finetune_keeps_mask(make_config) -> None:
     assert results["method_metrics"]["finetune_epochs"] == 1
 
 
+def test_magnitude_layerwise_prunes_every_layer_to_the_target(make_config) -> None:
+    results = run(make_config("method=magnitude", "method.target_density=0.3", "method.prune_scope=layer"))
+    assert results["method_metrics"]["prune_scope"] == "layer"
+    assert results["per_layer_density"] == pytest.approx({name: 0.3 for name in results["per_layer_density"]}, abs=2e-3)
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+@pytest.mark.parametrize(
+    ("stdout", "environment", "bar"),
+    [(_Terminal, {}, True), (_Terminal, {"SLURM_JOB_ID": "42"}, False), (io.StringIO, {}, False)],
+    ids=["terminal", "slurm", "log-file"],
+)
+def test_progress_bar_in_a_terminal_epoch_lines_elsewhere(
+    make_config, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, stdout, environment: dict, bar: bool
+) -> None:
+    monkeypatch.delenv("SLURM_JOB_ID", raising=False)
+    for key, value in environment.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setattr(sys, "stdout", stdout())
+    cfg = make_config("method=dense", "trainer.enable_progress_bar=null")
+    trainer = train_module._build_trainer(cfg, tmp_path / "run", TrainTimer())
+    assert (trainer.progress_bar_callback is not None) is bar
+    assert any(isinstance(callback, EpochSummary) for callback in trainer.callbacks) is not bar
+
+
 class _StopAtEpoch(pl.Callback):
     """Simulates a crash in the middle of a run, at the start of an epoch."""
 
@@ -71,8 +117,6 @@ class _StopAtEpoch(pl.Callback):
 
 
 def test_resume_after_interrupted_run(make_config, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import consparse.train as train_module
-
     original = train_module._build_trainer
 
     def interrupted_trainer(cfg, run_dir, timer):
@@ -80,7 +124,7 @@ def test_resume_after_interrupted_run(make_config, tmp_path: Path, monkeypatch: 
         trainer.callbacks.append(_StopAtEpoch(1))
         return trainer
 
-    cfg = make_config("trainer.max_epochs=3")
+    cfg = make_config("method=dense", "trainer.max_epochs=3")
     monkeypatch.setattr(train_module, "_build_trainer", interrupted_trainer)
     with pytest.raises(RuntimeError, match="simulated crash"):
         run(cfg)
@@ -89,7 +133,7 @@ def test_resume_after_interrupted_run(make_config, tmp_path: Path, monkeypatch: 
     assert torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)["epoch"] == 0
     monkeypatch.setattr(train_module, "_build_trainer", original)
 
-    results = run(make_config("trainer.max_epochs=3", "resume=true"))
+    results = run(make_config("method=dense", "trainer.max_epochs=3", "resume=true"))
     assert results["epochs"] == 3
     assert results["status"] == "completed"
     # The interrupted attempt's failure record is kept, not overwritten.
@@ -98,8 +142,8 @@ def test_resume_after_interrupted_run(make_config, tmp_path: Path, monkeypatch: 
 
 
 def test_rerun_in_same_dir_continues_and_keeps_results(make_config, tmp_path: Path) -> None:
-    first = run(make_config("trainer.max_epochs=1"))
-    second = run(make_config("trainer.max_epochs=2"))
+    first = run(make_config("method=dense", "trainer.max_epochs=1"))
+    second = run(make_config("method=dense", "trainer.max_epochs=2"))
     assert (first["epochs"], second["epochs"]) == (1, 2)
     assert second["train_seconds"] >= first["train_seconds"], "training time accumulates over resumed invocations"
     assert read_results(tmp_path / "run" / "results.previous-1.json")["epochs"] == 1
@@ -109,15 +153,26 @@ def test_rerun_in_same_dir_continues_and_keeps_results(make_config, tmp_path: Pa
 
 def test_other_experiment_never_writes_into_a_run_dir(make_config, tmp_path: Path) -> None:
     run(make_config("method=dense"))
-    before = (tmp_path / "run" / "results.json").read_bytes()
-    with pytest.raises(RunDirError, match="holds another experiment"):
-        run(make_config("method=magnitude", "method.target_density=0.5"))
-    assert (tmp_path / "run" / "results.json").read_bytes() == before
+    before = {path: path.read_bytes() for path in (tmp_path / "run").rglob("*") if path.is_file()}
+    # A valid other experiment, and one with a bad value (whose failure record must not land there either).
+    for other in (["method.target_density=0.5"], ["method.target_density=7"]):
+        with pytest.raises(RunDirError, match="holds another experiment"):
+            run(make_config("method=magnitude", *other))
+    after = {path: path.read_bytes() for path in (tmp_path / "run").rglob("*") if path.is_file()}
+    assert after == before
+
+
+def test_a_run_that_failed_before_training_leaves_its_dir_free(make_config, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError):
+        run(make_config("method=dense", "method.target_density=1.5"))
+    results = run(make_config("method=dense", "method.target_density=0.5"))
+    assert results["status"] == "completed"
+    assert read_results(tmp_path / "run" / "results.previous-1.json")["status"] == "failed"
 
 
 def test_resume_true_without_checkpoint_is_an_error(make_config, tmp_path: Path) -> None:
     with pytest.raises(RunDirError, match="resume=true but there is no checkpoint"):
-        run(make_config("resume=true"))
+        run(make_config("method=dense", "resume=true"))
     assert not (tmp_path / "run" / "results.json").exists()
 
 
@@ -143,7 +198,7 @@ def test_archive_numbers_grow(tmp_path: Path) -> None:
 )
 def test_bad_values_fail_before_compute(make_config, tmp_path: Path, override: str, field: str) -> None:
     with pytest.raises(ConfigError) as caught:
-        run(make_config(override))
+        run(make_config("method=dense", override))
     assert caught.value.field == field
     assert not (tmp_path / "run" / "checkpoints").exists(), "no training may happen after a config error"
     assert read_results(tmp_path / "run")["status"] == "failed"
@@ -152,7 +207,7 @@ def test_bad_values_fail_before_compute(make_config, tmp_path: Path, override: s
 def test_missing_dataset_names_expected_files(make_config, tmp_path: Path) -> None:
     missing_root = tmp_path / "no-data"
     with pytest.raises(DataNotFoundError) as caught:
-        run(make_config("dataset=mnist", f"dataset.root={missing_root}", "dataset.download=false"))
+        run(make_config("method=dense", "dataset=mnist", f"dataset.root={missing_root}", "dataset.download=false"))
     assert str(missing_root / "MNIST" / "raw" / "train-images-idx3-ubyte.gz") in str(caught.value)
     assert not (tmp_path / "run" / "checkpoints").exists()
 
@@ -161,4 +216,16 @@ def test_gpu_request_without_gpu_is_a_config_error(make_config) -> None:
     if torch.cuda.is_available():
         pytest.skip("a GPU is present")
     with pytest.raises(ConfigError, match="no CUDA device"):
-        run(make_config("hardware=gpu"))
+        run(make_config("method=dense", "hardware=gpu"))
+
+
+def test_wandb_online_without_account_is_a_config_error(make_config, tmp_path: Path, monkeypatch) -> None:
+    for variable in ("WANDB_MODE", "WANDB_API_KEY"):
+        monkeypatch.delenv(variable, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))  # no ~/.netrc with a key
+    monkeypatch.setenv("WANDB_CONFIG_DIR", str(tmp_path / "wandb-config"))
+    cfg = make_config("method=dense", "logger=wandb", "logger.wandb.mode=online")
+    (tmp_path / "run").mkdir()
+    with pytest.raises(ConfigError, match="WANDB_MODE=offline") as caught:
+        train_module._build_trainer(cfg, tmp_path / "run", TrainTimer())
+    assert caught.value.field == "logger.wandb.mode"

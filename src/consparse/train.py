@@ -28,12 +28,19 @@ from consparse.compress.export import export_model
 from consparse.compress.latency import compare_latency
 from consparse.config import instantiate_node, node_name
 from consparse.data.base import ConsparseDataModule
-from consparse.errors import ConfigError, ConsparseError, RunDirError
+from consparse.errors import ConfigError, ConsparseError
 from consparse.evaluation import EvaluationSettings
 from consparse.methods import SparseMethod, build_method
 from consparse.models import build_model
 from consparse.report.results import write_results
-from consparse.run_dir import CHECKPOINT_DIR, LAST_CHECKPOINT, prepare_run_dir
+from consparse.run_dir import (
+    CHECKPOINT_DIR,
+    LAST_CHECKPOINT,
+    check_run_dir,
+    claim_run_dir,
+    last_checkpoint,
+    process_rank,
+)
 from consparse.summary import format_summary
 
 log = logging.getLogger(__name__)
@@ -45,7 +52,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     """Train, finalize, measure and write ``results.json`` for one job; returns the results.
 
     In a multirun a failing job is recorded as ``status: failed`` and the sweep goes on; in a single
-    run the error propagates (after it is recorded) so that the process exits non-zero.
+    run the error propagates (after it is recorded) so that the process exits non-zero. A directory
+    that belongs to another run raises RunDirError before anything is written into it.
     """
     run_dir = Path(cfg.paths.output_dir)
     identity = {
@@ -54,11 +62,16 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         "dataset": node_name(cfg.dataset),
         "seed": cfg.seed,
     }
+    rank = process_rank()
+    # Rank 0 owns the directory; DDP processes started by Lightning share it and must not re-check it.
+    if rank == 0:
+        ckpt_path = check_run_dir(run_dir, cfg, resume=cfg.get("resume") is True)
+        claim_run_dir(run_dir, cfg)
+    else:
+        ckpt_path = _existing_checkpoint(run_dir)
     try:
-        return _train_and_measure(cfg, run_dir, identity)
-    except RunDirError:
-        raise  # the directory is not ours: write nothing into it
-    except BaseException as exc:  # noqa: BLE001 - recorded, then re-raised below unless a sweep goes on
+        return _train_and_measure(cfg, run_dir, identity, ckpt_path)
+    except BaseException as exc:  # recorded, then re-raised below unless a sweep goes on
         failure = {
             **identity,
             "status": "failed",
@@ -66,7 +79,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             "traceback": None if isinstance(exc, ConsparseError) else traceback.format_exc(),
             "target_density": OmegaConf.select(cfg, "method.target_density"),
         }
-        if _process_rank() == 0:
+        if rank == 0:
             write_results(run_dir, failure)
         if isinstance(exc, Exception) and _is_multirun():
             log.error("job failed and is recorded in %s: %s", run_dir / "results.json", exc)
@@ -76,21 +89,20 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         _finish_wandb()
 
 
-def _train_and_measure(cfg: DictConfig, run_dir: Path, identity: dict[str, Any]) -> dict[str, Any]:
-    rank = _process_rank()
+def _train_and_measure(
+    cfg: DictConfig, run_dir: Path, identity: dict[str, Any], ckpt_path: Path | None
+) -> dict[str, Any]:
     _check_hardware(cfg)
     _check_trainer(cfg)
+    _check_resume(cfg)
     settings = EvaluationSettings.from_config(cfg.evaluation)
-    resume = _resume_flag(cfg)
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
 
+    # Constructors validate their config values: all of them run before any data is read.
     datamodule: ConsparseDataModule = instantiate_node(cfg.dataset)
     info = datamodule.info
     model = build_model(cfg.model, info)
     method = build_method(cfg.method, model, info)
-
-    # Rank 0 owns the directory; DDP children started by Lightning share it and must not re-check it.
-    ckpt_path = prepare_run_dir(run_dir, cfg, resume) if rank == 0 else _existing_checkpoint(run_dir)
     datamodule.check_available()
 
     timer = TrainTimer()
@@ -205,12 +217,31 @@ def _build_trainer(cfg: DictConfig, run_dir: Path, timer: TrainTimer) -> pl.Trai
 
 def _instantiate_logger(node: DictConfig, run_dir: Path) -> Any:
     """A logger; a W&B run keeps one id per run directory so that a resumed run continues it."""
-    if str(node.get("_target_", "")).endswith("WandbLogger") and node.get("id") is None:
+    if not str(node.get("_target_", "")).endswith("WandbLogger"):
+        return hydra.utils.instantiate(node)
+    if node.get("id") is None:
         id_file = run_dir / WANDB_ID_FILE
         if not id_file.exists():
             id_file.write_text(uuid.uuid4().hex[:12])
-        return hydra.utils.instantiate(node, id=id_file.read_text().strip(), resume="allow")
-    return hydra.utils.instantiate(node)
+        logger = hydra.utils.instantiate(node, id=id_file.read_text().strip(), resume="allow")
+    else:
+        logger = hydra.utils.instantiate(node)
+    _start_wandb(logger)
+    return logger
+
+
+def _start_wandb(logger: Any) -> None:
+    """Start the W&B run now, not at fit start: a missing account stops the job before data is read."""
+    import wandb
+
+    try:
+        logger.experiment  # noqa: B018 - the property starts the run (a no-op object on ranks > 0)
+    except wandb.errors.UsageError as error:
+        raise ConfigError(
+            "logger.wandb.mode",
+            f"online logging needs a W&B account ({error}); log in (`wandb login`, WANDB_API_KEY) or, "
+            "without an account, use WANDB_MODE=offline (sync later with `wandb sync`) or WANDB_MODE=disabled",
+        ) from None
 
 
 def _hardware_record(trainer: pl.Trainer) -> dict[str, Any]:
@@ -265,24 +296,15 @@ def _check_trainer(cfg: DictConfig) -> None:
         raise ConfigError("trainer.limit_train_batches", f"got {limit!r}; allowed: null, a fraction in (0, 1] or a batch count >= 1")
 
 
-def _resume_flag(cfg: DictConfig) -> bool:
+def _check_resume(cfg: DictConfig) -> None:
     resume = cfg.get("resume", False)
     if not isinstance(resume, bool):
-        raise ConfigError("resume", f"expected true or false, got {resume!r}")
-    return resume
+        raise ConfigError("resume", f"got {resume!r}; allowed: true or false")
 
 
 def _existing_checkpoint(run_dir: Path) -> Path | None:
-    checkpoint = run_dir / CHECKPOINT_DIR / LAST_CHECKPOINT
+    checkpoint = last_checkpoint(run_dir)
     return checkpoint if checkpoint.exists() else None
-
-
-def _process_rank() -> int:
-    """Rank of this process before the Trainer exists (Lightning and SLURM set these variables)."""
-    for variable in ("RANK", "SLURM_PROCID", "LOCAL_RANK"):
-        if variable in os.environ:
-            return int(os.environ[variable])
-    return 0
 
 
 def _is_multirun() -> bool:

@@ -133,7 +133,7 @@ def load_hub_dataset(
     elif hub_offline_by_environment():
         problem += " HF_HUB_OFFLINE / HF_DATASETS_OFFLINE is set, so the Hub was not contacted."
     elif not hub_reachable(timeout):
-        problem += f" The Hugging Face Hub did not answer within {timeout:g} s."
+        problem += f" The Hugging Face Hub could not be reached (no connection within {timeout:g} s)."
     else:
         try:
             with socket_timeout(timeout):
