@@ -52,8 +52,24 @@ def test_every_model_takes_every_dataset_or_says_why(make_config, model: str, da
 def test_every_method_builds_around_small_models(make_config, method: str, model: str) -> None:
     cfg = make_config(f"method={method}", f"model={model}", "dataset=synthetic")
     info = instantiate_node(cfg.dataset).info
+    if method in IMPLICIT_ONLY_METHODS:
+        with pytest.raises(ConfigError, match="model=implicit"):
+            build_method(cfg.method, build_model(cfg.model, info), info)
+        return
     built = build_method(cfg.method, build_model(cfg.model, info), info)
     assert built.sparsifiable(), f"{method} sparsifies nothing on {model}"
+
+
+# Methods that train model=implicit from scratch and refuse any other model.
+IMPLICIT_ONLY_METHODS = {"implicit_fw", "implicit_pgd"}
+
+
+@pytest.mark.parametrize("method", sorted(IMPLICIT_ONLY_METHODS))
+def test_implicit_only_methods_build_around_the_implicit_model(make_config, method: str) -> None:
+    cfg = make_config(f"method={method}", "model=implicit", "model.state_size=16", "dataset=synthetic")
+    info = instantiate_node(cfg.dataset).info
+    built = build_method(cfg.method, build_model(cfg.model, info), info)
+    assert set(built.sparsifiable()) == {"A", "B", "C", "D"}
 
 
 @pytest.mark.parametrize("hardware", HARDWARE)

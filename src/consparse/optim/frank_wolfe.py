@@ -9,7 +9,7 @@ Spiegel, Pokutta 2022)::
     gap    =  <m, theta - V>               the Frank-Wolfe gap (a stochastic certificate)
     eta    =  clamp(factor * lr, 0, 1)     step_rule="lr", factor from ``rescale``:
                  none: 1 | diameter: 1 / D | gradient: ||m|| / ||theta - V|| | fast_gradient: ||m|| / (D / 2)
-           =  2 / (t + 2)                  step_rule="sublinear" (t = 0 at the first step; lr is ignored)
+           =  2 / (t + t0 + 2)             step_rule="sublinear" (t = 0 at the first step, t0 = step_offset; lr is ignored)
     theta  <- (1 - eta) * theta + eta * V
 
 A group holding several tensors is one (global) constraint over their flattened concatenation. A
@@ -31,18 +31,25 @@ AMP (16-mixed) Lightning's precision plugin unscales the gradients (``GradScaler
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
 
 from consparse.errors import ConfigError
 from consparse.optim.constraints.base import ConstraintSet, safe_ratio
-from consparse.validation import check_choice, check_range
+from consparse.validation import check_choice, check_int, check_range
 
 MOMENTUM_FORMS = ("ema", "sum")
 RESCALES = ("none", "diameter", "gradient", "fast_gradient")
-STEP_RULES = ("lr", "sublinear")
+STEP_RULES = ("lr", "sublinear", "short")
+DIRECTIONS = ("frank_wolfe", "pairwise")
+# Backtracking ratios of the short step's Lipschitz estimate (those of chop's backtracking_step_size).
+LIPSCHITZ_INCREASE = 2.0
+LIPSCHITZ_DECREASE = 0.9
+# A trial within this relative margin of the decrease bound is accepted: float32 losses are exact to
+# about 1e-7, and a quadratic meets the bound with equality when L is its curvature.
+LINE_SEARCH_RTOL = 1e-6
 
 # Config keys of the optimiser node, for error messages.
 FIELD = "method.optimizer"
@@ -60,7 +67,12 @@ class FrankWolfe(torch.optim.Optimizer):
         momentum: mu in [0, 1); 0 uses the raw gradient.
         momentum_form: ``ema`` (``mu m + (1 - mu) g``) or ``sum`` (``mu m + g``).
         rescale: ``none | diameter | gradient | fast_gradient`` (factor applied to lr).
-        step_rule: ``lr`` (``clamp(factor * lr, 0, 1)``) or ``sublinear`` (``2 / (t + 2)``).
+        step_rule: ``lr`` (``clamp(factor * lr, 0, 1)``), ``sublinear`` (``2 / (t + t0 + 2)``) or ``short``
+            (the short step with backtracking; needs ``step(closure, evaluate=...)``).
+        step_offset: ``t0 >= 0`` of the sublinear rule.
+        direction: ``frank_wolfe`` (towards the vertex) or ``pairwise`` (from the away atom to the vertex).
+        lipschitz: initial estimate of the smoothness constant ``L`` of the short step (> 0).
+        max_backtracks: trials per short step before it gives up and takes no step.
     """
 
     def __init__(
@@ -71,17 +83,29 @@ class FrankWolfe(torch.optim.Optimizer):
         momentum_form: str = "ema",
         rescale: str = "gradient",
         step_rule: str = "lr",
+        step_offset: int = 0,
+        direction: str = "frank_wolfe",
+        lipschitz: float = 1.0,
+        max_backtracks: int = 30,
     ) -> None:
+        check_range(f"{FIELD}.lipschitz", lipschitz, 0.0, low_inclusive=False)
+        check_int(f"{FIELD}.max_backtracks", max_backtracks, 1)
+        self.lipschitz_init = float(lipschitz)
+        self.max_backtracks = max_backtracks
         defaults = {
             "lr": lr,
             "momentum": momentum,
             "momentum_form": momentum_form,
             "rescale": rescale,
             "step_rule": step_rule,
+            "step_offset": step_offset,
+            "direction": direction,
             "constraint": None,
             "name": None,
         }
         super().__init__(params, defaults)
+        #: What the latest short step did (``lipschitz``, ``step``, ``evaluations``); empty before one.
+        self.last_line_search: dict[str, float] = {}
 
     # ------------------------------------------------------------------ groups
     def add_param_group(self, param_group: dict[str, Any]) -> None:
@@ -95,12 +119,20 @@ class FrankWolfe(torch.optim.Optimizer):
         check_choice(f"{FIELD}.momentum_form", group["momentum_form"], MOMENTUM_FORMS)
         check_choice(f"{FIELD}.rescale", group["rescale"], RESCALES)
         check_choice(f"{FIELD}.step_rule", group["step_rule"], STEP_RULES)
+        check_int(f"{FIELD}.step_offset", group["step_offset"], 0)
+        check_choice(f"{FIELD}.direction", group["direction"], DIRECTIONS)
         constraint = group["constraint"]
         if constraint is None:
             return
         if not isinstance(constraint, ConstraintSet):
             raise TypeError(
                 f"a param group's constraint must be a ConstraintSet or None, got {type(constraint).__name__}"
+            )
+        if group["direction"] == "pairwise" and not constraint.supports_away_steps:
+            raise ConfigError(
+                f"{FIELD}.direction",
+                f"pairwise steps need a set that knows its active atoms (a row-wise L1 ball); "
+                f"param group {group['name'] or ''!s} has {constraint!r}",
             )
         if group["rescale"] == "none" and group["step_rule"] == "lr":
             check_range(f"{FIELD}.lr", group["lr"], 0.0, 1.0, low_inclusive=False)
@@ -113,19 +145,36 @@ class FrankWolfe(torch.optim.Optimizer):
 
     # ------------------------------------------------------------------ the step
     @torch.no_grad()
-    def step(self, closure: Any = None) -> Any:
+    def step(self, closure: Any = None, evaluate: Callable[[], torch.Tensor | float] | None = None) -> Any:
+        """One step of every group; ``evaluate`` (the loss on the same batch, no gradients) is needed
+        by groups with ``step_rule="short"``."""
         loss = None
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        short: list[_Move] = []
         for group in self.param_groups:
-            self._step_group(group)
+            move = self._prepare(group)
+            if move is None:
+                continue
+            if group["step_rule"] == "short":
+                short.append(move)
+            else:
+                move.apply(self._step_size(group, move.m, move.direction, move.constraint, move.step))
+        if short:
+            if evaluate is None:
+                raise RuntimeError(
+                    "step_rule='short' evaluates the loss at trial points: call step(closure, evaluate=f) "
+                    "with f() the loss on the same batch"
+                )
+            self._short_step(short, evaluate)
         return loss
 
-    def _step_group(self, group: dict[str, Any]) -> None:
+    def _prepare(self, group: dict[str, Any]) -> _Move | None:
+        """The group's momentum, vertex and direction (unconstrained groups step right away: None)."""
         params: list[torch.Tensor] = group["params"]
         if not params or all(p.grad is None for p in params):
-            return
+            return None
         momenta = [self._momentum(p, group) for p in params]
         state = self.state[params[0]]
         state["step"] = state.get("step", 0) + 1
@@ -133,17 +182,46 @@ class FrankWolfe(torch.optim.Optimizer):
         if constraint is None:
             for p, m in zip(params, momenta):
                 p.add_(m, alpha=-group["lr"])
-            return
+            return None
         m = _joined(momenta, constraint)
-        vertex = constraint.lmo(m)
-        direction = _joined(params, constraint) - vertex
-        state["fw_gap"] = torch.dot(m.reshape(-1), direction.reshape(-1))
-        eta = self._step_size(group, m, direction, constraint, state["step"])
-        if len(params) == 1:
-            params[0].lerp_(vertex.reshape(params[0].shape), eta)
-            return
-        for p, v in zip(params, torch.split(vertex.reshape(-1), [p.numel() for p in params])):
-            p.lerp_(v.reshape(p.shape), eta)
+        theta = _joined(params, constraint)
+        vertex = constraint.lmo_at(m, theta)
+        state["fw_gap"] = torch.dot(m.reshape(-1), (theta - vertex).reshape(-1))
+        if group["direction"] == "pairwise":
+            away, weight = constraint.away_vertex(m, theta)
+            return _Move(params, constraint, m, vertex, vertex - away, state["step"], away, weight)
+        return _Move(params, constraint, m, vertex, vertex - theta, state["step"])
+
+    def _short_step(self, moves: list[_Move], evaluate: Callable[[], torch.Tensor | float]) -> None:
+        """One backtracking line search over the groups' joint direction (see the module docstring)."""
+        state = self.state[moves[0].params[0]]
+        lipschitz = float(state.get("lipschitz", self.lipschitz_init))
+        grads = [move.gradient() for move in moves]
+        slope = float(sum((g * move.direction).sum() for g, move in zip(grads, moves)))
+        curvature = float(sum(move.direction.square().sum() for move in moves))
+        record = {"lipschitz": lipschitz, "step": 0.0, "evaluations": 0.0}
+        if slope < 0 and curvature > 0:
+            start = [_joined(move.params, move.constraint).clone() for move in moves]
+            base = float(evaluate())
+            record["evaluations"] = 1.0
+            for _ in range(self.max_backtracks):
+                gamma = min(-slope / (lipschitz * curvature), 1.0)
+                taken = [move.apply(gamma) for move in moves]
+                trial = float(evaluate())
+                record["evaluations"] += 1.0
+                bound = sum(
+                    float((g * d).sum()) + 0.5 * lipschitz * float(d.square().sum()) for g, d in zip(grads, taken)
+                )
+                if trial <= base + bound + LINE_SEARCH_RTOL * max(abs(base), 1.0):
+                    record["step"] = gamma
+                    lipschitz *= LIPSCHITZ_DECREASE
+                    break
+                for move, values in zip(moves, start):
+                    move.restore(values)
+                lipschitz *= LIPSCHITZ_INCREASE
+        state["lipschitz"] = lipschitz
+        record["lipschitz"] = lipschitz
+        self.last_line_search = record
 
     def _momentum(self, p: torch.Tensor, group: dict[str, Any]) -> torch.Tensor:
         grad = p.grad if p.grad is not None else torch.zeros_like(p)
@@ -166,9 +244,9 @@ class FrankWolfe(torch.optim.Optimizer):
     def _step_size(
         group: dict[str, Any], m: torch.Tensor, direction: torch.Tensor, constraint: ConstraintSet, step: int
     ) -> float | torch.Tensor:
-        """eta in [0, 1]; a tensor when it depends on norms (no host-device sync)."""
+        """eta in [0, 1] of the ``lr`` and ``sublinear`` rules; a tensor when it depends on norms (no host-device sync)."""
         if group["step_rule"] == "sublinear":
-            return 2.0 / (step + 1)
+            return 2.0 / (step + 1 + group["step_offset"])
         lr = float(group["lr"])
         rescale = group["rescale"]
         if rescale == "none":
@@ -244,6 +322,59 @@ class FrankWolfe(torch.optim.Optimizer):
         super().load_state_dict(state_dict)
         for group, constraint in zip(self.param_groups, constraints):
             group["constraint"] = constraint
+
+
+class _Move:
+    """One constrained group's step: ``theta <- theta + min(eta, weight) * direction``.
+
+    ``direction`` is ``V - theta`` (Frank-Wolfe) or ``V - a`` (pairwise, with ``weight`` the away
+    atom's weight, per row for row-wise sets, which caps the step so that the iterate stays in the set).
+    """
+
+    def __init__(
+        self,
+        params: list[torch.Tensor],
+        constraint: ConstraintSet,
+        m: torch.Tensor,
+        vertex: torch.Tensor,
+        direction: torch.Tensor,
+        step: int,
+        away: torch.Tensor | None = None,
+        weight: torch.Tensor | None = None,
+    ) -> None:
+        self.params = params
+        self.constraint = constraint
+        self.m = m
+        self.vertex = vertex
+        self.direction = direction
+        self.step = step
+        self.away = away
+        self.weight = weight
+
+    def gradient(self) -> torch.Tensor:
+        """The raw gradient in the constraint's shape (the short step's decrease test is on the batch loss)."""
+        return _joined([p.grad if p.grad is not None else torch.zeros_like(p) for p in self.params], self.constraint)
+
+    def apply(self, eta: float | torch.Tensor) -> torch.Tensor:
+        """Take the step in place; returns the step taken (new minus old, in the constraint's shape)."""
+        theta = _joined(self.params, self.constraint)
+        if self.away is None:
+            new = torch.lerp(theta, self.vertex, eta)
+        else:
+            eta_rows = torch.minimum(torch.as_tensor(eta, dtype=theta.dtype, device=theta.device), self.weight)
+            new = theta + eta_rows * self.direction
+            # A drop step removes the away atom exactly (a rounding residue would keep its entries alive).
+            dropped = (eta_rows >= self.weight) & (self.away != 0) & (self.vertex == 0)
+            new = torch.where(dropped, torch.zeros_like(new), new)
+        taken = new - theta
+        self.restore(new)
+        return taken
+
+    def restore(self, values: torch.Tensor) -> None:
+        """Write ``values`` (any shape with the group's entry count) back into the group's tensors."""
+        flat = values.reshape(-1)
+        for p, value in zip(self.params, torch.split(flat, [p.numel() for p in self.params])):
+            p.copy_(value.reshape(p.shape))
 
 
 def _joined(tensors: list[torch.Tensor], constraint: ConstraintSet) -> torch.Tensor:

@@ -13,6 +13,10 @@ models; it only calls:
 * ``radius`` and ``diameter`` (the Euclidean diameter of ``C``, used by step-size rescaling).
 * ``make_feasible(x)``: ``x`` rescaled towards the origin until it lies in ``C`` (not a Euclidean
   projection: rescaling keeps the support and the direction, as the SFW authors do).
+* ``lmo_at(grad, x)``: the oracle the optimiser calls at the iterate ``x``; ``lmo(grad)`` unless the
+  set restricts its oracle by the iterate (a row-wise set with a support budget).
+* ``away_vertex(grad, x)`` (only where ``supports_away_steps``): the active atom of ``x`` with the
+  largest ``<grad, a>`` and its weight in ``x``, for pairwise steps.
 
 Each set converts between its radius and its L2 diameter (``radius_for_diameter``), which is how a
 radius is sized from the norm of the initial weights (``D = 2 * value * E||theta_init||``).
@@ -69,6 +73,8 @@ class ConstraintSet(ABC):
 
     #: Short name used in configs and reports (``ksupport``, ``l2``, ...).
     kind: str = ""
+    #: Whether ``away_vertex`` exists (the set reads its active atoms off the iterate).
+    supports_away_steps: bool = False
 
     def __init__(self, shape: Sequence[int], radius: float) -> None:
         self.shape = torch.Size(int(d) for d in shape)
@@ -99,6 +105,14 @@ class ConstraintSet(ABC):
     @abstractmethod
     def diameter(self) -> float:
         """The Euclidean (L2) diameter of the set."""
+
+    def lmo_at(self, grad: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """The oracle at the iterate ``x``: ``lmo(grad)`` for a set that does not depend on ``x``."""
+        return self.lmo(grad)
+
+    def away_vertex(self, grad: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(a, alpha)``: the active atom of ``x`` maximising ``<grad, a>`` and its weight in ``x``."""
+        raise NotImplementedError(f"{type(self).__name__} keeps no active set; pairwise steps are not available")
 
     @classmethod
     @abstractmethod

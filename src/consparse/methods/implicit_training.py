@@ -1,0 +1,175 @@
+"""What the methods that train an implicit model from scratch share (``implicit_fw``, ``implicit_pgd``).
+
+Both train ``model=implicit`` (``consparse.implicit.model.ImplicitModel``) end to end through its
+implicit backward and report the same figures, so that their runs compare line by line:
+
+* well-posedness at every step: ``||A||_inf`` is read after every optimiser step and its maximum
+  over training is reported next to ``model.kappa``;
+* fixed-point convergence of the training steps: forward and adjoint (backward) solves aggregated
+  over training (iterations, residuals, whether every solve converged) and per epoch;
+* the curve of validation accuracy against density over training: one point per validation epoch
+  (density of A, B, C, D together and per matrix), logged as ``train/density*`` and kept in
+  ``method_metrics["density_curve"]`` (saved in checkpoints, so a resumed run keeps its curve).
+
+The dense reference is the trained model itself counted dense: an implicit model of the same state
+size with every entry of A, B, C, D nonzero (design.md), so ``density = nnz(A,B,C,D) / size``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from consparse.compress.count import nonzero_count, numel_count
+from consparse.data.info import DatasetInfo
+from consparse.errors import ConfigError
+from consparse.implicit.function import SolveRecord
+from consparse.implicit.model import FixedPointSummary, ImplicitModel
+from consparse.methods.base import SparseMethod
+
+MATRICES = ("A", "B", "C", "D")
+CURVE_KEY = "implicit_density_curve"
+
+
+def require_implicit_model(model: nn.Module, method: str) -> ImplicitModel:
+    """``model`` if it is an implicit model, else a ConfigError naming ``model``."""
+    if not isinstance(model, ImplicitModel):
+        raise ConfigError(
+            "model",
+            f"method={method} trains an implicit model from scratch: use model=implicit "
+            f"(got {type(model).__name__})",
+        )
+    return model
+
+
+class ImplicitTrainingMethod(SparseMethod):
+    """A ``SparseMethod`` around an ``ImplicitModel`` with the shared bookkeeping of the module docstring.
+
+    Args:
+        model: an ``ImplicitModel`` (``model=implicit``); any other model is a ConfigError.
+        info: the dataset's description.
+        method_name: the method's config name, for error messages.
+        **kwargs: ``SparseMethod``'s (``target_density``, ``optimizer``, ``scheduler``, ...).
+    """
+
+    def __init__(self, model: nn.Module, info: DatasetInfo, method_name: str, **kwargs: Any) -> None:
+        implicit = require_implicit_model(model, method_name)
+        super().__init__(implicit, info, **kwargs)
+        self.implicit: ImplicitModel = implicit
+        self.max_well_posedness = implicit.well_posedness()
+        self.steps_checked = 0
+        self.density_curve: list[dict[str, Any]] = []
+        # Solves of the training steps (this invocation's fit), over the run and over the current epoch.
+        self.solves = {"forward": FixedPointSummary(), "backward": FixedPointSummary()}
+        self.epoch_solves = {"forward": FixedPointSummary(), "backward": FixedPointSummary()}
+        self._train_record: SolveRecord | None = None
+
+    # ------------------------------------------------------------------ densities
+    def matrix_densities(self) -> dict[str, float]:
+        """Nonzero fraction of each of A, B, C, D."""
+        return {name: nonzero_count([self.matrix(name)]) / self.matrix(name).numel() for name in MATRICES}
+
+    def density(self) -> float:
+        """Nonzeros of A, B, C, D over their size (the dense implicit model of the same state size)."""
+        weights = self.implicit.sparsifiable_weights()
+        return nonzero_count(weights) / numel_count(weights)
+
+    def matrix(self, name: str) -> torch.Tensor:
+        return getattr(self.implicit, name)
+
+    # ------------------------------------------------------------------ hooks
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        loss = super().training_step(batch, batch_idx)
+        # The training forward's record; its backward writes into the same record later.
+        self._train_record = self.implicit.last_solve
+        return loss
+
+    def on_train_epoch_start(self) -> None:
+        super().on_train_epoch_start()
+        self.epoch_solves = {"forward": FixedPointSummary(), "backward": FixedPointSummary()}
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        super().on_train_batch_end(outputs, batch, batch_idx)
+        self.max_well_posedness = max(self.max_well_posedness, self.implicit.well_posedness())
+        self.steps_checked += 1
+        record = self._train_record
+        if record is None:
+            return
+        for kind, stats in (("forward", record.forward), ("backward", record.backward)):
+            if stats is not None:
+                self.solves[kind].add(stats)
+                self.epoch_solves[kind].add(stats)
+
+    def epoch_figures(self) -> dict[str, float]:
+        """Scalars logged at the end of each training epoch."""
+        figures = {"train/density": self.density(), "train/A_inf_norm": self.implicit.well_posedness()}
+        figures.update({f"train/density_{name}": value for name, value in self.matrix_densities().items()})
+        for kind, summary in self.epoch_solves.items():
+            if summary.samples:
+                figures[f"train/{kind}_iterations"] = summary.as_dict()["mean_iterations"]
+        return figures
+
+    def on_train_epoch_end(self) -> None:
+        super().on_train_epoch_end()
+        for name, value in self.epoch_figures().items():
+            self.log(name, value, on_step=False, on_epoch=True, sync_dist=True, prog_bar=name == "train/density")
+
+    def on_validation_epoch_end(self) -> None:
+        values = self.epoch_metric_values("val")
+        if not self.trainer.sanity_checking and "val/acc" in values:
+            self.density_curve.append(
+                {
+                    "epoch": int(self.current_epoch) + 1,
+                    "step": int(self.global_step),
+                    "val_accuracy": float(values["val/acc"]),
+                    "density": self.density(),
+                    "per_matrix_density": self.matrix_densities(),
+                }
+            )
+        super().on_validation_epoch_end()
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint[CURVE_KEY] = {
+            "curve": self.density_curve,
+            "max_well_posedness": self.max_well_posedness,
+            "steps_checked": self.steps_checked,
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        saved = checkpoint.get(CURVE_KEY)
+        if saved is not None:
+            self.density_curve = list(saved["curve"])
+            self.max_well_posedness = float(saved["max_well_posedness"])
+            self.steps_checked = int(saved["steps_checked"])
+
+    # ------------------------------------------------------------------ the method seam
+    def reference_model(self) -> nn.Module:
+        """The trained implicit model counted dense: same state size, every entry of A, B, C, D kept."""
+        return self.implicit
+
+    def compression_base(self) -> nn.Module | None:
+        return self.implicit
+
+    def method_metrics(self) -> dict[str, Any]:
+        model = self.implicit
+        return {
+            "state_size": model.state_size,
+            "per_matrix_density": self.matrix_densities(),
+            "per_matrix_nonzeros": {name: nonzero_count([self.matrix(name)]) for name in MATRICES},
+            "well_posedness": {
+                "kappa": model.kappa,
+                "A_inf_norm": model.well_posedness(),
+                "max_A_inf_norm_over_training": self.max_well_posedness,
+                "steps_checked": self.steps_checked,
+                "well_posed_every_step": self.max_well_posedness < 1.0,
+            },
+            "fixed_point": {
+                "forward_tolerance": {"rtol": model.forward_settings.rtol, "atol": model.forward_settings.atol,
+                                      "max_iter": model.forward_settings.max_iter},
+                "training_forward": self.solves["forward"].as_dict(),
+                "training_backward": self.solves["backward"].as_dict(),
+            },
+            "density_curve": list(self.density_curve),
+        }
