@@ -57,19 +57,46 @@ def test_blocks_are_a_union_of_products_launched_seed_major() -> None:
     assert len(jobs) == 2 * (1 + 2 + 1 + 2)
     assert jobs[0] == ["method=dense", "seed=0", "experiment=x"]
     assert jobs[3] == ["method=l0_penalty", "method.penalty=[0.01,0.1]", "seed=0", "experiment=x"]
-    assert jobs[4] == ["method=implicit_fw", "model=implicit", "method.target_density=0.5", "seed=0", "experiment=x"]
+    assert jobs[4] == [
+        "method=implicit_fw",
+        "model=implicit",
+        "method.target_density=0.5",
+        "seed=0",
+        "experiment=x",
+    ]
     assert [job[-2] for job in jobs] == ["seed=0"] * 6 + ["seed=1"] * 6  # every block for seed 0 first
-    assert {b.name: b.jobs for b in plan.blocks} == {"dense": [0, 6], "l0": [1, 2, 7, 8], "pen": [3, 9], "fw": [4, 5, 10, 11]}
+    assert {b.name: b.jobs for b in plan.blocks} == {
+        "dense": [0, 6],
+        "l0": [1, 2, 7, 8],
+        "pen": [3, 9],
+        "fw": [4, 5, 10, 11],
+    }
 
 
 def test_command_line_selects_replaces_or_extends() -> None:
-    args = ["method=l0,implicit_fw,sfw", "seed=3", "method.target_density=0.2", "model.state_size=64", "trainer.max_epochs=1,2"]
+    args = [
+        "method=l0,implicit_fw,sfw",
+        "seed=3",
+        "method.target_density=0.2",
+        "model.state_size=64",
+        "trainer.max_epochs=1,2",
+    ]
     plan = plan_sweep({"seed": "0,1"}, BLOCKS, args)
-    assert {b.name: b.status for b in plan.blocks} == {"dense": DESELECTED, "l0": PLANNED, "pen": DESELECTED, "fw": PLANNED}
-    assert values(plan, "l0", "method.target_density") == ["0.2"] == values(plan, "fw", "method.target_density")
+    assert {b.name: b.status for b in plan.blocks} == {
+        "dense": DESELECTED,
+        "l0": PLANNED,
+        "pen": DESELECTED,
+        "fw": PLANNED,
+    }
+    assert (
+        values(plan, "l0", "method.target_density") == ["0.2"] == values(plan, "fw", "method.target_density")
+    )
     assert plan.shared == {"seed": ["seed=3"]}
     # No block sets these: every job gets them (a sweep multiplies every block).
-    assert plan.extras == {"model.state_size": ["model.state_size=64"], "trainer.max_epochs": ["trainer.max_epochs=1", "trainer.max_epochs=2"]}
+    assert plan.extras == {
+        "model.state_size": ["model.state_size=64"],
+        "trainer.max_epochs": ["trainer.max_epochs=1", "trainer.max_epochs=2"],
+    }
     assert len(plan.jobs()) == 2 * 2
     # A key only some blocks set changes only those.
     plan = plan_sweep(None, BLOCKS, ["method.penalty=choice(0.5)"])
@@ -78,7 +105,9 @@ def test_command_line_selects_replaces_or_extends() -> None:
 
 
 def test_selecting_among_the_values_a_block_sweeps() -> None:
-    plan = plan_sweep(None, {"both": {"method": "magnitude,sfw", "method.target_density": "0.1"}}, ["method=sfw"])
+    plan = plan_sweep(
+        None, {"both": {"method": "magnitude,sfw", "method.target_density": "0.1"}}, ["method=sfw"]
+    )
     assert values(plan, "both", "method") == ["sfw"]
 
 
@@ -87,7 +116,12 @@ def test_selecting_among_the_values_a_block_sweeps() -> None:
     [
         ({}, {}, [], "hydra.sweeper.blocks: no blocks"),
         ({}, {"a": {}}, [], "hydra.sweeper.blocks.a: an empty block"),
-        ({"seed": "0,1"}, {"a": {"method": "dense", "seed": "2"}}, [], r"hydra.sweeper.blocks.a: sets \['seed'\]"),
+        (
+            {"seed": "0,1"},
+            {"a": {"method": "dense", "seed": "2"}},
+            [],
+            r"hydra.sweeper.blocks.a: sets \['seed'\]",
+        ),
         ({}, {"a": {"model": "mlp"}}, [], r"hydra.sweeper.blocks.a: lacks \['method'\]"),
         ({}, {"a": {"method": "dense", "lr": "interval(0,1)"}}, [], "only lists and ranges are swept"),
         ({}, {"a": {"method": "dense"}}, ["method=sfw"], "the command line selects no block .* a: dense"),
@@ -106,7 +140,9 @@ def test_optional_names_must_be_blocks() -> None:
 def test_unavailable_optional_blocks_are_skipped_others_fail() -> None:
     def compose_job(overrides: list[str]) -> None:
         if "method=implicit_fw" in overrides:
-            raise MissingConfigException("In 'config': Could not find 'method/implicit_fw'\n\nAvailable options ...")
+            raise MissingConfigException(
+                "In 'config': Could not find 'method/implicit_fw'\n\nAvailable options ..."
+            )
 
     plan = plan_sweep({"seed": "0,1"}, BLOCKS, [])
     skipped = skip_unavailable(plan, compose_job, optional=["fw"])
@@ -123,15 +159,26 @@ def test_plan_file_round_trip(tmp_path: Path) -> None:
     plan.started, plan.finished = "2026-01-01T10:00:00+00:00", "2026-01-01T10:01:30+00:00"
     plan.write(tmp_path)
     written = read_plan(tmp_path)
-    assert written["wall_seconds"] == 90.0 and written["jobs"] == 6 and written["command_line"] == ["experiment=x"]
-    assert written["blocks"][2] == {"name": "pen", "status": PLANNED, "params": {"method": ["l0_penalty"], "method.penalty": ["[0.01,0.1]"]}, "jobs": [3]}
+    assert (
+        written["wall_seconds"] == 90.0
+        and written["jobs"] == 6
+        and written["command_line"] == ["experiment=x"]
+    )
+    assert written["blocks"][2] == {
+        "name": "pen",
+        "status": PLANNED,
+        "params": {"method": ["l0_penalty"], "method.penalty": ["[0.01,0.1]"]},
+        "jobs": [3],
+    }
     assert read_plan(tmp_path / "absent") is None
 
 
 # ------------------------------------------------------------------------------- presets
 def compose_preset(name: str, *overrides: str):
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return compose(config_name="config", overrides=[f"experiment={name}", *overrides], return_hydra_config=True)
+        return compose(
+            config_name="config", overrides=[f"experiment={name}", *overrides], return_hydra_config=True
+        )
 
 
 def method_exists(method: str) -> bool:
@@ -145,7 +192,9 @@ def test_preset_sweeps_every_method_at_the_issue_densities(preset: str) -> None:
     assert (cfg.dataset.name, cfg.model.name) == (dataset, model)
     sweeper = OmegaConf.to_container(cfg.hydra.sweeper)
     assert sweeper["_target_"] == "hydra_plugins.consparse_sweeper.blocks_sweeper.BlocksSweeper"
-    plan = plan_sweep(sweeper["params"], sweeper["blocks"], [f"experiment={preset}"], optional=sweeper["optional"])
+    plan = plan_sweep(
+        sweeper["params"], sweeper["blocks"], [f"experiment={preset}"], optional=sweeper["optional"]
+    )
     by_method = {values(plan, b.name, "method")[0]: b.name for b in plan.blocks}
     assert set(by_method) == methods
     assert plan.shared == {"seed": ["seed=0", "seed=1", "seed=2"]}
@@ -176,7 +225,8 @@ def test_preset_sweeps_every_method_at_the_issue_densities(preset: str) -> None:
 def test_cfg_job_shows_one_composed_job(tmp_path: Path) -> None:
     done = subprocess.run(
         [sys.executable, str(REPO / "train.py"), "experiment=compare_mnist_mlp", "--cfg", "job"],
-        cwd=tmp_path, capture_output=True, text=True, timeout=300, env={**os.environ, "WANDB_MODE": "disabled"},
+        check=False, cwd=tmp_path, capture_output=True, text=True, timeout=300,
+        env={**os.environ, "WANDB_MODE": "disabled"},
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
     job = yaml.safe_load(done.stdout)
@@ -198,12 +248,14 @@ def test_tiny_compare_sweep_through_the_cli(tmp_path: Path) -> None:
     ]  # fmt: skip
     done = subprocess.run(
         [sys.executable, str(REPO / "train.py"), *args],
-        cwd=tmp_path, capture_output=True, text=True, timeout=600,
+        check=False, cwd=tmp_path, capture_output=True, text=True, timeout=600,
         env={**os.environ, "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1"},
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
 
-    preset = yaml.safe_load((CONF / "experiment" / "compare_mnist_mlp.yaml").read_text())["hydra"]["sweeper"]["blocks"]
+    preset = yaml.safe_load((CONF / "experiment" / "compare_mnist_mlp.yaml").read_text())["hydra"]["sweeper"][
+        "blocks"
+    ]
     available = {name for name, block in preset.items() if method_exists(block["method"])}
     plan = read_plan(sweep)
     assert {b["name"] for b in plan["blocks"] if b["status"] == PLANNED} == available
@@ -217,7 +269,9 @@ def test_tiny_compare_sweep_through_the_cli(tmp_path: Path) -> None:
             assert results["dataset"] == "digits" and results["epochs"] == 1
     jobs = [read_results(job) for job in sweep.iterdir() if job.name.isdigit()]
     assert len(jobs) == plan["jobs"] == 2 * len(targeted) + 2
-    assert {(r["method"], r["target_density"]) for r in jobs} >= {(m, t) for m in targeted for t in (0.5, 0.1)}
+    assert {(r["method"], r["target_density"]) for r in jobs} >= {
+        (m, t) for m in targeted for t in (0.5, 0.1)
+    }
 
     markdown = (sweep / "results.md").read_text()
     assert "## Sweep" in markdown and "`python train.py -m experiment=compare_mnist_mlp" in markdown
@@ -234,7 +288,9 @@ def test_tiny_compare_sweep_through_the_cli(tmp_path: Path) -> None:
     assert table[0] == ["method", "0.5", "0.1"]
     matrix = {cells[0]: cells[1:] for cells in table[2:]}
     # A method on another model (implicit_fw: model=implicit) is compared in the mlp's table, labelled with its model.
-    labels = {name + (f" (model={preset[name]['model']})" if "model" in preset[name] else "") for name in targeted}
+    labels = {
+        name + (f" (model={preset[name]['model']})" if "model" in preset[name] else "") for name in targeted
+    }
     assert set(matrix) == labels | {"dense (pruned without retraining)"}
     assert all(cell != "—" for cells in matrix.values() for cell in cells)
     assert "★" in " ".join(c for cells in matrix.values() for c in cells)

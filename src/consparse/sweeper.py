@@ -178,7 +178,9 @@ def plan_sweep(
     """
     parser = parser or OverridesParser.create()
     if not blocks:
-        raise BlockSweepError("hydra.sweeper.blocks: no blocks; give at least one {override key: value} mapping")
+        raise BlockSweepError(
+            "hydra.sweeper.blocks: no blocks; give at least one {override key: value} mapping"
+        )
     unknown = [name for name in optional if name not in blocks]
     if unknown:
         raise BlockSweepError(f"hydra.sweeper.optional: {unknown} are not blocks; blocks: {list(blocks)}")
@@ -213,12 +215,16 @@ def plan_sweep(
         else:
             extras[key] = values
     if not any(block.status == PLANNED for block in planned):
-        choices = "; ".join(f"{b.name}: {', '.join(_value(v) for k in select for v in b.params[k])}" for b in planned)
+        choices = "; ".join(
+            f"{b.name}: {', '.join(_value(v) for k in select for v in b.params[k])}" for b in planned
+        )
         raise BlockSweepError(f"the command line selects no block ({' '.join(arguments)}); blocks: {choices}")
     return SweepPlan(list(arguments), shared, planned, extras)
 
 
-def skip_unavailable(plan: SweepPlan, compose: Callable[[list[str]], Any], optional: Iterable[str]) -> list[Block]:
+def skip_unavailable(
+    plan: SweepPlan, compose: Callable[[list[str]], Any], optional: Iterable[str]
+) -> list[Block]:
     """Compose the first job of every planned block; an optional block whose config group option
     does not exist (``MissingConfigException``) is marked skipped, any other failure propagates.
     Returns the skipped blocks."""
@@ -278,13 +284,17 @@ def _expand(override: Override, where: str) -> list[str]:
             return [key]  # ~key: delete whatever value it has
         return [f"{key}={override.get_value_element_as_str()}"]
     if not override.is_discrete_sweep():
-        raise BlockSweepError(f"{where}: {override.input_line} is a {override.value_type.name}; only lists and ranges are swept")
+        raise BlockSweepError(
+            f"{where}: {override.input_line} is a {override.value_type.name}; only lists and ranges are swept"
+        )
     return [f"{key}={value}" for value in override.sweep_string_iterator()]
 
 
 def _key(override: Override) -> str:
     """What overrides of the same thing share: the key or group, with its package."""
-    return override.key_or_group if override.package is None else f"{override.key_or_group}@{override.package}"
+    return (
+        override.key_or_group if override.package is None else f"{override.key_or_group}@{override.package}"
+    )
 
 
 def _value(expanded: str) -> str:

@@ -42,7 +42,9 @@ def section(markdown: str, heading: str) -> list[str]:
 
 def test_side_by_side_matrices(plain: dict[str, Path]) -> None:
     markdown = plain["markdown"].read_text()
-    accuracy = {row["method"]: row for row in markdown_table(markdown, "### Side by side at matched target densities")}
+    accuracy = {
+        row["method"]: row for row in markdown_table(markdown, "### Side by side at matched target densities")
+    }
     assert list(accuracy["sfw"]) == ["method", "0.1", "0.05", "0.02"]
     assert accuracy["sfw"] == {"method": "sfw", "0.1": "97.40 ± 0.14 ★", "0.05": "96.30 ± 0.14", "0.02": "—"}
     # l0 is the most accurate at 0.1 but keeps 0.118 of the weights: flagged, with its density, never best.
@@ -62,11 +64,15 @@ def test_shortfalls_say_who_falls_short_and_by_how_much(plain: dict[str, Path]) 
     shortfalls = section(markdown, "#### Where methods fall short")
     assert shortfalls == [
         # spread = 0.14 + 0.17 = 0.31 < 0.40: beyond.
-        "- **0.1**: best sfw 97.40 ± 0.14 %; magnitude 0.40 points below (beyond the seeds' spread); "
-        "l0 misses it at density 0.118 (+18.0 %).",
+        (
+            "- **0.1**: best sfw 97.40 ± 0.14 %; magnitude 0.40 points below (beyond the seeds' spread); "
+            "l0 misses it at density 0.118 (+18.0 %)."
+        ),
         # sfw: 0.20 < 0.14 + 0.14: within; magnitude: 2.50 > 0.14 + 0.28: beyond.
-        "- **0.05**: best l0 96.50 ± 0.14 %; sfw 0.20 points below (within the seeds' spread); "
-        "magnitude 2.50 points below (beyond the seeds' spread).",
+        (
+            "- **0.05**: best l0 96.50 ± 0.14 %; sfw 0.20 points below (within the seeds' spread); "
+            "magnitude 2.50 points below (beyond the seeds' spread)."
+        ),
         "- **0.02**: no method meets it; l0 misses it at density 0.035 (+75.0 %).",
     ]
 
@@ -74,9 +80,11 @@ def test_shortfalls_say_who_falls_short_and_by_how_much(plain: dict[str, Path]) 
 def test_methods_without_a_target_are_placed_between_targets(plain: dict[str, Path]) -> None:
     landing = section(plain["markdown"].read_text(), "#### Without a target: where they land")
     assert landing == [
-        "- l0_penalty (method.penalty=0.01): density 0.083, 97.00 %; at least as accurate as l0 "
-        "(96.50 ± 0.14 % at target 0.05, a smaller budget, density 0.051); behind sfw (97.40 ± 0.14 % "
-        "at target 0.1, a budget at least as large, density 0.100).",
+        (
+            "- l0_penalty (method.penalty=0.01): density 0.083, 97.00 %; at least as accurate as l0 "
+            "(96.50 ± 0.14 % at target 0.05, a smaller budget, density 0.051); behind sfw (97.40 ± 0.14 % "
+            "at target 0.1, a budget at least as large, density 0.100)."
+        ),
     ]
 
 
@@ -104,15 +112,22 @@ def test_curve_of_a_run_without_target_competes_at_matching_targets(compared: di
     markdown = paths["markdown"].read_text()
     rows = markdown_table(markdown, "## mnist / mlp")
     pruned = [r for r in rows if r["variant"] == CURVE_VARIANT]
-    assert [(r["method"], r["target"], r["density"], r["test acc (%)"], r["latency (ms)"]) for r in pruned] == [
+    assert [
+        (r["method"], r["target"], r["density"], r["test acc (%)"], r["latency (ms)"]) for r in pruned
+    ] == [
         ("dense", "0.050", "0.050", "91.00", "—"),
         ("dense", "0.100", "0.100", "96.00", "—"),
     ]
-    assert row_for([r for r in rows if r["variant"] != CURVE_VARIANT], "dense", "—")["test acc (%)"] == "98.00"
+    assert (
+        row_for([r for r in rows if r["variant"] != CURVE_VARIANT], "dense", "—")["test acc (%)"] == "98.00"
+    )
     assert "(2 of them points of compression curves)" in markdown
     assert f"- **{CURVE_VARIANT}**: a run without a target" in markdown
     shortfalls = section(markdown, "#### Where methods fall short")
-    assert "dense (pruned without retraining) 1.40 points below (one seed, no spread to judge by)" in shortfalls[0]
+    assert (
+        "dense (pruned without retraining) 1.40 points below (one seed, no spread to judge by)"
+        in shortfalls[0]
+    )
     summary = pd.read_csv(paths["summary_csv"])
     curve = summary[summary["variant"] == CURVE_VARIANT]
     assert set(curve["target_density"]) == {0.1, 0.05} and not curve["best"].any()
@@ -129,11 +144,15 @@ def test_block_sweep_settings_are_no_variants_and_the_plan_is_reported(compared:
     assert sweep[5].startswith("How to read the tables")  # the legend follows the sweep's lines
     assert sweep[:5] == [
         "`python train.py -m experiment=compare_mnist_mlp dataset.root=../shared/data`",
-        "17 jobs; wall time 58 min 30 s (started 2026-01-01T10:00:00+00:00, finished 2026-01-01T10:58:30+00:00); "
-        "training time summed over its runs 15 min 35 s.",  # 935 s of train_seconds
+        (
+            "17 jobs; wall time 58 min 30 s (started 2026-01-01T10:00:00+00:00, finished 2026-01-01T10:58:30+00:00); "
+            "training time summed over its runs 15 min 35 s."
+        ),  # 935 s of train_seconds
         "- Blocks run: dense (1 job), magnitude (4 jobs).",
-        "- **Not run** (optional blocks whose config did not exist when the sweep started): "
-        "**implicit_fw** (In 'config': Could not find 'method/implicit_fw').",
+        (
+            "- **Not run** (optional blocks whose config did not exist when the sweep started): "
+            "**implicit_fw** (In 'config': Could not find 'method/implicit_fw')."
+        ),
         "- Left out by the command line: sfw_l2 (method=l0,magnitude,sfw on the command line).",
     ]
 
@@ -144,7 +163,9 @@ def test_a_run_of_another_model_joins_the_sweeps_table(compared: dict[str, Path]
     row = row_for(markdown_table(markdown, "## mnist / mlp"), "implicit_fw", "0.100")
     assert row["variant"] == "model=implicit" and row["test acc (%)"] == "95.00"
     assert "implicit_fw: 485.9k params, 485.0k MACs, latency 0.500 ms (mean over runs)" in markdown
-    accuracy = {r["method"]: r for r in markdown_table(markdown, "### Side by side at matched target densities")}
+    accuracy = {
+        r["method"]: r for r in markdown_table(markdown, "### Side by side at matched target densities")
+    }
     assert accuracy["implicit_fw (model=implicit)"]["0.1"] == "95.00"
     runs = pd.read_csv(compared["results_csv"])
     moved = runs[runs["method"] == "implicit_fw"].iloc[0]

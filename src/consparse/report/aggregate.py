@@ -31,6 +31,12 @@ Choices a reader of the report should know (also printed in the report's legend)
   accuracy against density for ``unstructured``, against params for ``filter`` and ``lowrank``.
   With several (dataset, model) pairs in one directory the files are suffixed
   ``_<dataset>_<model>``. The x axis is logarithmic when its values span a factor of 10 or more.
+* **Comparisons and block sweeps** (``consparse.report.compare``): where two or more rows share a
+  target, matrices of accuracy and density by target, who falls short of whom, and where the rows
+  without a target land; rows "pruned without retraining" from the curves of runs without a target.
+  Below a block sweep's ``sweep_plan.yaml`` its per-method settings make no variants, runs of
+  another model join the sweep's table (``model=...`` in their variant), and a "Sweep" section
+  gives the command, the wall time and the blocks not run.
 """
 
 from __future__ import annotations

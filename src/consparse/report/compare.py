@@ -51,7 +51,11 @@ def curve_rows(summary: pd.DataFrame, curves: pd.DataFrame) -> pd.DataFrame:
             points = unstructured[(unstructured["dataset"] == dataset) & (unstructured["model"] == model)]
             for _, point in points.iterrows():
                 target = next((t for t in targets if abs(1.0 - point["amount"] - t) < AMOUNT_MATCH), None)
-                source = group[(group["method"] == point["method"]) & group["target_density"].isna() & (group["variant"] == point["variant"])]
+                source = group[
+                    (group["method"] == point["method"])
+                    & group["target_density"].isna()
+                    & (group["variant"] == point["variant"])
+                ]
                 if target is None or source.empty:
                     continue
                 record = source.iloc[0].to_dict()
@@ -86,7 +90,10 @@ def comparison_lines(group: pd.DataFrame, tolerance: float) -> list[str]:
     header = ["method", *(f"{t:g}" for t in targets)]
 
     def matrix(render) -> list[str]:
-        rows = [[label, *(render(cells[(label, t)]) if (label, t) in cells else "—" for t in targets)] for label in labels]
+        rows = [
+            [label, *(render(cells[(label, t)]) if (label, t) in cells else "—" for t in targets)]
+            for label in labels
+        ]
         return markdown_table(header, rows)
 
     lines = [
@@ -190,7 +197,11 @@ def _landing(row: pd.Series, targeted: pd.DataFrame) -> str:
         if rows.empty:
             continue
         neighbour = rows.loc[getattr(rows["target_density"], pick)()]
-        verdict = "at least as accurate as" if row["test_accuracy_mean"] >= neighbour["test_accuracy_mean"] else worse
+        verdict = (
+            "at least as accurate as"
+            if row["test_accuracy_mean"] >= neighbour["test_accuracy_mean"]
+            else worse
+        )
         notes.append(
             f"{verdict} {_label(neighbour)} ({_accuracy(neighbour)} % at target {neighbour['target_density']:g}, "
             f"{budget}, density {neighbour['density_mean']:.3f})"
@@ -210,7 +221,9 @@ def find_plans(root: str | Path) -> list[tuple[Path, dict[str, Any]]]:
     return found
 
 
-def on_setting_models(table: pd.DataFrame, plans: Sequence[tuple[Path, Mapping[str, Any]]], root: str | Path) -> pd.DataFrame:
+def on_setting_models(
+    table: pd.DataFrame, plans: Sequence[tuple[Path, Mapping[str, Any]]], root: str | Path
+) -> pd.DataFrame:
     """Runs of a block sweep are compared on the sweep's model (``setting.model`` of its plan): a run of
     another model (implicit_fw on ``model=implicit`` in a compare_*_mlp sweep) moves into that model's
     table, with ``model=<its model>`` leading its variant. ``run_model`` keeps what every run trained."""
@@ -234,7 +247,9 @@ def fixed_keys(plans: Sequence[tuple[Path, Mapping[str, Any]]]) -> list[str]:
     return sorted({key for _, plan in plans for key in plan.get("fixed_keys") or []})
 
 
-def sweep_lines(plans: Sequence[tuple[Path, Mapping[str, Any]]], root: str | Path, table: pd.DataFrame) -> list[str]:
+def sweep_lines(
+    plans: Sequence[tuple[Path, Mapping[str, Any]]], root: str | Path, table: pd.DataFrame
+) -> list[str]:
     """A ``## Sweep`` section per block sweep: command, jobs, wall time, blocks run and not run."""
     lines: list[str] = []
     for directory, plan in plans:
@@ -256,7 +271,9 @@ def sweep_lines(plans: Sequence[tuple[Path, Mapping[str, Any]]], root: str | Pat
                 f"training time summed over its runs {_duration(train)}."
             ),
             "",
-            "- Blocks run: " + (", ".join(f"{b['name']} ({_jobs(len(b.get('jobs') or []))})" for b in run) or "none") + ".",
+            "- Blocks run: "
+            + (", ".join(f"{b['name']} ({_jobs(len(b.get('jobs') or []))})" for b in run) or "none")
+            + ".",
         ]
         if skipped:
             lines.append(
@@ -265,7 +282,11 @@ def sweep_lines(plans: Sequence[tuple[Path, Mapping[str, Any]]], root: str | Pat
                 + "."
             )
         if deselected:
-            lines.append("- Left out by the command line: " + "; ".join(f"{b['name']} ({b.get('reason', '')})" for b in deselected) + ".")
+            lines.append(
+                "- Left out by the command line: "
+                + "; ".join(f"{b['name']} ({b.get('reason', '')})" for b in deselected)
+                + "."
+            )
         lines.append("")
     return lines
 
@@ -289,5 +310,6 @@ def _duration(seconds: float) -> str:
         return "—"
     minutes, secs = divmod(round(float(seconds)), 60)
     hours, minutes = divmod(minutes, 60)
-    return f"{hours} h {minutes:02d} min" if hours else f"{minutes} min {secs:02d} s" if minutes else f"{secs} s"
-
+    return (
+        f"{hours} h {minutes:02d} min" if hours else f"{minutes} min {secs:02d} s" if minutes else f"{secs} s"
+    )

@@ -38,7 +38,9 @@ class BlocksSweeperConf:
     select: list[str] = field(default_factory=lambda: ["method"])
 
 
-ConfigStore.instance().store(group="hydra/sweeper", name="blocks", node=BlocksSweeperConf, provider="consparse")
+ConfigStore.instance().store(
+    group="hydra/sweeper", name="blocks", node=BlocksSweeperConf, provider="consparse"
+)
 
 
 class BlocksSweeper(Sweeper):
@@ -82,10 +84,14 @@ class BlocksSweeper(Sweeper):
             optional=self.optional,
             parser=OverridesParser.create(config_loader=loader),
         )
-        names = {key: OmegaConf.select(self.config, f"{key}.name", default=None) for key in ("dataset", "model")}
+        names = {
+            key: OmegaConf.select(self.config, f"{key}.name", default=None) for key in ("dataset", "model")
+        }
         plan.setting = {key: str(name) for key, name in names.items() if name is not None}
         for block in skip_unavailable(
-            plan, lambda overrides: loader.load_sweep_config(master_config=self.config, sweep_overrides=overrides), self.optional
+            plan,
+            lambda overrides: loader.load_sweep_config(master_config=self.config, sweep_overrides=overrides),
+            self.optional,
         ):
             log.warning("block %s skipped: %s", block.name, block.reason)
         jobs = plan.jobs()
