@@ -1,29 +1,35 @@
-"""Batched penalised LASSO for many rows that share one design matrix, on the CPU or a GPU.
+"""Exact penalised LASSO solutions for many rows that share one Gram matrix, on the CPU or a GPU.
 
-Each row r solves ``min_w 1/2 ||M w - z_r||^2 + lam_r ||w||_1`` for the same ``M`` (m x d). Only the
-sufficient statistics enter: the Gram matrix ``G = M^T M`` (d x d, shared), the correlations
-``c_r = M^T z_r`` and ``||z_r||^2``, so the cost does not grow with the number of samples.
+Each row r has the problem ``min_w 1/2 ||M w - z_r||^2 + lam_r ||w||_1`` on the same design ``M``
+(m x d). Only sufficient statistics enter: the Gram matrix ``G = M^T M`` (d x d, shared), the
+correlations ``c_r = M^T z_r`` and ``||z_r||^2``, so the cost does not grow with the samples.
 
-Why a solver of our own: scikit-learn's ``Lasso`` fits one penalty per call (a multi-output fit
-shares one alpha, ``lasso_path`` with several targets solves the multi-task problem), so a bisection
-needing a different penalty per row runs row by row in Python; celer/skglm are per row as well. The
-measured comparison (docs/reference implicit-models.md section 8) found plain batched FISTA too slow
-to identify supports on these ill-conditioned Gram matrices. This solver combines, for all rows at
-once, the three ingredients that are robust there:
+Why a solver of our own: scikit-learn fits one penalty per call (a multi-output fit shares one
+alpha; ``lasso_path`` with several targets solves the multi-task problem), so a bisection with a
+penalty per row runs row by row in Python; celer and skglm are per row as well. Batched FISTA
+identifies supports too slowly on these ill-conditioned Gram matrices (docs/reference
+implicit-models.md, section 8), and a vectorised coordinate descent is bound by its Python loop
+over coordinates. Instead, ``LassoPath`` follows every row's solution path ``w(lam)`` exactly, all
+rows at once (homotopy / LARS-lasso, Osborne, Presnell & Turlach 2000; Efron et al. 2004):
 
-* **working sets**: each round computes every row's gradient ``q = c - G w`` with one GEMM, keeps
-  the row's support plus its worst violators of ``|q_j| <= lam`` (a per-row working set, padded to a
-  common size), and gathers the per-row sub-Gram matrices;
-* **coordinate descent** on the working sets, vectorised over rows (one Python loop over the
-  working-set positions, each step an ``O(rows x k)`` update), which identifies supports quickly;
-* a **Newton step on the support** (feature-sign search, Lee et al. NIPS 2007): with the support
-  and signs fixed the LASSO is a linear system ``G_SS w_S = c_S - lam s_S``; one batched Cholesky
-  solves all rows, and a line search stops at the first sign change, so the objective never
-  increases. Once the support is right this step is exact, which is what makes the final supports
-  exact zeros and the objectives match scikit-learn to rounding.
+* on a piece of the path the support ``S`` and its signs ``s`` are fixed and
+  ``w_S(lam) = p - lam u`` with ``p = G_SS^{-1} c_S``, ``u = G_SS^{-1} s_S``; the correlations
+  ``q = c - G w`` are affine in ``lam`` as well, so the next knot (a coefficient reaching zero, an
+  inactive correlation reaching ``+-lam``, the target penalty, or a radius on ``||w_K||_1``) is
+  found in closed form for every row;
+* one step moves every row to its next knot: a batched product with each row's inverse of
+  ``G_SS`` (a rank-one update when a coordinate joins or leaves, so every step costs ``O(K^2)`` per
+  row for a support of K; the inverse is recomputed from ``G_SS`` whenever the optimality conditions
+  on the support drift, see ``LassoPath.check_every``) and one GEMM with the Gram rows of the union of
+  the supports;
+* a move can start anywhere on the path in either direction (a bisection goes down and back up),
+  so a solve from a neighbouring penalty only pays for the knots in between: warm starts are exact.
 
-A row stops (and is no longer touched) when its duality gap is at most ``tol * ||z_r||^2``, so every
-row's result is independent of the other rows in its batch except through the padded sizes.
+The solutions are exact up to rounding: zeros off the support are exact zeros and the optimality
+conditions hold to ~1e-12, with no tolerance to tune. A tiny ridge ``delta`` (relative to the mean
+diagonal of ``G``) keeps ``G_SS + delta I`` positive definite on rank-deficient designs (more
+features than samples, duplicated or dead states); the path solved is that of
+``1/2 w^T (G + delta I) w - c^T w + lam ||w||_1``.
 """
 
 from __future__ import annotations
@@ -34,36 +40,30 @@ import torch
 
 from consparse.validation import check_int, check_range
 
+# Relative size (of lam) under which a knot counts as "here": it is handled without moving.
+_IMMEDIATE = 1e-12
+# Largest rows x support x d gather of Gram rows (elements) done instead of a GEMM over the union.
+_GATHER_LIMIT = 2**25
+# Relative slack (of lam) before an inactive correlation counts as violating the optimality conditions.
+_VIOLATION = 1e-9
+
 
 @dataclass(frozen=True)
-class LassoSettings:
-    """Stopping rule and effort of ``solve_lasso``.
+class PathSettings:
+    """Numerical settings of ``LassoPath``.
 
     Attributes:
-        tol: a row is solved when its duality gap is at most ``tol * ||z||^2``.
-        max_rounds: rounds of (gradient, working set, CD sweeps, Newton steps) per solve.
-        sweeps_per_round: coordinate-descent sweeps over the working set per round.
-        working_set: smallest working-set size (it grows with the support).
-        newton: take Newton (feature-sign) steps on the support after the sweeps.
-        newton_iterations: Newton steps per round at most (each blocked step drops a coefficient).
-        active_set_iterations: primal-dual active-set steps tried before the CD rounds (0: none).
+        ridge: ``delta`` relative to the mean diagonal of the Gram matrix (0: none; rank-deficient
+            designs need some).
+        max_knots: knots a row may traverse in one ``move`` before it is stopped (and reported).
     """
 
-    tol: float = 1e-9
-    max_rounds: int = 100
-    sweeps_per_round: int = 8
-    working_set: int = 32
-    newton: bool = True
-    newton_iterations: int = 16
-    active_set_iterations: int = 8
+    ridge: float = 1e-10
+    max_knots: int = 20_000
 
     def validate(self, prefix: str) -> None:
-        check_range(f"{prefix}tol", self.tol, 0.0, 1.0, low_inclusive=False)
-        check_int(f"{prefix}max_rounds", self.max_rounds, 1)
-        check_int(f"{prefix}sweeps_per_round", self.sweeps_per_round, 1)
-        check_int(f"{prefix}working_set", self.working_set, 1)
-        check_int(f"{prefix}newton_iterations", self.newton_iterations, 1)
-        check_int(f"{prefix}active_set_iterations", self.active_set_iterations, 0)
+        check_range(f"{prefix}ridge", self.ridge, 0.0, 1e-2)
+        check_int(f"{prefix}max_knots", self.max_knots, 1)
 
 
 @dataclass
@@ -103,7 +103,7 @@ class LassoProblem:
 
     def lambda_max(self) -> torch.Tensor:
         """Per row, the smallest penalty whose solution is zero: ``||c_r||_inf``."""
-        return self.correlations.abs().amax(dim=1)
+        return self.correlations.abs().amax(dim=1) if self.features else self.target_sq_norms.new_zeros(self.rows)
 
     def gradient(self, weights: torch.Tensor) -> torch.Tensor:
         """``q = c - G w = M^T (z - M w)`` for every row."""
@@ -115,345 +115,473 @@ class LassoProblem:
         return (0.5 * self.target_sq_norms - (self.correlations * weights).sum(dim=1) + 0.5 * fit).clamp_min(0)
 
 
-@dataclass
-class LassoSolution:
-    """Result of ``solve_lasso`` (per row).
-
-    Attributes:
-        weights: the solutions (rows x d), exact zeros off the support.
-        gap: final duality gap.
-        converged: the gap met the tolerance.
-        sweeps: coordinate-descent sweeps spent on the row.
-        newton_steps: Newton steps taken on the row.
-        rounds: rounds the batch took.
-    """
-
-    weights: torch.Tensor
-    gap: torch.Tensor
-    converged: torch.Tensor
-    sweeps: torch.Tensor
-    newton_steps: torch.Tensor
-    rounds: int
-
-
 def lasso_objective(problem: LassoProblem, weights: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
     """``1/2 ||M w - z||^2 + lam ||w||_1`` per row."""
     return problem.loss(weights) + lam * weights.abs().sum(dim=1)
 
 
-def duality_gap(problem: LassoProblem, weights: torch.Tensor, gradient: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
-    """Primal minus dual objective with the dual point ``theta = r * min(1, lam / ||M^T r||_inf)``.
+def kkt_violation(problem: LassoProblem, weights: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
+    """Largest violation of the LASSO optimality conditions per row, relative to ``lam``.
 
-    With ``r = z - M w``: ``||r||^2 = ||z||^2 - c'w - q'w`` and ``r'z = ||z||^2 - c'w``, so the gap
-    needs only the statistics and ``q = M^T r``.
+    With ``q = c - G w``: ``q_j = lam sign(w_j)`` on the support and ``|q_j| <= lam`` off it.
     """
-    cw = (problem.correlations * weights).sum(dim=1)
-    qw = (gradient * weights).sum(dim=1)
-    residual_sq = (problem.target_sq_norms - cw - qw).clamp_min(0)
-    primal = 0.5 * residual_sq + lam * weights.abs().sum(dim=1)
-    largest = gradient.abs().amax(dim=1)
-    scale = torch.where(largest > lam, lam / largest.clamp_min(torch.finfo(largest.dtype).tiny), torch.ones_like(largest))
-    dual = scale * (problem.target_sq_norms - cw) - 0.5 * scale * scale * residual_sq
-    return (primal - dual).clamp_min(0)
+    gradient = problem.gradient(weights)
+    on = weights != 0
+    scale = lam.clamp_min(torch.finfo(lam.dtype).tiny)[:, None]
+    violation = torch.where(on, (gradient - lam[:, None] * torch.sign(weights)).abs(), (gradient.abs() - lam[:, None]).clamp_min(0))
+    return (violation / scale).amax(dim=1) if weights.shape[1] else lam.new_zeros(lam.shape)
 
 
-def gather_square(gram: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-    """Per row r, ``gram[index[r]][:, index[r]]`` (rows x k x k); ``gram`` shared (d x d) or per row (rows x K x K)."""
-    if gram.dim() == 2:
-        return gram[index[:, :, None], index[:, None, :]]
-    rows, k = index.shape
-    picked = gram.gather(1, index[:, :, None].expand(rows, k, gram.shape[2]))
-    return picked.gather(2, index[:, None, :].expand(rows, k, k))
+@dataclass
+class _Batch:
+    """The path state of the rows being moved (a copy, written back when they stop)."""
+
+    rows: torch.Tensor  # positions in the full state
+    lam: torch.Tensor
+    index: torch.Tensor  # rows x K support coordinates (valid below size)
+    signs: torch.Tensor  # rows x K
+    size: torch.Tensor  # rows
+    inverse: torch.Tensor  # rows x K x K inverse of G_SS + delta I (zero on padding)
+    q: torch.Tensor  # rows x d correlations c - (G + delta I) w at lam
+    last_join: torch.Tensor  # coordinate that joined at the previous knot (-1: none)
+    last_drop: torch.Tensor  # coordinate that left at the previous knot (-1: none)
+    knots: torch.Tensor
+    target: torch.Tensor
+    radius: torch.Tensor  # inf: no radius stop
+    at_radius: torch.Tensor
+    running: torch.Tensor  # False once the row has stopped (it waits for the next compaction)
+
+    def take(self, keep: torch.Tensor) -> _Batch:
+        """The rows ``keep``, with the support arrays trimmed to their largest support."""
+        taken = _Batch(**{name: getattr(self, name)[keep] for name in _BATCH_FIELDS})
+        width = int(taken.size.max()) if taken.size.numel() else 0
+        taken.index, taken.signs = taken.index[:, :width], taken.signs[:, :width]
+        taken.inverse = taken.inverse[:, :width, :width]
+        return taken
 
 
-class SupportSystem:
-    """The Gram matrix restricted to each row's support, Cholesky-factorised in one batch.
+_BATCH_FIELDS = tuple(_Batch.__dataclass_fields__)
 
-    ``gram`` is the shared ``G`` (d x d) with ``support`` and ``signs`` over the d columns (rows x d),
-    or per-row working-set matrices (rows x k x k) with them in working-set coordinates (rows x k). Supports of
-    different sizes are padded to the largest: padded positions carry an identity block and a zero
-    right-hand side, so they solve to zero. ``ok`` is False for a row whose restricted matrix is not
-    numerically positive definite (collinear support columns).
+
+@dataclass
+class MoveStats:
+    """What one ``move`` did, per moved row.
+
+    Attributes:
+        knots: knots traversed (support changes; the final stop counts as one).
+        at_radius: the row stopped because ``||w_K||_1`` reached its radius.
+        exhausted: the row hit ``max_knots`` before its target.
+        steps: batched steps the move took (the longest row's knots).
     """
 
-    def __init__(self, gram: torch.Tensor, support: torch.Tensor, signs: torch.Tensor) -> None:
-        size = int(support.sum(dim=1).max()) if support.numel() else 0
-        self.size = size
-        # Stable sort puts each row's support first, in increasing column order.
-        self.index = torch.argsort((~support).to(torch.int8), dim=1, stable=True)[:, :size]
-        self.valid = support.gather(1, self.index)
-        self.signs = torch.where(self.valid, signs.gather(1, self.index), torch.zeros((), dtype=signs.dtype, device=signs.device))
-        both = self.valid[:, :, None] & self.valid[:, None, :]
-        eye = torch.eye(size, dtype=gram.dtype, device=gram.device)
-        self.matrix = torch.where(both, gather_square(gram, self.index), eye)
-        factor, info = torch.linalg.cholesky_ex(self.matrix)
-        failed = info != 0
-        if bool(failed.any()):
-            # Collinear support columns (a rank-deficient design): a relative jitter of 1e-10 gives
-            # those rows a usable (slightly regularised) Newton direction; only they are perturbed.
-            scale = self.matrix.diagonal(dim1=1, dim2=2).amax(dim=1).clamp_min(torch.finfo(gram.dtype).tiny)
-            jitter = 1e-10 * scale[failed, None, None] * eye
-            retry, retry_info = torch.linalg.cholesky_ex(self.matrix[failed] + jitter)
-            factor[failed] = retry
-            info[failed] = retry_info
-        self.factor = factor
-        self.ok = info == 0
+    knots: torch.Tensor
+    at_radius: torch.Tensor
+    exhausted: torch.Tensor
+    steps: int
 
-    @classmethod
-    def from_weights(cls, gram: torch.Tensor, weights: torch.Tensor) -> SupportSystem:
-        """The system on the nonzeros of ``weights`` with their signs."""
-        return cls(gram, weights != 0, torch.sign(weights))
 
-    def gather(self, full: torch.Tensor) -> torch.Tensor:
-        """``full`` (rows x d) at each row's support positions, zero on padding."""
-        return torch.where(self.valid, full.gather(1, self.index), torch.zeros_like(self.signs))
+class LassoPath:
+    """Exact solutions ``w_r(lam_r)`` of every row's penalised LASSO, moved along their paths.
 
-    def scatter(self, values: torch.Tensor, rows: int, features: int) -> torch.Tensor:
-        """Support values back into a (rows x d) matrix with zeros elsewhere."""
-        full = values.new_zeros(rows, features)
-        return full.scatter(1, self.index, torch.where(self.valid, values, torch.zeros_like(values)))
+    A new path is at ``lam = lam_max`` (``w = 0``) for every row. ``move`` takes chosen rows to new
+    penalties (or to where ``||w_K||_1`` reaches a radius); ``weights`` returns the current
+    solutions. The state (supports, signs, inverses, penalties) persists between moves, which is
+    what makes warm starts free.
 
-    def solve(self, rhs: torch.Tensor) -> torch.Tensor:
-        """``G_SS^{-1} rhs`` per row for support-shaped ``rhs`` (zero on padding and on failed rows)."""
-        if self.size == 0:
-            return rhs
-        masked = torch.where(self.valid, rhs, torch.zeros_like(rhs))[:, :, None]
-        half = torch.linalg.solve_triangular(self.factor, masked, upper=False)
-        solution = torch.linalg.solve_triangular(self.factor.mT, half, upper=True)[:, :, 0]
-        keep = self.valid & self.ok[:, None] & torch.isfinite(solution)
-        return torch.where(keep, solution, torch.zeros_like(solution))
+    Args:
+        problem: the shared Gram matrix and the rows' correlations.
+        settings: ridge and knot budget.
+        mask: boolean mask over the d coordinates counted in ``||w_K||_1`` (default: all).
+    """
 
-    def quadratic(self, values: torch.Tensor) -> torch.Tensor:
-        """``v' G_SS v`` per row for support-shaped ``v``."""
-        return (values[:, None, :] @ self.matrix @ values[:, :, None])[:, 0, 0]
+    # Every this many steps the correlations are recomputed exactly and every row's optimality
+    # conditions on its support are checked; a row whose inverse has drifted (rank-one updates of
+    # an ill-conditioned G_SS accumulate rounding) gets it recomputed from G_SS.
+    check_every = 16
+    # Largest drift of q_S from lam s_S (relative to lam) accepted before an inverse is recomputed.
+    drift_tolerance = 1e-10
+
+    def __init__(self, problem: LassoProblem, settings: PathSettings = PathSettings(), mask: torch.Tensor | None = None) -> None:
+        self.problem = problem
+        self.settings = settings
+        gram = problem.gram
+        rows, d = problem.rows, problem.features
+        self.dtype, self.device = gram.dtype, gram.device
+        diagonal = gram.diagonal()
+        positive = diagonal[diagonal > 0]
+        self.delta = settings.ridge * float(positive.mean()) if positive.numel() else 0.0
+        self.mask = (
+            torch.ones(d, dtype=self.dtype, device=self.device)
+            if mask is None
+            else mask.to(device=self.device, dtype=self.dtype)
+        )
+        # A coordinate whose column of M is zero never enters a support.
+        self.dead = diagonal <= 0
+        self.lam_max = problem.lambda_max()
+        self.lam = self.lam_max.clone()
+        self.capacity = 0
+        self.index = torch.zeros(rows, 0, dtype=torch.long, device=self.device)
+        self.signs = torch.zeros(rows, 0, dtype=self.dtype, device=self.device)
+        self.size = torch.zeros(rows, dtype=torch.long, device=self.device)
+        self.inverse = torch.zeros(rows, 0, 0, dtype=self.dtype, device=self.device)
+        self.refreshes = 0
+
+    # ------------------------------------------------------------------ state
+    @property
+    def rows(self) -> int:
+        return self.problem.rows
+
+    def reset(self, rows: torch.Tensor) -> None:
+        """Put ``rows`` back at ``lam_max`` with an empty support (a cold start)."""
+        self.lam[rows] = self.lam_max[rows]
+        self.size[rows] = 0
+        self.signs[rows] = 0
+        self.inverse[rows] = 0
+
+    def weights(self, rows: torch.Tensor | None = None) -> torch.Tensor:
+        """The current solutions of ``rows`` (default: all), exact zeros off the supports."""
+        batch = self._batch(self._rows(rows), with_q=False)
+        offset, direction = self._support_solve(batch)
+        return self._scatter(batch, offset - batch.lam[:, None] * direction)
+
+    def norms(self, rows: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """``||w_K||_1`` of the current solutions and its derivative in ``lam`` on the current piece."""
+        batch = self._batch(self._rows(rows), with_q=False)
+        offset, direction = self._support_solve(batch)
+        counted = torch.where(self._valid(batch), self.mask[batch.index], 0.0) * batch.signs
+        norm = (counted * (offset - batch.lam[:, None] * direction)).sum(dim=1)
+        return norm, -(counted * direction).sum(dim=1)
+
+    def _rows(self, rows: torch.Tensor | None) -> torch.Tensor:
+        return torch.arange(self.rows, device=self.device) if rows is None else rows.to(device=self.device, dtype=torch.long)
+
+    # ------------------------------------------------------------------ moving
+    def move(self, rows: torch.Tensor, target: torch.Tensor, radius: torch.Tensor | None = None) -> MoveStats:
+        """Move ``rows`` along their paths towards the penalties ``target`` (clamped to ``[0, lam_max]``).
+
+        With ``radius`` (one value per row), a row stops early where ``||w_K||_1`` crosses its
+        radius (moving down from inside the ball, or up from outside it).
+        """
+        rows = self._rows(rows)
+        count = rows.numel()
+        knots = torch.zeros(count, dtype=torch.long, device=self.device)
+        at_radius = torch.zeros(count, dtype=torch.bool, device=self.device)
+        exhausted = torch.zeros(count, dtype=torch.bool, device=self.device)
+        if count == 0:
+            return MoveStats(knots, at_radius, exhausted, 0)
+        batch = self._batch(rows, with_q=True)
+        batch.target = torch.minimum(target.to(self.lam).clamp_min(0), self.lam_max[rows])
+        if radius is not None:
+            batch.radius = radius.to(self.lam).expand(count).clone()
+        where = torch.arange(count, device=self.device)  # batch position -> position in this move's stats
+        steps = 0
+        while batch.rows.numel():
+            steps += 1
+            if steps % self.check_every == 0:
+                self._resync(batch)
+            finished = self._step(batch)
+            exhausted_now = batch.running & ~finished & (batch.knots >= self.settings.max_knots)
+            newly = batch.running & (finished | exhausted_now)
+            if bool(newly.any()):
+                knots[where[newly]] = batch.knots[newly]
+                at_radius[where[newly]] = batch.at_radius[newly]
+                exhausted[where[newly]] = exhausted_now[newly]
+                batch.running = batch.running & ~newly
+            # Stopped rows are written back in groups, so that the long paths do not carry the short
+            # ones and the copies stay few.
+            if int(batch.running.sum()) < 0.75 * batch.rows.numel():
+                done = batch.take((~batch.running).nonzero().flatten())
+                self._resync(done)
+                self._store(done)
+                keep = batch.running.nonzero().flatten()
+                batch, where = batch.take(keep), where[keep]
+        return MoveStats(knots, at_radius, exhausted, steps)
+
+    def _batch(self, rows: torch.Tensor, with_q: bool) -> _Batch:
+        count = rows.numel()
+        none = torch.full((count,), -1, dtype=torch.long, device=self.device)
+        width = int(self.size[rows].max()) if count else 0
+        batch = _Batch(
+            rows=rows,
+            lam=self.lam[rows].clone(),
+            index=self.index[rows, :width].clone(),
+            signs=self.signs[rows, :width].clone(),
+            size=self.size[rows].clone(),
+            inverse=self.inverse[rows, :width, :width].clone(),
+            q=self.lam.new_zeros(count, 0),
+            last_join=none,
+            last_drop=none.clone(),
+            knots=torch.zeros(count, dtype=torch.long, device=self.device),
+            target=self.lam[rows].clone(),
+            radius=torch.full((count,), float("inf"), dtype=self.dtype, device=self.device),
+            at_radius=torch.zeros(count, dtype=torch.bool, device=self.device),
+            running=torch.ones(count, dtype=torch.bool, device=self.device),
+        )
+        if with_q:
+            batch.q = self._correlations(batch)
+        return batch
+
+    def _correlations(self, batch: _Batch) -> torch.Tensor:
+        """``q = c - (G + delta I) w`` at the batch's current solutions."""
+        offset, direction = self._support_solve(batch)
+        values = offset - batch.lam[:, None] * direction
+        return self.problem.correlations[batch.rows] - self._gram_times(batch.index, self._valid(batch), values)
+
+    def _resync(self, batch: _Batch) -> None:
+        """Exact correlations for the batch; rows whose support conditions drifted get a fresh inverse."""
+        if batch.rows.numel() == 0:
+            return
+        batch.q = self._correlations(batch)
+        valid = self._valid(batch)
+        on_support = batch.q.gather(1, batch.index)
+        drift = torch.where(valid, (on_support - batch.lam[:, None] * batch.signs).abs(), 0.0)
+        scale = batch.lam.clamp_min(torch.finfo(self.dtype).tiny)
+        drifted = ((drift.amax(dim=1) if drift.shape[1] else scale * 0) > self.drift_tolerance * scale).nonzero().flatten()
+        if drifted.numel():
+            self._refresh(batch, drifted)
+            batch.q[drifted] = self._correlations(batch.take(drifted))
+
+    def _refresh(self, batch: _Batch, rows: torch.Tensor) -> None:
+        """Recompute ``(G_SS + delta I)^{-1}`` of ``rows`` from the Gram matrix."""
+        self.refreshes += int(rows.numel())
+        width = batch.index.shape[1]
+        valid = self._valid(batch)[rows]
+        index = batch.index[rows]
+        both = valid[:, :, None] & valid[:, None, :]
+        eye = torch.eye(width, dtype=self.dtype, device=self.device)
+        restricted = self.problem.gram[index[:, :, None], index[:, None, :]] + self.delta * eye
+        factor, _ = torch.linalg.cholesky_ex(torch.where(both, restricted, eye))
+        batch.inverse[rows] = torch.where(both, torch.cholesky_inverse(factor), 0.0)
+
+    def _store(self, batch: _Batch) -> None:
+        width = batch.index.shape[1]
+        self._grow(width)
+        rows = batch.rows
+        self.inverse[rows] = 0
+        self.inverse[rows, :width, :width] = batch.inverse
+        self.lam[rows] = batch.lam
+        self.size[rows] = batch.size
+        self.index[rows, :width] = batch.index
+        self.signs[rows] = 0
+        self.signs[rows, :width] = batch.signs
+
+    def _grow(self, capacity: int) -> None:
+        if capacity <= self.capacity:
+            return
+        self.index, self.signs, self.inverse = _padded(self.index, self.signs, self.inverse, capacity)
+        self.capacity = capacity
+
+    # ------------------------------------------------------------------ one knot
+    def _valid(self, batch: _Batch) -> torch.Tensor:
+        return torch.arange(batch.index.shape[1], device=self.device)[None, :] < batch.size[:, None]
+
+    def _support_solve(self, batch: _Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """``p = G_SS^{-1} c_S`` and ``u = G_SS^{-1} s_S`` (support-shaped, zero on padding)."""
+        valid = self._valid(batch)
+        correlations = self.problem.correlations[batch.rows].gather(1, batch.index)
+        rhs = torch.stack([torch.where(valid, correlations, 0.0), batch.signs], dim=2)
+        if rhs.shape[1] == 0:
+            return rhs[..., 0], rhs[..., 1]
+        solution = torch.bmm(batch.inverse, rhs)
+        return solution[..., 0], solution[..., 1]
+
+    def _scatter(self, batch: _Batch, values: torch.Tensor) -> torch.Tensor:
+        return _scatter(batch.index, self._valid(batch), values, self.problem.features)
+
+    def _gram_times(self, index: torch.Tensor, valid: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+        """``(G + delta I)[:, S] v`` for support-shaped ``values`` (rows x K) -> rows x d.
+
+        Only the Gram rows of the union of the supports are read (rows share many coordinates):
+        one GEMM of ``rows x |union|`` by ``|union| x d`` for the whole batch, or, for small
+        supports, a product with each row's own Gram rows.
+        """
+        d = self.problem.features
+        masked = torch.where(valid, values, 0.0)
+        union = torch.unique(index[valid])
+        rows, width = index.shape
+        if union.numel() == 0:
+            out = values.new_zeros(rows, d)
+        elif 4 * width < union.numel() and rows * width * d <= _GATHER_LIMIT:
+            out = torch.bmm(masked[:, None, :], self.problem.gram[index])[:, 0]
+        elif union.numel() * 2 >= d:
+            out = _scatter(index, valid, values, d) @ self.problem.gram
+        else:
+            position = torch.searchsorted(union, index.contiguous()).clamp_max(union.numel() - 1)
+            compact = values.new_zeros(values.shape[0], union.numel()).scatter_add(1, position, masked)
+            out = compact @ self.problem.gram.index_select(0, union)
+        if self.delta:
+            out = out.scatter_add(1, index, self.delta * masked)
+        return out
+
+    def _step(self, batch: _Batch) -> torch.Tensor:
+        """Move every row of ``batch`` to its next knot; returns the rows that have stopped."""
+        count, d = batch.rows.numel(), self.problem.features
+        lam, q = batch.lam, batch.q
+        tiny = torch.finfo(self.dtype).tiny
+        inf = torch.full((count,), float("inf"), dtype=self.dtype, device=self.device)
+        no_index = torch.zeros(count, dtype=torch.long, device=self.device)
+        # Moving down (sigma = -1) or up the path: lam' = lam + sigma * distance.
+        sigma = torch.where(batch.target < lam, -1.0, 1.0).to(self.dtype)
+        valid = self._valid(batch)
+        offset, direction = self._support_solve(batch)
+        # On this piece w_S(lam') = offset - lam' direction and q(lam') = q + (lam' - lam) slope.
+        slope = self._gram_times(batch.index, valid, direction)
+        weights = offset - lam[:, None] * direction
+        immediate = (_IMMEDIATE * lam.clamp_min(tiny))[:, None]
+
+        # Joins: an inactive |q_j| reaching lam'. h = +-q_j - lam <= 0 changes at rate sigma (+-slope_j - 1).
+        counts = torch.zeros(count, d, dtype=torch.int32, device=self.device).scatter_add(1, batch.index, valid.to(torch.int32))
+        run = batch.running
+        inactive = (counts == 0) & ~self.dead[None, :] & run[:, None]
+        join_distance = torch.full((count, d), float("inf"), dtype=self.dtype, device=self.device)
+        join_sign = torch.ones(count, d, dtype=self.dtype, device=self.device)
+        for sign in (1.0, -1.0):
+            h = sign * q - lam[:, None]
+            rate = sigma[:, None] * (sign * slope - 1.0)
+            distance = torch.where(rate > 0, (-h).clamp_min(0) / rate.clamp_min(tiny), float("inf"))
+            distance = torch.where(h > _VIOLATION * lam[:, None], 0.0, distance)
+            better = distance < join_distance
+            join_distance = torch.where(better, distance, join_distance)
+            join_sign = torch.where(better, sign, join_sign)
+        join_distance = torch.where(inactive, join_distance, float("inf"))
+        # The coordinate that just left re-enters only after a real move (no zero-length cycles).
+        left = (batch.last_drop >= 0).nonzero().flatten()
+        if left.numel():
+            recent = join_distance[left, batch.last_drop[left]]
+            join_distance[left, batch.last_drop[left]] = torch.where(recent <= immediate[left, 0], float("inf"), recent)
+        join_best, join_at = join_distance.min(dim=1) if d else (inf, no_index)
+
+        # Drops: s_k w_k >= 0 reaching zero at rate sigma s_k u_k; the coordinate that just joined
+        # leaves only after a real move.
+        signed = batch.signs * weights
+        rate = sigma[:, None] * batch.signs * direction
+        drop_distance = torch.where(rate > 0, signed.clamp_min(0) / rate.clamp_min(tiny), float("inf"))
+        drop_distance = torch.where(signed < 0, 0.0, drop_distance)
+        just_joined = batch.index == batch.last_join[:, None]
+        drop_distance = torch.where(valid & run[:, None] & ~(just_joined & (drop_distance <= immediate)), drop_distance, float("inf"))
+        drop_best, drop_at = drop_distance.min(dim=1) if drop_distance.shape[1] else (inf, no_index)
+
+        # Radius: ||w_K||_1 is affine on the piece.
+        counted = torch.where(valid, self.mask[batch.index], 0.0) * batch.signs
+        norm = (counted * weights).sum(dim=1)
+        norm_rate = -sigma * (counted * direction).sum(dim=1)  # d norm / d distance
+        gap = batch.radius - norm
+        bounded = torch.isfinite(batch.radius)
+        radius_distance = torch.where(
+            bounded & (norm_rate != 0) & (gap * norm_rate >= 0), gap / torch.where(norm_rate != 0, norm_rate, 1.0), inf
+        )
+        radius_distance = torch.where(bounded & (gap == 0), 0.0, radius_distance)
+        target_distance = (sigma * (batch.target - lam)).clamp_min(0)
+
+        # A row that has stopped stays where it is.
+        stop_distance = torch.where(run, torch.minimum(radius_distance, target_distance), 0.0)
+        step = torch.minimum(torch.minimum(join_best, drop_best), stop_distance)
+        # At equal distances the support is repaired first, so that a stop leaves a consistent state.
+        # A coefficient reaching zero within rounding of the stop leaves too (exact zeros at the end).
+        dropping = drop_best <= step + immediate[:, 0]
+        joining = ~dropping & (join_best <= step)
+        stopping = ~dropping & ~joining
+        by_radius = stopping & run & (radius_distance <= target_distance)
+        new_lam = torch.where(stopping & ~by_radius, batch.target, lam + sigma * step).clamp_min(0)
+        new_lam = torch.where(run, new_lam, lam)
+        batch.q = q + (new_lam - lam)[:, None] * slope
+        batch.lam = new_lam
+        batch.knots += run.long()
+        batch.at_radius = batch.at_radius | by_radius
+        batch.last_join = torch.full_like(batch.last_join, -1)
+        batch.last_drop = torch.full_like(batch.last_drop, -1)
+        if bool(joining.any()):
+            self._join(batch, joining, join_at, join_sign.gather(1, join_at[:, None])[:, 0])
+        if bool(dropping.any()):
+            self._drop(batch, dropping.nonzero().flatten(), drop_at)
+        return stopping
+
+    def _join(self, batch: _Batch, joining: torch.Tensor, coordinate: torch.Tensor, sign: torch.Tensor) -> None:
+        """Append ``coordinate[r]`` to the support of the ``joining`` rows (bordered inverse)."""
+        needed = int(batch.size[joining].max()) + 1
+        width = batch.index.shape[1]
+        if needed > width:
+            batch.index, batch.signs, batch.inverse = _padded(
+                batch.index, batch.signs, batch.inverse, max(needed, width + width // 4 + 8)
+            )
+            width = batch.index.shape[1]
+        rows = joining.nonzero().flatten()
+        joined, position = coordinate[rows], batch.size[rows]
+        gram = self.problem.gram
+        # Every row of the batch takes part (zero vectors for the others): in-place products, no copies.
+        cross = torch.where(self._valid(batch) & joining[:, None], gram[batch.index, coordinate[:, None]], 0.0)
+        solved = torch.bmm(batch.inverse, cross[:, :, None])[:, :, 0]  # G_SS^{-1} g
+        diagonal = gram[coordinate, coordinate] + self.delta
+        # The Schur complement; rounding can make it non-positive for a (nearly) collinear column.
+        floor = (self.delta + torch.finfo(self.dtype).eps) * diagonal.clamp_min(1.0)
+        schur = torch.where(joining, torch.maximum(diagonal - (cross * solved).sum(dim=1), floor), 1.0)
+        batch.inverse.baddbmm_(solved[:, :, None], (solved / schur[:, None])[:, None, :])
+        # Row and column `position` are still zero (padding): the border goes into both.
+        border = -solved[rows] / schur[rows, None]
+        picked = torch.arange(rows.numel(), device=self.device)
+        border[picked, position] = 1.0 / schur[rows]
+        batch.inverse[rows, position, :] = border
+        batch.inverse[rows, :, position] = border
+        batch.index[rows, position] = joined
+        batch.signs[rows, position] = sign[rows]
+        batch.size[rows] += 1
+        batch.last_join[rows] = joined
+
+    def _drop(self, batch: _Batch, rows: torch.Tensor, position: torch.Tensor) -> None:
+        """Remove the support coordinate at ``position[r]`` of each row in ``rows``.
+
+        The inverse of ``G_SS`` without coordinate p is ``Gi - Gi[:, p] Gi[p, :] / Gi[p, p]``
+        (its row and column p are then zero); the last support coordinate moves into the hole.
+        """
+        where = position[rows]
+        last = batch.size[rows] - 1
+        batch.last_drop[rows] = batch.index[rows, where]
+        picked = torch.arange(rows.numel(), device=self.device)
+        inverse = batch.inverse[rows]
+        column = inverse[picked, :, where]
+        inverse = inverse - column[:, :, None] * column[:, None, :] / column[picked, where][:, None, None]
+        # Move the last coordinate into position p (a symmetric permutation), then cut the last one off.
+        width = inverse.shape[1]
+        permutation = torch.arange(width, device=self.device).expand(rows.numel(), -1).clone()
+        permutation[picked, where] = last
+        permutation[picked, last] = where
+        inverse = inverse.gather(1, permutation[:, :, None].expand(-1, -1, width)).gather(2, permutation[:, None, :].expand(-1, width, -1))
+        keep = torch.arange(width, device=self.device)[None, :] < last[:, None]
+        inverse = torch.where(keep[:, :, None] & keep[:, None, :], inverse, 0.0)
+        index = batch.index[rows].gather(1, permutation)
+        signs = batch.signs[rows].gather(1, permutation)
+        batch.inverse[rows] = inverse
+        batch.index[rows] = torch.where(keep, index, 0)
+        batch.signs[rows] = torch.where(keep, signs, 0.0)
+        batch.size[rows] = last
+
+
+def _padded(
+    index: torch.Tensor, signs: torch.Tensor, inverse: torch.Tensor, capacity: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Support arrays widened to ``capacity`` (zero indices, signs and inverse entries)."""
+    rows, width = index.shape
+    extra = capacity - width
+    wider = inverse.new_zeros(rows, capacity, capacity)
+    wider[:, :width, :width] = inverse
+    return (
+        torch.cat([index, index.new_zeros(rows, extra)], dim=1),
+        torch.cat([signs, signs.new_zeros(rows, extra)], dim=1),
+        wider,
+    )
+
+
+def _scatter(index: torch.Tensor, valid: torch.Tensor, values: torch.Tensor, features: int) -> torch.Tensor:
+    """Support-shaped ``values`` (rows x K at ``index``) as a dense rows x ``features`` matrix."""
+    full = values.new_zeros(values.shape[0], features)
+    return full.scatter_add(1, index, torch.where(valid, values, 0.0))
 
 
 def solve_lasso(
-    problem: LassoProblem,
-    lam: torch.Tensor,
-    init: torch.Tensor | None = None,
-    settings: LassoSettings = LassoSettings(),
-) -> LassoSolution:
-    """Solve every row's penalised LASSO (penalty ``lam[r]``) from ``init`` (zeros by default).
-
-    First up to ``active_set_iterations`` primal-dual active-set steps (fast near a warm start),
-    then, for the rows they leave unsolved, rounds of working-set CD and feature-sign steps.
-    """
-    rows, d = problem.rows, problem.features
-    dtype, device = problem.gram.dtype, problem.gram.device
-    lam = lam.to(dtype=dtype, device=device)
-    weights = torch.zeros(rows, d, dtype=dtype, device=device) if init is None else init.to(dtype=dtype, device=device).clone()
-    result = LassoSolution(
-        weights=weights,
-        gap=torch.full((rows,), float("inf"), dtype=dtype, device=device),
-        converged=torch.zeros(rows, dtype=torch.bool, device=device),
-        sweeps=torch.zeros(rows, dtype=torch.long, device=device),
-        newton_steps=torch.zeros(rows, dtype=torch.long, device=device),
-        rounds=0,
-    )
-    tolerance = settings.tol * problem.target_sq_norms
-    active = _active_set_phase(problem, lam, tolerance, settings.active_set_iterations, result)
-    inverse_diagonal = _safe_inverse(problem.gram.diagonal())
-    for rounds in range(1, settings.max_rounds + 1):
-        if active.numel() == 0:
-            break
-        result.rounds = rounds
-        sub = problem.select(active)
-        w = weights[active]
-        gradient = sub.gradient(w)
-        result.gap[active] = duality_gap(sub, w, gradient, lam[active])
-        done = result.gap[active] <= tolerance[active]
-        result.converged[active] = done
-        active, w, gradient = active[~done], w[~done], gradient[~done]
-        if active.numel() == 0:
-            break
-        w, spent = _working_set_round(problem.select(active), w, gradient, lam[active], inverse_diagonal, settings)
-        result.sweeps[active] += spent
-        result.newton_steps[active] += int(settings.newton)
-        weights[active] = w
-    else:
-        sub = problem.select(active)
-        w = weights[active]
-        result.gap[active] = duality_gap(sub, w, sub.gradient(w), lam[active])
-        result.converged[active] = result.gap[active] <= tolerance[active]
-    return result
-
-
-def _active_set_phase(
-    problem: LassoProblem, lam: torch.Tensor, tolerance: torch.Tensor, iterations: int, result: LassoSolution
-) -> torch.Tensor:
-    """Primal-dual active-set iterations (Fan, Jiao & Lu 2014) on all rows; returns the unsolved rows.
-
-    With ``q = c - G w`` and ``z = q + diag(G) w`` (the value coordinate descent would threshold),
-    the active set is ``{j : |z_j| > lam}`` with signs ``sign(z_j)``; the next iterate solves the
-    optimality conditions on it exactly, ``w_A = G_AA^{-1}(c_A - lam s_A)``, and is zero elsewhere.
-    A fixed point of this map satisfies the KKT conditions exactly, and from a warm start (the
-    previous penalty of a bisection) it is typically reached in a few steps. It is not monotone,
-    so each row keeps its best iterate by objective and hands it to the CD rounds if unsolved.
-    """
-    weights = result.weights
-    rows = torch.arange(problem.rows, device=weights.device)
-    best = weights.clone()
-    best_objective = torch.full((problem.rows,), float("inf"), dtype=weights.dtype, device=weights.device)
-    diagonal = problem.gram.diagonal()
-    for iteration in range(iterations + 1):
-        sub = problem.select(rows)
-        w = weights[rows]
-        gradient = sub.gradient(w)
-        gap = duality_gap(sub, w, gradient, lam[rows])
-        objective = _objective_from_gradient(sub, w, gradient, lam[rows])
-        better = objective < best_objective[rows]
-        best[rows] = torch.where(better[:, None], w, best[rows])
-        best_objective[rows] = torch.where(better, objective, best_objective[rows])
-        done = gap <= tolerance[rows]
-        result.gap[rows[done]] = gap[done]
-        result.converged[rows[done]] = True
-        rows, w, gradient = rows[~done], w[~done], gradient[~done]
-        if rows.numel() == 0 or iteration == iterations:
-            break
-        pre_threshold = gradient + diagonal * w
-        support = (pre_threshold.abs() > lam[rows, None]) & (diagonal > 0)
-        signs = torch.sign(pre_threshold)
-        system = SupportSystem(problem.gram, support, signs)
-        values = system.solve(system.gather(problem.correlations[rows]) - lam[rows, None] * system.signs)
-        weights[rows] = system.scatter(values, rows.numel(), problem.features)
-        result.newton_steps[rows] += 1
-    weights[rows] = best[rows]
-    return rows
-
-
-def _objective_from_gradient(problem: LassoProblem, weights: torch.Tensor, gradient: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
-    """``1/2 ||z - M w||^2 + lam ||w||_1`` from ``q = c - G w`` (``||r||^2 = ||z||^2 - c'w - q'w``)."""
-    cw = (problem.correlations * weights).sum(dim=1)
-    qw = (gradient * weights).sum(dim=1)
-    return 0.5 * (problem.target_sq_norms - cw - qw).clamp_min(0) + lam * weights.abs().sum(dim=1)
-
-
-def _safe_inverse(diagonal: torch.Tensor) -> torch.Tensor:
-    """``1 / G_jj``, with 0 for an all-zero column (its coefficient must stay zero)."""
-    return torch.where(diagonal > 0, 1.0 / diagonal.clamp_min(torch.finfo(diagonal.dtype).tiny), torch.zeros_like(diagonal))
-
-
-def _working_set_round(
-    problem: LassoProblem,
-    weights: torch.Tensor,
-    gradient: torch.Tensor,
-    lam: torch.Tensor,
-    inverse_diagonal: torch.Tensor,
-    settings: LassoSettings,
-) -> tuple[torch.Tensor, int]:
-    """One round on each row's support plus its worst KKT violators: CD sweeps, then a Newton step.
-
-    Returns the new weights and the number of sweeps.
-    """
-    d = problem.features
-    support = weights != 0
-    support_size = int(support.sum(dim=1).max())
-    violators = int((gradient.abs() > lam[:, None]).sum(dim=1).max())
-    size = min(d, max(settings.working_set, support_size + min(violators, max(settings.working_set, support_size))))
-    # Support first (infinite score), then violators by how far |q_j| exceeds lam; sorted columns
-    # make the gather below read the Gram matrix in order.
-    tiny = torch.finfo(lam.dtype).tiny
-    score = torch.where(support, torch.full_like(gradient, float("inf")), gradient.abs() / lam.clamp_min(tiny)[:, None])
-    index = score.topk(size, dim=1).indices.sort(dim=1).values
-    sub_gram = gather_square(problem.gram, index)
-    local_w = weights.gather(1, index)
-    local_q = gradient.gather(1, index)
-    local_inv = inverse_diagonal[index]
-    diagonal = problem.gram.diagonal()[index]
-    sweeps = _coordinate_descent(sub_gram, local_w, local_q, diagonal, local_inv, lam, settings.sweeps_per_round,
-                                 1e-12 * problem.target_sq_norms.sqrt())
-    if settings.newton:
-        local_w = _feature_sign(sub_gram, local_w, problem.correlations.gather(1, index), lam, settings.newton_iterations)
-    return weights.scatter(1, index, local_w), sweeps
-
-
-def _coordinate_descent(
-    gram: torch.Tensor,
-    weights: torch.Tensor,
-    gradient: torch.Tensor,
-    diagonal: torch.Tensor,
-    inverse_diagonal: torch.Tensor,
-    lam: torch.Tensor,
-    max_sweeps: int,
-    change_tolerance: torch.Tensor,
-) -> int:
-    """Cyclic CD in place on per-row (rows x k x k) problems, all rows at once; returns the sweeps.
-
-    ``gradient`` is kept equal to ``c - G w`` (restricted to the working set) by rank-one updates.
-    """
-    size = weights.shape[1]
-    low, high = -lam, lam
-    sweeps = 0
-    for sweeps in range(1, max_sweeps + 1):
-        before = weights.clone()
-        for t in range(size):
-            current = weights[:, t]
-            z = torch.addcmul(gradient[:, t], diagonal[:, t], current)
-            # soft(z, lam) = z - clamp(z, -lam, lam)
-            new = (z - torch.clamp(z, low, high)) * inverse_diagonal[:, t]
-            delta = new - current
-            weights[:, t] = new
-            gradient.addcmul_(delta[:, None], gram[:, t, :], value=-1.0)
-        change = ((weights - before).abs() * diagonal.sqrt()).amax(dim=1)
-        if bool((change <= change_tolerance).all()):
-            break
-    return sweeps
-
-
-def _feature_sign(
-    gram: torch.Tensor, weights: torch.Tensor, correlations: torch.Tensor, lam: torch.Tensor, iterations: int
-) -> torch.Tensor:
-    """Repeat the Newton step while it is blocked by a sign change (each blocked step drops a coefficient).
-
-    A row whose step went all the way has the exact minimiser on its support and stops; the next
-    round's CD adds the coefficients that the optimality conditions still ask for.
-    """
-    rows = torch.arange(weights.shape[0], device=weights.device)
-    for _ in range(iterations):
-        stepped, blocked = _newton_step(gram, weights[rows], correlations, lam)
-        weights[rows] = stepped
-        if bool(blocked.all()):
-            continue
-        if not bool(blocked.any()):
-            break
-        # Only the blocked rows go on; shrinking the operands once per iteration keeps copies small.
-        rows, gram, correlations, lam = rows[blocked], gram[blocked], correlations[blocked], lam[blocked]
-    return weights
-
-
-def _newton_step(
-    gram: torch.Tensor, weights: torch.Tensor, correlations: torch.Tensor, lam: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Feature-sign step: towards ``G_SS^{-1}(c_S - lam s_S)``, stopping at the first sign change.
-
-    ``gram`` holds per-row working-set matrices (rows x k x k) and ``weights``, ``correlations``
-    are in working-set coordinates. On the orthant face of the current signs the objective is the
-    quadratic ``1/2 w'Gw - (c - lam s)'w``, minimised by the Newton point; moving towards it stays
-    on the face up to the first coefficient reaching zero, so the objective decreases along the
-    way. The step is kept only for rows where it does not increase the objective (a guard against
-    rounding on nearly singular supports).
-    """
-    rows, k = weights.shape
-    if rows == 0 or not bool((weights != 0).any()):
-        return weights, torch.zeros(rows, dtype=torch.bool, device=weights.device)
-    system = SupportSystem.from_weights(gram, weights)
-    current = system.gather(weights)
-    signs = system.signs
-    linear = system.gather(correlations)
-    target = system.solve(linear - lam[:, None] * signs)
-    crosses = system.valid & (signs * target < 0)
-    denominator = torch.where(crosses, current - target, torch.ones_like(current))
-    fraction = torch.where(crosses, current / denominator, torch.ones_like(current))
-    step = fraction.amin(dim=1).clamp(0.0, 1.0)
-    step = torch.where(system.ok, step, torch.zeros_like(step))
-    moved = current + step[:, None] * (target - current)
-    # The coefficients that reached zero become exact zeros (the line search stops on them).
-    moved = torch.where(crosses & (fraction <= step[:, None]), torch.zeros_like(moved), moved)
-
-    def restricted_objective(values: torch.Tensor) -> torch.Tensor:
-        return 0.5 * system.quadratic(values) - (linear * values).sum(dim=1) + lam * values.abs().sum(dim=1)
-
-    better = restricted_objective(moved) <= restricted_objective(current)
-    blocked = better & (step < 1.0)
-    return torch.where(better[:, None], system.scatter(moved, rows, k), weights), blocked
+    problem: LassoProblem, lam: torch.Tensor, settings: PathSettings = PathSettings()
+) -> tuple[torch.Tensor, MoveStats]:
+    """Every row's penalised LASSO at its own penalty ``lam[r]`` (exact, from ``lam_max``)."""
+    path = LassoPath(problem, settings)
+    rows = torch.arange(problem.rows, device=problem.gram.device)
+    stats = path.move(rows, lam)
+    return path.weights(), stats

@@ -100,9 +100,9 @@ class _Progress:
         scale = current.abs().amax(dim=1) if current.shape[1] else current.new_zeros(current.shape[0])
         tolerance = self.settings.atol + self.settings.rtol * scale
         # A non-finite step never counts as converged (nan <= tol is False as well).
-        self.residual = step.float()
+        self.residual = step
         ratio = torch.where(step == 0, torch.zeros_like(step), step / tolerance.clamp_min(torch.finfo(step.dtype).tiny))
-        self.ratio = torch.nan_to_num(ratio.float(), nan=float("inf"))
+        self.ratio = torch.nan_to_num(ratio, nan=float("inf"))
         met = step <= tolerance
         self.met_at = torch.where((self.met_at < 0) & met, torch.full_like(self.met_at, iteration), self.met_at)
         return bool(met.all())
@@ -129,6 +129,9 @@ def solve_fixed_point(step: StepFunction, x0: torch.Tensor, settings: FixedPoint
     """
     if x0.dim() != 2:
         raise ValueError(f"fixed-point iterates are (samples, n) matrices, got shape {tuple(x0.shape)}")
+    if x0.is_meta:
+        # Shapes only (a model built on the meta device): one application, nothing to judge.
+        return step(x0), FixedPointStats(0, 0.0, 0.0, 0.0, True, x0.shape[0])
     if settings.anderson_memory > 0:
         return _anderson(step, x0, settings)
     return _picard(step, x0, settings)

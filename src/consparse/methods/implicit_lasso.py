@@ -1,0 +1,291 @@
+"""``method=implicit_lasso``: sparsify a trained network by state matching with a constrained LASSO.
+
+Tsai, Gao & El Ghaoui, "Constrained Implicit Learning Framework for Neural Network Sparsification"
+(ACML 2024, PMLR 260). The teacher is trained by the normal ``Trainer.fit`` (or loaded from
+``teacher_checkpoint``, and then not trained). ``finalize`` then
+
+1. extracts the teacher's states on ``data_fraction`` of the training data;
+2. converts it exactly: a Linear/ReLU chain into an implicit model ``(A, B, C, D)`` with every
+   row of ``[A B]`` rescaled into the ``conversion_kappa`` ball (``formulation: implicit``), a conv
+   net layer by layer (``formulation: layerwise``, ``consparse.implicit.layerwise``);
+3. refits every row by the constrained LASSO ``min 1/2 ||M w - z||^2 s.t. ||w||_1 <= kappa`` (the
+   whole row, or only its part on the states with ``constrain: A``), all rows at once, split across
+   DDP ranks and gathered;
+4. refits the read-out ``(C, D)`` (or the classifier) on states regenerated from the new rows, with
+   the teacher's logits as targets; the result is the deployed model.
+
+With ``target_density`` set, ``kappa`` is only the first guess of an outer search for the radius
+whose deployed model meets the density (nonzero sparsifiable weights over the teacher's, as every
+method is measured). ``reference_model()`` is the teacher.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import fields
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from torch import nn
+
+from consparse.compress.count import density, nonzero_count
+from consparse.compress.evaluate import evaluate_accuracy
+from consparse.compress.export import ExportError, load_exported
+from consparse.errors import ConfigError
+from consparse.implicit.bisection import ConstrainedLassoSolution, SearchSettings
+from consparse.implicit.convert import linear_relu_chain
+from consparse.implicit.kappa_search import DensitySearchSettings, search_kappa
+from consparse.implicit.lasso import PathSettings
+from consparse.implicit.layerwise import LayerwiseStateMatching, check_layerwise
+from consparse.implicit.matching import MatchingSettings, StateMatching
+from consparse.implicit.model import NONCONVERGENCE_POLICIES, ImplicitModel
+from consparse.implicit.readout import ReadoutSettings
+from consparse.implicit.rows import RowSolver
+from consparse.implicit.solvers import FixedPointSettings
+from consparse.implicit.state_matching import ImplicitStateMatching
+from consparse.methods.base import SparseMethod
+from consparse.validation import check_choice, check_int, check_range
+
+log = logging.getLogger(__name__)
+
+FORMULATIONS = ("auto", "implicit", "layerwise")
+# Solver keys that are not search or path settings.
+_SOLVER_EXTRA = ("row_batch",)
+
+
+def _settings(cls: type, values: dict[str, Any] | None, field: str, exclude: tuple[str, ...] = ()) -> Any:
+    """A frozen settings dataclass from a config node; unknown keys and bad values name the field."""
+    chosen = {key: value for key, value in (values or {}).items() if key not in exclude}
+    known = [f.name for f in fields(cls)]
+    unknown = sorted(set(chosen) - set(known))
+    if unknown:
+        raise ConfigError(field, f"unknown keys {unknown}; allowed: {', '.join(known)}")
+    settings = cls(**chosen)
+    settings.validate(f"{field}.")
+    return settings
+
+
+def _fixed_point_options(values: dict[str, Any] | None) -> dict[str, Any]:
+    options = dict(values or {})
+    policy = options.pop("on_nonconvergence", "error")
+    check_choice("method.fixed_point.on_nonconvergence", policy, NONCONVERGENCE_POLICIES)
+    _settings(FixedPointSettings, options, "method.fixed_point")
+    return {**options, "on_nonconvergence": policy}
+
+
+def load_teacher(model: nn.Module, path: str) -> Path:
+    """Load trained weights into ``model`` from a consparse checkpoint or export; returns the file read.
+
+    Accepted: a Lightning checkpoint (``<run>/checkpoints/last.ckpt``, keys ``model.*``), a run or
+    export directory (``export/model.json`` + ``model.safetensors``), or a file holding a state_dict.
+    """
+    field = "method.teacher_checkpoint"
+    candidate = Path(path).expanduser()
+    if not candidate.exists():
+        raise ConfigError(field, f"{candidate} does not exist; give a run's checkpoints/last.ckpt, its export directory or a state_dict file")
+    if candidate.is_dir() and (candidate / "checkpoints" / "last.ckpt").is_file():
+        candidate = candidate / "checkpoints" / "last.ckpt"
+    if candidate.is_dir():
+        try:
+            state = load_exported(candidate).state_dict()
+        except ExportError as error:
+            raise ConfigError(field, str(error)) from None
+    else:
+        try:
+            loaded = torch.load(candidate, map_location="cpu", weights_only=True)
+        except Exception as error:  # noqa: BLE001 - any unreadable file is the same config error
+            raise ConfigError(field, f"{candidate} is not a readable torch checkpoint ({type(error).__name__}: {error})") from None
+        state = loaded.get("state_dict", loaded) if isinstance(loaded, dict) else None
+        if not isinstance(state, dict):
+            raise ConfigError(field, f"{candidate} holds no state_dict")
+        if state and all(key.startswith("model.") for key in state):
+            state = {key[len("model."):]: value for key, value in state.items()}
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as error:
+        raise ConfigError(field, f"the weights in {candidate} do not fit the configured model: {error}") from None
+    return candidate
+
+
+class ImplicitLassoMethod(SparseMethod):
+    """Train (or load) a teacher, then sparsify it by constrained-LASSO state matching in ``finalize``.
+
+    Args (beside SparseMethod's; the config keys of ``conf/method/implicit_lasso.yaml``):
+        teacher_checkpoint: trained weights to start from (then no training), or None to train.
+        kappa: the LASSO radius in (0, 1) (the first guess when ``target_density`` is set).
+        conversion_kappa: largest row L1 norm after the exact rescaling, in (0, 1).
+        constrain: ``row`` or ``A``.
+        formulation: ``implicit`` (Linear/ReLU chains), ``layerwise`` (conv nets) or ``auto``.
+        data_fraction: share of the training split the states are extracted on, in (0, 1].
+        extraction_batch_size: batch of the extraction and regeneration passes (fixed, so that the
+            statistics do not depend on the DDP world size).
+        solver: ``SearchSettings`` and ``PathSettings`` keys, plus ``row_batch`` (rows per chunk).
+        readout: ``ReadoutSettings`` keys.
+        density_search: ``DensitySearchSettings`` keys.
+        fixed_point: solver options of the deployed implicit model (``ImplicitModel`` keywords).
+    """
+
+    def __init__(
+        self,
+        *args: Any,
+        teacher_checkpoint: str | None = None,
+        kappa: float = 0.05,
+        conversion_kappa: float = 0.95,
+        constrain: str = "row",
+        formulation: str = "auto",
+        data_fraction: float = 0.2,
+        extraction_batch_size: int = 500,
+        solver: dict[str, Any] | None = None,
+        readout: dict[str, Any] | None = None,
+        density_search: dict[str, Any] | None = None,
+        fixed_point: dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        check_range("method.kappa", kappa, 0.0, 1.0, low_inclusive=False, high_inclusive=False)
+        check_range("method.data_fraction", data_fraction, 0.0, 1.0, low_inclusive=False)
+        check_int("method.extraction_batch_size", extraction_batch_size, 1)
+        check_choice("method.formulation", formulation, FORMULATIONS)
+        solver = dict(solver or {})
+        self.row_batch = solver.get("row_batch", 128)
+        check_int("method.solver.row_batch", self.row_batch, 1)
+        path_keys = [f.name for f in fields(PathSettings)]
+        search_keys = [f.name for f in fields(SearchSettings)]
+        unknown = sorted(set(solver) - set(path_keys) - set(search_keys) - set(_SOLVER_EXTRA))
+        if unknown:
+            raise ConfigError("method.solver", f"unknown keys {unknown}; allowed: {', '.join([*search_keys, *path_keys, *_SOLVER_EXTRA])}")
+        self.search = _settings(SearchSettings, {k: v for k, v in solver.items() if k in search_keys}, "method.solver")
+        self.path_settings = _settings(PathSettings, {k: v for k, v in solver.items() if k in path_keys}, "method.solver")
+        self.density_search = _settings(DensitySearchSettings, density_search, "method.density_search")
+        self.matching = MatchingSettings(
+            conversion_kappa=conversion_kappa,
+            constrain=constrain,
+            readout=_settings(ReadoutSettings, readout, "method.readout"),
+            fixed_point=_fixed_point_options(fixed_point),
+        )
+        self.matching.validate("method.")
+        self.kappa = float(kappa)
+        self.data_fraction = float(data_fraction)
+        self.extraction_batch_size = extraction_batch_size
+        self.formulation = self._resolve_formulation(formulation)
+        self.teacher_checkpoint = str(load_teacher(self.model, teacher_checkpoint)) if teacher_checkpoint else None
+        self.deployed: nn.Module | None = None
+        self._metrics: dict[str, Any] = {}
+
+    def _resolve_formulation(self, formulation: str) -> str:
+        if formulation in ("auto", "implicit"):
+            try:
+                linears = linear_relu_chain(self.model)
+            except ConfigError:
+                if formulation == "implicit":
+                    raise
+            else:
+                if len(linears) < 2:
+                    raise ConfigError("model.hidden", "the network has no hidden layer, so there are no states to sparsify")
+                return "implicit"
+        check_layerwise(self.model)
+        return "layerwise"
+
+    # ------------------------------------------------------------------ training the teacher
+    def on_fit_start(self) -> None:
+        if self.teacher_checkpoint is not None:
+            log.info("teacher loaded from %s: no training", self.teacher_checkpoint)
+            self.trainer.should_stop = True
+
+    # ------------------------------------------------------------------ finalize
+    def finalize(self, datamodule: pl.LightningDataModule) -> nn.Module:
+        teacher = self.model.eval()
+        device = self.device
+        teacher_dtype = next(teacher.parameters()).dtype
+        metrics: dict[str, Any] = {
+            "formulation": self.formulation,
+            "conversion_kappa": self.matching.conversion_kappa,
+            "constrain": self.matching.constrain,
+            "data_fraction": self.data_fraction,
+            "teacher_checkpoint": self.teacher_checkpoint,
+        }
+        metrics["teacher_accuracy"] = evaluate_accuracy(teacher, datamodule.test_dataloader(), device)
+        datamodule.setup()
+        samples = max(1, math.ceil(self.data_fraction * len(datamodule.train_eval_set)))
+        loader = datamodule.train_eval_dataloader(samples, self.extraction_batch_size)
+
+        start = time.perf_counter()
+        matching_class = ImplicitStateMatching if self.formulation == "implicit" else LayerwiseStateMatching
+        matcher: StateMatching = matching_class(teacher, loader, datamodule.info.input_shape, self.matching, device)
+        metrics["extraction_seconds"] = time.perf_counter() - start
+        solver = RowSolver(matcher.blocks, self.row_batch, self.path_settings)
+        evaluations: list[dict[str, Any]] = []
+
+        def evaluate(kappa: float) -> tuple[float, tuple[nn.Module, list[ConstrainedLassoSolution]]]:
+            solutions = solver.solve(matcher.radii(kappa), self.search)
+            started = time.perf_counter()
+            model = matcher.build(solutions, kappa)
+            achieved = density(model, teacher)
+            evaluations.append({"kappa": kappa, "density": achieved, "solve_seconds": solver.seconds,
+                                "build_seconds": time.perf_counter() - started})
+            return achieved, (model, solutions)
+
+        if self.target_density is None:
+            kappa = self.kappa
+            _, (model, solutions) = evaluate(kappa)
+        else:
+            result = search_kappa(evaluate, self.target_density, self.kappa, self.density_search)
+            kappa, (model, solutions) = result.kappa, result.payload
+            metrics["density_search"] = {"met": result.met, "evaluations": len(result.history),
+                                         "history": [[k, d] for k, d in result.history]}
+        chosen = next(item for item in reversed(evaluations) if item["kappa"] == kappa)
+        metrics.update(
+            kappa=kappa,
+            samples=matcher.samples,
+            solve_seconds=chosen["solve_seconds"],
+            build_seconds=chosen["build_seconds"],
+            solve_seconds_total=sum(item["solve_seconds"] for item in evaluations),
+            row_ranks=solver.world_size,
+            **self._row_metrics(solutions, matcher.radii(kappa), matcher.hidden_parameters),
+            chunks=len(solver.chunks),
+            **matcher.metrics(),
+        )
+        deployed = model.to(dtype=teacher_dtype).eval()
+        if isinstance(deployed, ImplicitModel):
+            metrics["well_posedness"] = deployed.well_posedness()
+            deployed.reset_fixed_point_summary()
+        self._metrics = metrics
+        self.deployed = deployed
+        return deployed
+
+    @staticmethod
+    def _row_metrics(solutions: list[ConstrainedLassoSolution], radii: list[torch.Tensor], hidden_parameters: int) -> dict[str, Any]:
+        """The LASSO's bookkeeping over every refitted row (the blocks may differ in width)."""
+
+        def joined(name: str) -> torch.Tensor:
+            return torch.cat([getattr(solution, name).cpu() for solution in solutions])
+
+        everything = SimpleNamespace(**{name: joined(name) for name in ("active", "on_sphere", "exhausted", "steps", "knots", "kkt", "norm")})
+        radius = torch.cat([part.cpu() for part in radii]).to(everything.norm)
+        nonzeros = nonzero_count([solution.weights for solution in solutions])
+        return {
+            "rows": int(everything.norm.numel()),
+            "rows_active": int(everything.active.sum()),
+            "rows_on_sphere": int(everything.on_sphere.sum()),
+            "rows_exhausted": int(everything.exhausted.sum()),
+            "lasso_steps": int(everything.steps.sum()),
+            "lasso_knots": int(everything.knots.sum()),
+            "lasso_knots_max": int(everything.knots.max()) if everything.knots.numel() else 0,
+            "max_kkt_violation": float(everything.kkt.max()) if everything.kkt.numel() else 0.0,
+            "max_norm_over_radius": float((everything.norm / radius).max()) if radius.numel() else 0.0,
+            "row_nonzeros": nonzeros,
+            "hidden_parameters": hidden_parameters,
+            "row_sparsity": 1.0 - nonzeros / hidden_parameters,
+        }
+
+    def method_metrics(self) -> dict[str, Any]:
+        metrics = dict(self._metrics)
+        if isinstance(self.deployed, ImplicitModel):
+            # Every forward since finalize: the test evaluation and the latency runs.
+            metrics["fixed_point"] = self.deployed.fixed_point_summary()
+        return metrics
