@@ -42,12 +42,13 @@ class EpochSummary(pl.Callback):
         self.timer = timer
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if not trainer.is_global_zero:
-            return
-        # Callbacks run before the module's own epoch-end hook, which logs (then resets) the training metrics.
+        # Callbacks run before the module's own epoch-end hook, which logs (then resets) the training
+        # metrics. Summing them over DDP ranks is a collective, so every rank asks; rank 0 prints.
         metrics = {**trainer.callback_metrics}
         if hasattr(pl_module, "epoch_metric_values"):
             metrics.update(pl_module.epoch_metric_values("train"))
+        if not trainer.is_global_zero:
+            return
         parts = [f"epoch {trainer.current_epoch + 1}/{trainer.max_epochs}"]
         for key in ("train/loss", "train/acc", "val/loss", "val/acc"):
             if key in metrics:

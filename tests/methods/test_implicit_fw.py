@@ -170,24 +170,24 @@ def test_row_capacity_caps_every_row(make_config) -> None:
         assert int(rows.max()) <= constraint.support_budget == max(1, int(0.1 * constraint.cols))
 
 
-def test_checkpoint_keeps_the_density_curve(make_config) -> None:
+def test_checkpoint_keeps_the_density_curve_and_counters(make_config) -> None:
     method, _ = build(make_config)
     method.density_curve = [{"epoch": 1, "val_accuracy": 0.5, "density": 0.01}]
     method.max_well_posedness, method.steps_checked = 0.4, 7
+    method.atoms, method.frozen_steps, method.first_frozen_step = {"added": 3, "removed": 1, "max_row_growth": 1}, 2, 5
     checkpoint: dict = {}
     method.on_save_checkpoint(checkpoint)
     fresh, _ = build(make_config)
     fresh.on_load_checkpoint(checkpoint)
     assert (fresh.density_curve, fresh.max_well_posedness, fresh.steps_checked) == (method.density_curve, 0.4, 7)
+    assert (fresh.atoms, fresh.frozen_steps, fresh.first_frozen_step) == (method.atoms, 2, 5)
 
 
 # ---------------------------------------------------------------------------------------- full runs
-def logged(run_dir: Path, name: str) -> list[float]:
-    values = []
-    for path in sorted((run_dir / "csv").glob("version_*/metrics.csv")):
-        with path.open() as handle:
-            values += [float(row[name]) for row in csv.DictReader(handle) if row.get(name)]
-    return values
+def logged_metric(run_dir: Path, name: str) -> list[float]:
+    """The values a run's CSV log holds for ``name`` (one per epoch for epoch-level metrics)."""
+    with next((run_dir / "csv").glob("version_*/metrics.csv")).open() as handle:
+        return [float(row[name]) for row in csv.DictReader(handle) if row.get(name)]
 
 
 def test_tiny_run_writes_results_with_densities_gap_and_fixed_point(make_config, tmp_path: Path) -> None:
@@ -212,8 +212,8 @@ def test_tiny_run_writes_results_with_densities_gap_and_fixed_point(make_config,
     curve = metrics["density_curve"]
     assert [point["epoch"] for point in curve] == [1, 2]
     assert all(0 < point["density"] <= 0.05 for point in curve)
-    assert len(logged(tmp_path / "run", "train/density")) == 2
-    assert len(logged(tmp_path / "run", "train/fw_gap")) == 2
+    assert len(logged_metric(tmp_path / "run", "train/density")) == 2
+    assert len(logged_metric(tmp_path / "run", "train/fw_gap")) == 2
 
 
 def test_tiny_pgd_baseline_run_stays_well_posed_and_prunes_to_the_target(make_config, tmp_path: Path) -> None:

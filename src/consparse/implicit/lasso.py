@@ -56,14 +56,18 @@ class PathSettings:
         ridge: ``delta`` relative to the mean diagonal of the Gram matrix (0: none; rank-deficient
             designs need some).
         max_knots: knots a row may traverse in one ``move`` before it is stopped (and reported).
+        screen: inactive coordinates each row tracks beside its support (0: all of them); see
+            ``LassoPath``. Screening is used only where it leaves at most half the coordinates.
     """
 
     ridge: float = 1e-10
     max_knots: int = 20_000
+    screen: int = 256
 
     def validate(self, prefix: str) -> None:
         check_range(f"{prefix}ridge", self.ridge, 0.0, 1e-2)
         check_int(f"{prefix}max_knots", self.max_knots, 1)
+        check_int(f"{prefix}screen", self.screen, 0)
 
 
 @dataclass
@@ -142,7 +146,11 @@ class _Batch:
     signs: torch.Tensor  # rows x K
     size: torch.Tensor  # rows
     inverse: torch.Tensor  # rows x K x K inverse of G_SS + delta I (zero on padding)
-    q: torch.Tensor  # rows x d correlations c - (G + delta I) w at lam
+    tracked: torch.Tensor  # rows x C coordinates whose correlations are followed (the support among them)
+    q: torch.Tensor  # rows x C correlations c - (G + delta I) w at lam, on the tracked coordinates
+    slack: torch.Tensor  # rows x d lam - |q_j| at the last refresh for the untracked (inf elsewhere); rows x 0 unscreened
+    moved: torch.Tensor  # |lam| travelled since the last refresh
+    spent: torch.Tensor  # sum of distance x gamma since the last refresh (the untracked correlations' drift bound)
     last_join: torch.Tensor  # coordinate that joined at the previous knot (-1: none)
     last_drop: torch.Tensor  # coordinate that left at the previous knot (-1: none)
     knots: torch.Tensor
@@ -192,11 +200,20 @@ class LassoPath:
         problem: the shared Gram matrix and the rows' correlations.
         settings: ridge and knot budget.
         mask: boolean mask over the d coordinates counted in ``||w_K||_1`` (default: all).
+
+    Screening: a step needs the correlations ``q_j`` only for coordinates that can join soon. Each
+    row tracks its support and the ``settings.screen`` inactive coordinates nearest to joining; for
+    the others the slack ``lam - |q_j|`` of the last refresh is kept and bounded from below with
+    ``|dq_j / dlam| = |M_j^T M_S u| <= sqrt(G_jj) sqrt(s_S^T u)`` (Cauchy-Schwarz; ``G_SS u = s_S``).
+    A step never goes further than where an untracked coordinate could reach ``+-lam``; when that
+    limit binds, the row stops there (a point of the path like any other) and is refreshed: its
+    correlations are recomputed exactly for all coordinates (one GEMM) and the tracked set is chosen
+    again. The path stays exact; only the work per step shrinks from ``d`` to the tracked columns.
     """
 
-    # Every this many steps the correlations are recomputed exactly and every row's optimality
-    # conditions on its support are checked; a row whose inverse has drifted (rank-one updates of
-    # an ill-conditioned G_SS accumulate rounding) gets it recomputed from G_SS.
+    # Every this many steps the tracked correlations are recomputed exactly and every row's
+    # optimality conditions on its support are checked; a row whose inverse has drifted (rank-one
+    # updates of an ill-conditioned G_SS accumulate rounding) gets it recomputed from G_SS.
     check_every = 16
     # Largest drift of q_S from lam s_S (relative to lam) accepted before an inverse is recomputed.
     drift_tolerance = 1e-10
@@ -217,6 +234,7 @@ class LassoPath:
         )
         # A coordinate whose column of M is zero never enters a support.
         self.dead = diagonal <= 0
+        self.column_norms = diagonal.clamp_min(0).sqrt()
         self.lam_max = problem.lambda_max()
         self.lam = self.lam_max.clone()
         self.capacity = 0
@@ -225,6 +243,7 @@ class LassoPath:
         self.size = torch.zeros(rows, dtype=torch.long, device=self.device)
         self.inverse = torch.zeros(rows, 0, 0, dtype=self.dtype, device=self.device)
         self.refreshes = 0
+        self.screen_refreshes = 0
 
     # ------------------------------------------------------------------ state
     @property
@@ -301,6 +320,7 @@ class LassoPath:
         count = rows.numel()
         none = torch.full((count,), -1, dtype=torch.long, device=self.device)
         width = int(self.size[rows].max()) if count else 0
+        zeros = self.lam.new_zeros(count)
         batch = _Batch(
             rows=rows,
             lam=self.lam[rows].clone(),
@@ -308,7 +328,11 @@ class LassoPath:
             signs=self.signs[rows, :width].clone(),
             size=self.size[rows].clone(),
             inverse=self.inverse[rows, :width, :width].clone(),
+            tracked=torch.zeros(count, 0, dtype=torch.long, device=self.device),
             q=self.lam.new_zeros(count, 0),
+            slack=self.lam.new_zeros(count, 0),
+            moved=zeros,
+            spent=zeros.clone(),
             last_join=none,
             last_drop=none.clone(),
             knots=torch.zeros(count, dtype=torch.long, device=self.device),
@@ -318,28 +342,104 @@ class LassoPath:
             running=torch.ones(count, dtype=torch.bool, device=self.device),
         )
         if with_q:
-            batch.q = self._correlations(batch)
+            self._refresh_tracking(batch, torch.arange(count, device=self.device))
         return batch
 
-    def _correlations(self, batch: _Batch) -> torch.Tensor:
-        """``q = c - (G + delta I) w`` at the batch's current solutions."""
+    def _current(self, batch: _Batch) -> torch.Tensor:
         offset, direction = self._support_solve(batch)
-        values = offset - batch.lam[:, None] * direction
-        return self.problem.correlations[batch.rows] - self._gram_times(batch.index, self._valid(batch), values)
+        return offset - batch.lam[:, None] * direction
+
+    def _correlations(self, batch: _Batch) -> torch.Tensor:
+        """``q = c - (G + delta I) w`` at the batch's current solutions, for all d coordinates."""
+        return self.problem.correlations[batch.rows] - self._gram_times(batch.index, self._valid(batch), self._current(batch))
+
+    def _screened(self, batch: _Batch) -> bool:
+        return batch.slack.shape[1] > 0
+
+    def _refresh_tracking(self, batch: _Batch, rows: torch.Tensor) -> None:
+        """Exact correlations of ``rows`` for every coordinate; choose again what they track."""
+        d = self.problem.features
+        width = int(batch.size[rows].max()) + self.settings.screen if rows.numel() else 0
+        if self.settings.screen == 0 or 2 * width > d:
+            # Tracking everything: no bound needed (every row of the batch switches at once).
+            if self._screened(batch) or batch.tracked.shape[1] != d:
+                rows = torch.arange(batch.rows.numel(), device=self.device)
+                batch.tracked = torch.arange(d, device=self.device).expand(rows.numel(), -1).clone()
+                batch.q = batch.lam.new_zeros(rows.numel(), d)
+                batch.slack = batch.lam.new_zeros(rows.numel(), 0)
+            batch.q[rows] = self._correlations(batch.take(rows))
+            return
+        sub = batch.take(rows)
+        q = self._correlations(sub)
+        if not self._screened(batch) or batch.tracked.shape[1] < width:
+            # (Re)allocate the tracked arrays for the whole batch at the new width.
+            count = batch.rows.numel()
+            width = max(width, batch.tracked.shape[1] if self._screened(batch) else 0)
+            old_rows = torch.ones(count, dtype=torch.bool, device=self.device)
+            old_rows[rows] = False
+            tracked = torch.zeros(count, width, dtype=torch.long, device=self.device)
+            values = batch.lam.new_zeros(count, width)
+            if self._screened(batch) and bool(old_rows.any()):
+                # Rows not refreshed now keep what they track (padded with repeats of their first column).
+                keep = old_rows.nonzero().flatten()
+                pad = width - batch.tracked.shape[1]
+                tracked[keep] = torch.cat([batch.tracked[keep], batch.tracked[keep, :1].expand(-1, pad)], dim=1)
+                values[keep] = torch.cat([batch.q[keep], batch.q[keep, :1].expand(-1, pad)], dim=1)
+            batch.tracked, batch.q = tracked, values
+            if not self._screened(batch):
+                batch.slack = batch.lam.new_full((count, d), float("inf"))
+        width = batch.tracked.shape[1]
+        valid = self._valid(sub)
+        member = torch.zeros(rows.numel(), d, dtype=torch.int32, device=self.device).scatter_add(1, sub.index, valid.to(torch.int32)) > 0
+        slack = (sub.lam[:, None] - q.abs()).clamp_min(0)
+        gamma = self._gamma(sub)
+        # Nearest to joining first: the distance an untracked coordinate could need, per unit of bound.
+        score = torch.where(member, -1.0, slack / (1.0 + self.column_norms[None, :] * gamma[:, None]))
+        score = torch.where(self.dead[None, :] & ~member, float("inf"), score)
+        chosen = score.topk(width, dim=1, largest=False).indices
+        untracked = torch.ones(rows.numel(), d, dtype=torch.bool, device=self.device).scatter(1, chosen, False)
+        batch.tracked[rows] = chosen
+        batch.q[rows] = q.gather(1, chosen)
+        batch.slack[rows] = torch.where(untracked & ~self.dead[None, :], slack, float("inf"))
+        batch.moved[rows] = 0
+        batch.spent[rows] = 0
+
+    def _gamma(self, batch: _Batch) -> torch.Tensor:
+        """``sqrt(s_S^T u)`` per row: bounds ``|dq_j/dlam| <= sqrt(G_jj) gamma`` off the support."""
+        _, direction = self._support_solve(batch)
+        return (batch.signs * direction).sum(dim=1).clamp_min(0).sqrt()
+
+    def _tracked_gram_times(self, batch: _Batch, values: torch.Tensor) -> torch.Tensor:
+        """``(G + delta I)[T, S] v`` on each row's tracked coordinates T (rows x C)."""
+        valid = self._valid(batch)
+        masked = torch.where(valid, values, 0.0)
+        if not self._screened(batch):
+            return self._gram_times(batch.index, valid, values)
+        out = torch.bmm(self.problem.gram[batch.tracked[:, :, None], batch.index[:, None, :]], masked[:, :, None])[:, :, 0]
+        if self.delta:
+            on_support = batch.tracked[:, :, None] == batch.index[:, None, :]
+            out = out + self.delta * (on_support & valid[:, None, :]).to(self.dtype).bmm(masked[:, :, None])[:, :, 0]
+        return out
 
     def _resync(self, batch: _Batch) -> None:
-        """Exact correlations for the batch; rows whose support conditions drifted get a fresh inverse."""
+        """Exact tracked correlations; rows whose support conditions drifted get a fresh inverse."""
         if batch.rows.numel() == 0:
             return
-        batch.q = self._correlations(batch)
+        tracked_c = self.problem.correlations[batch.rows].gather(1, batch.tracked)
+        batch.q = tracked_c - self._tracked_gram_times(batch, self._current(batch))
         valid = self._valid(batch)
-        on_support = batch.q.gather(1, batch.index)
+        counts = torch.zeros(batch.rows.numel(), self.problem.features, dtype=self.dtype, device=self.device)
+        # q on the support, read back through the tracked coordinates (the support is among them).
+        counts.scatter_(1, batch.tracked, batch.q)
+        on_support = counts.gather(1, batch.index)
         drift = torch.where(valid, (on_support - batch.lam[:, None] * batch.signs).abs(), 0.0)
         scale = batch.lam.clamp_min(torch.finfo(self.dtype).tiny)
-        drifted = ((drift.amax(dim=1) if drift.shape[1] else scale * 0) > self.drift_tolerance * scale).nonzero().flatten()
+        worst = drift.amax(dim=1) if drift.shape[1] else scale * 0
+        drifted = (worst > self.drift_tolerance * scale).nonzero().flatten()
         if drifted.numel():
             self._refresh(batch, drifted)
-            batch.q[drifted] = self._correlations(batch.take(drifted))
+            sub = batch.take(drifted)
+            batch.q[drifted] = self.problem.correlations[sub.rows].gather(1, sub.tracked) - self._tracked_gram_times(sub, self._current(sub))
 
     def _refresh(self, batch: _Batch, rows: torch.Tensor) -> None:
         """Recompute ``(G_SS + delta I)^{-1}`` of ``rows`` from the Gram matrix."""
@@ -416,25 +516,25 @@ class LassoPath:
     def _step(self, batch: _Batch) -> torch.Tensor:
         """Move every row of ``batch`` to its next knot; returns the rows that have stopped."""
         count, d = batch.rows.numel(), self.problem.features
-        lam, q = batch.lam, batch.q
+        lam, q, tracked = batch.lam, batch.q, batch.tracked
         tiny = torch.finfo(self.dtype).tiny
         inf = torch.full((count,), float("inf"), dtype=self.dtype, device=self.device)
         no_index = torch.zeros(count, dtype=torch.long, device=self.device)
+        run = batch.running
         # Moving down (sigma = -1) or up the path: lam' = lam + sigma * distance.
         sigma = torch.where(batch.target < lam, -1.0, 1.0).to(self.dtype)
         valid = self._valid(batch)
         offset, direction = self._support_solve(batch)
         # On this piece w_S(lam') = offset - lam' direction and q(lam') = q + (lam' - lam) slope.
-        slope = self._gram_times(batch.index, valid, direction)
+        slope = self._tracked_gram_times(batch, direction)
         weights = offset - lam[:, None] * direction
         immediate = (_IMMEDIATE * lam.clamp_min(tiny))[:, None]
 
-        # Joins: an inactive |q_j| reaching lam'. h = +-q_j - lam <= 0 changes at rate sigma (+-slope_j - 1).
+        # Joins: a tracked inactive |q_j| reaching lam'. h = +-q_j - lam <= 0 changes at rate sigma (+-slope_j - 1).
         counts = torch.zeros(count, d, dtype=torch.int32, device=self.device).scatter_add(1, batch.index, valid.to(torch.int32))
-        run = batch.running
-        inactive = (counts == 0) & ~self.dead[None, :] & run[:, None]
-        join_distance = torch.full((count, d), float("inf"), dtype=self.dtype, device=self.device)
-        join_sign = torch.ones(count, d, dtype=self.dtype, device=self.device)
+        inactive = (counts.gather(1, tracked) == 0) & ~self.dead[tracked] & run[:, None]
+        join_distance = torch.full(q.shape, float("inf"), dtype=self.dtype, device=self.device)
+        join_sign = torch.ones(q.shape, dtype=self.dtype, device=self.device)
         for sign in (1.0, -1.0):
             h = sign * q - lam[:, None]
             rate = sigma[:, None] * (sign * slope - 1.0)
@@ -445,11 +545,9 @@ class LassoPath:
             join_sign = torch.where(better, sign, join_sign)
         join_distance = torch.where(inactive, join_distance, float("inf"))
         # The coordinate that just left re-enters only after a real move (no zero-length cycles).
-        left = (batch.last_drop >= 0).nonzero().flatten()
-        if left.numel():
-            recent = join_distance[left, batch.last_drop[left]]
-            join_distance[left, batch.last_drop[left]] = torch.where(recent <= immediate[left, 0], float("inf"), recent)
-        join_best, join_at = join_distance.min(dim=1) if d else (inf, no_index)
+        just_left = (tracked == batch.last_drop[:, None]) & (join_distance <= immediate)
+        join_distance = torch.where(just_left, float("inf"), join_distance)
+        join_best, join_at = join_distance.min(dim=1) if q.shape[1] else (inf, no_index)
 
         # Drops: s_k w_k >= 0 reaching zero at rate sigma s_k u_k; the coordinate that just joined
         # leaves only after a real move.
@@ -473,28 +571,44 @@ class LassoPath:
         radius_distance = torch.where(bounded & (gap == 0), 0.0, radius_distance)
         target_distance = (sigma * (batch.target - lam)).clamp_min(0)
 
+        # Screening: no further than an untracked coordinate could get to the boundary.
+        gamma = (batch.signs * direction).sum(dim=1).clamp_min(0).sqrt()
+        if self._screened(batch):
+            bound = self.column_norms[None, :]
+            left = batch.slack - batch.moved[:, None] - bound * batch.spent[:, None]
+            horizon = (left.clamp_min(0) / (1.0 + bound * gamma[:, None])).amin(dim=1)
+        else:
+            horizon = inf
+
         # A row that has stopped stays where it is.
         stop_distance = torch.where(run, torch.minimum(radius_distance, target_distance), 0.0)
-        step = torch.minimum(torch.minimum(join_best, drop_best), stop_distance)
+        step = torch.minimum(torch.minimum(join_best, drop_best), torch.minimum(stop_distance, horizon))
         # At equal distances the support is repaired first, so that a stop leaves a consistent state.
         # A coefficient reaching zero within rounding of the stop leaves too (exact zeros at the end).
         dropping = drop_best <= step + immediate[:, 0]
         joining = ~dropping & (join_best <= step)
-        stopping = ~dropping & ~joining
+        stopping = ~dropping & ~joining & (stop_distance <= step)
+        refreshing = run & ~dropping & ~joining & ~stopping
         by_radius = stopping & run & (radius_distance <= target_distance)
         new_lam = torch.where(stopping & ~by_radius, batch.target, lam + sigma * step).clamp_min(0)
         new_lam = torch.where(run, new_lam, lam)
+        moved = (new_lam - lam).abs()
         batch.q = q + (new_lam - lam)[:, None] * slope
+        batch.moved = batch.moved + moved
+        batch.spent = batch.spent + moved * gamma
         batch.lam = new_lam
-        batch.knots += run.long()
+        batch.knots += (run & ~refreshing).long()
         batch.at_radius = batch.at_radius | by_radius
         batch.last_join = torch.full_like(batch.last_join, -1)
         batch.last_drop = torch.full_like(batch.last_drop, -1)
         if bool(joining.any()):
-            self._join(batch, joining, join_at, join_sign.gather(1, join_at[:, None])[:, 0])
+            self._join(batch, joining, tracked.gather(1, join_at[:, None])[:, 0], join_sign.gather(1, join_at[:, None])[:, 0])
         if bool(dropping.any()):
             self._drop(batch, dropping.nonzero().flatten(), drop_at)
-        return stopping
+        if bool(refreshing.any()):
+            self.screen_refreshes += int(refreshing.sum())
+            self._refresh_tracking(batch, refreshing.nonzero().flatten())
+        return stopping | ~run
 
     def _join(self, batch: _Batch, joining: torch.Tensor, coordinate: torch.Tensor, sign: torch.Tensor) -> None:
         """Append ``coordinate[r]`` to the support of the ``joining`` rows (bordered inverse)."""

@@ -22,11 +22,19 @@ from consparse.implicit.lasso import LassoPath, LassoProblem, PathSettings
 
 @dataclass
 class RowBlock:
-    """One design shared by many rows: the LASSO statistics and the coordinates the radius counts."""
+    """One design shared by many rows.
+
+    Attributes:
+        name: what the rows are (for messages).
+        problem: the LASSO statistics.
+        mask: the coordinates the radius counts (None: all).
+        free: the coordinates well-posedness does not constrain, which ``debias`` may refit (None: all).
+    """
 
     name: str
     problem: LassoProblem
     mask: torch.Tensor | None = None
+    free: torch.Tensor | None = None
 
 
 def process_group() -> tuple[int, int]:

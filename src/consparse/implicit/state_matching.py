@@ -73,7 +73,7 @@ class ImplicitStateMatching:
         self.samples = statistics.samples
         # constrain=A counts only the coordinates on the states (the first n columns of M).
         mask = None if settings.constrain == "row" else torch.arange(n + width, device=device) < n
-        self.blocks = [RowBlock("A,B", statistics.problem(), mask)]
+        self.blocks = [RowBlock("A,B", statistics.problem(), mask, free=torch.arange(n + width, device=device) >= n)]
         self.train_fixed_point: dict[str, Any] = {}
 
     def _model(self, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor, D: torch.Tensor, kappa: float) -> ImplicitModel:

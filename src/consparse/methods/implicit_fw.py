@@ -62,6 +62,7 @@ RowSet = RowwiseL1Ball | RowwiseKSparsePolytope | RowwiseKSupportNormBall
 SEED_MATRICES = ("B", "none")
 CAPACITIES = ("model", "row")
 FIELD = "method.constraints"
+COUNTERS_KEY = "implicit_fw_counters"
 
 
 @dataclass(frozen=True)
@@ -301,6 +302,22 @@ class ImplicitFWMethod(ImplicitTrainingMethod):
         figures["train/atoms_added"] = float(self.atoms["added"])
         figures["train/atoms_removed"] = float(self.atoms["removed"])
         return figures
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_save_checkpoint(checkpoint)
+        checkpoint[COUNTERS_KEY] = {
+            "atoms": dict(self.atoms),
+            "frozen_steps": self.frozen_steps,
+            "first_frozen_step": self.first_frozen_step,
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_load_checkpoint(checkpoint)
+        saved = checkpoint.get(COUNTERS_KEY)
+        if saved is not None:
+            self.atoms = dict(saved["atoms"])
+            self.frozen_steps = int(saved["frozen_steps"])
+            self.first_frozen_step = saved["first_frozen_step"]
 
     # ------------------------------------------------------------------ the method seam
     def finalize(self, datamodule: pl.LightningDataModule) -> nn.Module:

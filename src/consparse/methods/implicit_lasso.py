@@ -39,6 +39,7 @@ from consparse.compress.export import ExportError, load_exported
 from consparse.errors import ConfigError
 from consparse.implicit.bisection import ConstrainedLassoSolution, SearchSettings
 from consparse.implicit.convert import linear_relu_chain
+from consparse.implicit.debias import debias_rows
 from consparse.implicit.kappa_search import DensitySearchSettings, search_kappa
 from consparse.implicit.lasso import PathSettings
 from consparse.implicit.layerwise import LayerwiseStateMatching, check_layerwise
@@ -128,6 +129,8 @@ class ImplicitLassoMethod(SparseMethod):
         readout: ``ReadoutSettings`` keys.
         density_search: ``DensitySearchSettings`` keys.
         fixed_point: solver options of the deployed implicit model (``ImplicitModel`` keywords).
+        debias: refit each row's free coordinates by least squares on its support
+            (``consparse.implicit.debias``; beyond the paper, off by default).
     """
 
     def __init__(
@@ -144,6 +147,7 @@ class ImplicitLassoMethod(SparseMethod):
         readout: dict[str, Any] | None = None,
         density_search: dict[str, Any] | None = None,
         fixed_point: dict[str, Any] | None = None,
+        debias: bool = False,
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
@@ -151,6 +155,8 @@ class ImplicitLassoMethod(SparseMethod):
         check_range("method.data_fraction", data_fraction, 0.0, 1.0, low_inclusive=False)
         check_int("method.extraction_batch_size", extraction_batch_size, 1)
         check_choice("method.formulation", formulation, FORMULATIONS)
+        check_choice("method.debias", debias, [True, False])
+        self.debias = debias
         solver = dict(solver or {})
         self.row_batch = solver.get("row_batch", 128)
         check_int("method.solver.row_batch", self.row_batch, 1)
@@ -224,6 +230,9 @@ class ImplicitLassoMethod(SparseMethod):
         def evaluate(kappa: float) -> tuple[float, tuple[nn.Module, list[ConstrainedLassoSolution]]]:
             solutions = solver.solve(matcher.radii(kappa), self.search)
             started = time.perf_counter()
+            if self.debias:
+                for block, solution in zip(matcher.blocks, solutions):
+                    solution.weights = debias_rows(block.problem, solution.weights.to(block.problem.gram.device), block.free).cpu()
             model = matcher.build(solutions, kappa)
             achieved = density(model, teacher)
             evaluations.append({"kappa": kappa, "density": achieved, "solve_seconds": solver.seconds,

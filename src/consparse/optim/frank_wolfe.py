@@ -32,6 +32,7 @@ AMP (16-mixed) Lightning's precision plugin unscales the gradients (``GradScaler
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -324,32 +325,23 @@ class FrankWolfe(torch.optim.Optimizer):
             group["constraint"] = constraint
 
 
+@dataclass
 class _Move:
     """One constrained group's step: ``theta <- theta + min(eta, weight) * direction``.
 
-    ``direction`` is ``V - theta`` (Frank-Wolfe) or ``V - a`` (pairwise, with ``weight`` the away
-    atom's weight, per row for row-wise sets, which caps the step so that the iterate stays in the set).
+    ``direction`` is ``V - theta`` (Frank-Wolfe) or ``V - a`` (pairwise, with ``away`` the atom
+    ``a`` and ``weight`` its weight, per row for row-wise sets, which caps the step so that the
+    iterate stays in the set).
     """
 
-    def __init__(
-        self,
-        params: list[torch.Tensor],
-        constraint: ConstraintSet,
-        m: torch.Tensor,
-        vertex: torch.Tensor,
-        direction: torch.Tensor,
-        step: int,
-        away: torch.Tensor | None = None,
-        weight: torch.Tensor | None = None,
-    ) -> None:
-        self.params = params
-        self.constraint = constraint
-        self.m = m
-        self.vertex = vertex
-        self.direction = direction
-        self.step = step
-        self.away = away
-        self.weight = weight
+    params: list[torch.Tensor]
+    constraint: ConstraintSet
+    m: torch.Tensor
+    vertex: torch.Tensor
+    direction: torch.Tensor
+    step: int
+    away: torch.Tensor | None = None
+    weight: torch.Tensor | None = None
 
     def gradient(self) -> torch.Tensor:
         """The raw gradient in the constraint's shape (the short step's decrease test is on the batch loss)."""
