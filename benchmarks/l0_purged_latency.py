@@ -7,8 +7,8 @@ fc2 inputs; the defaults give about the paper's 2.35 % of the parameters). Laten
 ``consparse.compress.latency.measure_latency`` (median over timed blocks) at each batch size.
 Prints params and latency of both and the speed-up (goal: >= 3x at <= 5 % params).
 
-    /work/notes/exclusive python benchmarks/l0_purged_latency.py --batch-sizes 1 64
-    /work/notes/exclusive python benchmarks/l0_purged_latency.py --run-dir outputs/runs/<date>/<time>
+    OMP_NUM_THREADS=1 python benchmarks/l0_purged_latency.py --batch-sizes 1 64
+    OMP_NUM_THREADS=1 python benchmarks/l0_purged_latency.py --run-dir outputs/runs/<date>/<time>
 """
 
 from __future__ import annotations

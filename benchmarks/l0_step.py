@@ -7,7 +7,7 @@ for l0 also the dual step and the clamping of the gates). ``method=dense`` and `
 alternate over several rounds so that machine load affects both alike; medians are compared.
 Prints the median step times and the ratio l0 / dense (goal: <= 1.25).
 
-    /work/notes/exclusive python benchmarks/l0_step.py --models lenet5 resnet18 --threads 1
+    OMP_NUM_THREADS=1 python benchmarks/l0_step.py --models lenet5 resnet18 --threads 1
 """
 
 from __future__ import annotations
