@@ -12,7 +12,7 @@ over ``--rounds`` so that machine load affects all alike, and medians are compar
     python benchmarks/implicit_fw_step.py --state-size 300 --batch 128 --warmup 200 --rounds 5 --steps 10
 
 Prints ms per step, mean forward / backward fixed-point iterations and the ratio to implicit_pgd.
-Run it under /work/notes/exclusive (nothing else on the CPU).
+Run it on an otherwise idle machine (nothing else on the CPU); ``--data-root`` defaults to ``../shared/data``.
 """
 
 from __future__ import annotations
