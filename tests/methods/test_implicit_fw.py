@@ -5,6 +5,7 @@ config errors raised before any compute."""
 from __future__ import annotations
 
 import csv
+import itertools
 from pathlib import Path
 
 import pytest
@@ -18,7 +19,7 @@ from consparse.methods import build_method
 from consparse.methods.implicit_fw import ImplicitFWMethod
 from consparse.models import build_model
 from consparse.optim import FrankWolfe
-from consparse.optim.constraints import RowwiseL1Ball
+from consparse.optim.constraints import RowwiseKSparsePolytope, RowwiseL1Ball
 from consparse.report.results import read_results, validate_results
 from consparse.train import run
 
@@ -61,6 +62,35 @@ def train(method: ImplicitFWMethod, data, on_step=None) -> list[float]:
         if on_step is not None:
             on_step(method)
     return losses
+
+
+# ---------------------------------------------------------------------------------------- the LMO
+def row_vertices(cols: int, k: int, radius: float) -> torch.Tensor:
+    """Every vertex of one row's set: k signed entries of size ``radius`` (k = 1: the L1 ball)."""
+    vertices = []
+    for support in itertools.combinations(range(cols), k):
+        for signs in itertools.product((1.0, -1.0), repeat=k):
+            v = torch.zeros(cols, dtype=torch.float64)
+            v[list(support)] = radius * torch.tensor(signs, dtype=torch.float64)
+            vertices.append(v)
+    return torch.stack(vertices)
+
+
+@pytest.mark.parametrize("k", [1, 2], ids=["l1_rows", "ksparse_rows_k2"])
+def test_rowwise_lmo_is_the_best_vertex_of_the_product_set_by_brute_force(k: int) -> None:
+    # Enumerates the vertices of the whole matrix set (every combination of one vertex per row), so it
+    # checks the per-row decomposition of the LMO rather than assuming it.
+    rows, cols, radii = 3, 4, [0.5, 1.0, 2.0]
+    grad = torch.randn(rows, cols, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    per_row = [row_vertices(cols, k, r) for r in radii]
+    matrices = torch.stack([torch.stack(choice) for choice in itertools.product(*per_row)])
+    values = (matrices * grad).sum(dim=(1, 2))
+    best = matrices[int(values.argmin())]
+    radius = torch.tensor(radii, dtype=torch.float64)
+    constraint = RowwiseL1Ball(grad.shape, radius) if k == 1 else RowwiseKSparsePolytope(grad.shape, radius, k=k)
+    vertex = constraint.lmo(grad)
+    assert float((vertex * grad).sum()) == pytest.approx(float(values.min()), rel=1e-12)
+    torch.testing.assert_close(vertex, best)
 
 
 # ---------------------------------------------------------------------------------------- iterates
