@@ -47,6 +47,8 @@ def test_constrained_rows_match_a_scikit_learn_bisection(make_problem, shape) ->
     _, _, problem = make_problem(**shape)
     radius = 0.5 * float(problem.lambda_max().min()) / float(problem.gram.diagonal().max())
     reference = sklearn_constrained_lasso(problem, radius, eps=1e-5, tol=1e-12)
+    # The baseline keeps a feasible solution (an earlier version kept one that the next solve overwrote).
+    assert float(reference.weights.abs().sum(dim=1).max()) <= radius
     solution = constrained_lasso(LassoPath(problem), radius)
     ours, theirs = solution.loss, problem.loss(reference.weights)
     assert torch.all(ours <= theirs * (1 + 1e-4) + 1e-12)

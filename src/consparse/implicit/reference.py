@@ -81,7 +81,8 @@ def sklearn_constrained_lasso(
         lam = 0.5 * hi
         current = None
         for step in range(1, max_steps + 1):
-            current = sklearn_lasso_row(problem, row, lam, current, tol)
+            # enet_path may update coef_init in place: the solution kept as ``best`` must not be the next init.
+            current = sklearn_lasso_row(problem, row, lam, None if current is None else current.copy(), tol)
             steps[position] = step
             norm = float(np.abs(current).sum())
             if norm <= radius:
