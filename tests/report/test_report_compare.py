@@ -141,14 +141,15 @@ def test_block_sweep_settings_are_no_variants_and_the_plan_is_reported(compared:
     assert {r["variant"] for r in rows if r["method"] == "magnitude"} == {"—"}
     assert row_for(rows, "l0_penalty", "—")["variant"] == "method.penalty=0.01"
     sweep = section(markdown, "## Sweep")
-    assert sweep[5].startswith("How to read the tables")  # the legend follows the sweep's lines
-    assert sweep[:5] == [
+    assert sweep[6].startswith("How to read the tables")  # the legend follows the sweep's lines
+    assert sweep[:6] == [
         "`python train.py -m experiment=compare_mnist_mlp dataset.root=../shared/data`",
         (
             "17 jobs; wall time 58 min 30 s (started 2026-01-01T10:00:00+00:00, finished 2026-01-01T10:58:30+00:00); "
             "training time summed over its runs 15 min 35 s."
         ),  # 935 s of train_seconds
-        "- Blocks run: dense (1 job), magnitude (4 jobs).",
+        "- Blocks run: dense (1 job), magnitude (4 jobs), implicit_lasso (2 jobs).",
+        "- **Not reached** (planned, but the sweep stopped before them: no run directory): **implicit_lasso** (2 jobs: 70, 71).",
         (
             "- **Not run** (optional blocks whose config did not exist when the sweep started): "
             "**implicit_fw** (In 'config': Could not find 'method/implicit_fw')."

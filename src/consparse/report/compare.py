@@ -19,7 +19,8 @@ same target density, which is what ``experiment=compare_*`` sweeps produce:
   other row. It has no latency or training time of its own.
 
 ``sweep_lines`` describes the block sweeps (``consparse.sweeper``) whose ``sweep_plan.yaml`` lies
-below the report's directory: the command, the wall time, the blocks run and those not run.
+below the report's directory: the command, the wall time, the blocks run, the planned jobs an
+interrupted sweep never reached, and the blocks not run.
 """
 
 from __future__ import annotations
@@ -250,7 +251,8 @@ def fixed_keys(plans: Sequence[tuple[Path, Mapping[str, Any]]]) -> list[str]:
 def sweep_lines(
     plans: Sequence[tuple[Path, Mapping[str, Any]]], root: str | Path, table: pd.DataFrame
 ) -> list[str]:
-    """A ``## Sweep`` section per block sweep: command, jobs, wall time, blocks run and not run."""
+    """A ``## Sweep`` section per block sweep: command, jobs, wall time, blocks run, jobs not reached
+    and blocks not run."""
     lines: list[str] = []
     for directory, plan in plans:
         where = _relative(directory, root)
@@ -275,6 +277,18 @@ def sweep_lines(
             + (", ".join(f"{b['name']} ({_jobs(len(b.get('jobs') or []))})" for b in run) or "none")
             + ".",
         ]
+        # An interrupted sweep leaves planned jobs without a run directory: say so, or the tables
+        # read as if those blocks had run.
+        reached = set(table.loc[_inside(table, directory, root), "run_dir"].astype(str))
+        prefix = "" if where == "." else where + "/"
+        unreached = [(b["name"], [j for j in b.get("jobs") or [] if f"{prefix}{j}" not in reached]) for b in run]
+        unreached = [(name, jobs) for name, jobs in unreached if jobs]
+        if unreached:
+            lines.append(
+                "- **Not reached** (planned, but the sweep stopped before them: no run directory): "
+                + "; ".join(f"**{name}** ({_jobs(len(jobs))}: {', '.join(map(str, jobs))})" for name, jobs in unreached)
+                + "."
+            )
         if skipped:
             lines.append(
                 "- **Not run** (optional blocks whose config did not exist when the sweep started): "
