@@ -225,6 +225,8 @@ class ImplicitLassoMethod(SparseMethod):
         matcher: StateMatching = matching_class(teacher, loader, datamodule.info.input_shape, self.matching, device)
         metrics["extraction_seconds"] = time.perf_counter() - start
         solver = RowSolver(matcher.blocks, self.row_batch, self.path_settings)
+        log.info("state matching: %d rows on %d samples (extraction %.1f s); solving the constrained LASSO",
+                 solver.rows, matcher.samples, metrics["extraction_seconds"])
         evaluations: list[dict[str, Any]] = []
 
         def evaluate(kappa: float) -> tuple[float, tuple[nn.Module, list[ConstrainedLassoSolution]]]:
@@ -237,6 +239,9 @@ class ImplicitLassoMethod(SparseMethod):
             achieved = density(model, teacher)
             evaluations.append({"kappa": kappa, "density": achieved, "solve_seconds": solver.seconds,
                                 "build_seconds": time.perf_counter() - started})
+            # The state matching runs for minutes with no Trainer progress bar: say what it does.
+            log.info("state matching: kappa %.4g -> density %.4f (target %s), %d rows solved in %.1f s",
+                     kappa, achieved, self.target_density, solver.rows, solver.seconds)
             return achieved, (model, solutions)
 
         if self.target_density is None:
