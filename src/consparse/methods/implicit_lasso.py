@@ -240,8 +240,8 @@ class ImplicitLassoMethod(SparseMethod):
             evaluations.append({"kappa": kappa, "density": achieved, "solve_seconds": solver.seconds,
                                 "build_seconds": time.perf_counter() - started})
             # The state matching runs for minutes with no Trainer progress bar: say what it does.
-            log.info("state matching: kappa %.4g -> density %.4f (target %s), %d rows solved in %.1f s",
-                     kappa, achieved, self.target_density, solver.rows, solver.seconds)
+            log.info("state matching: kappa %.4g -> density %.4f%s, %d rows solved in %.1f s", kappa, achieved,
+                     "" if self.target_density is None else f" (target {self.target_density})", solver.rows, solver.seconds)
             return achieved, (model, solutions)
 
         if self.target_density is None:
