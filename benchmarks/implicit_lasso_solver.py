@@ -9,7 +9,8 @@ bisection stops within ``eps * kappa`` on the feasible side; ours ends on the sp
 * baseline: for each row, bisection on the penalty with scikit-learn's coordinate descent
   (``enet_path`` with the precomputed Gram matrix, warm starts, duality-gap ``--tol``), as
   ``consparse.implicit.reference`` does; timed on every ``--stride``-th row and scaled to all rows;
-* ours: ``RowSolver`` over all rows (chunks of ``--row-batch``), for each ``--steps`` variant;
+* ours: ``RowSolver`` over all rows (chunks of ``--row-batch``), for each ``--steps`` variant
+  (``active_set``, the default, and the path's ``path``, ``newton``, ``bisect``);
 * with ``--warm-start``: the paper's bisection (``step: bisect``) on the baseline's rows, each
   penalised solve warm-started from the previous one against started from ``lam_max`` (the effect
   of warm starts the paper reports as 1.7-2.2x).
@@ -18,7 +19,7 @@ Prints the seconds, the ratio baseline / ours, and the largest relative objectiv
 the baseline's rows (ours minus baseline, relative to the baseline's loss; goal: within 1e-3).
 Run it alone on the machine (no other job on the cores), e.g.
 
-    python benchmarks/implicit_lasso_solver.py --stride 20 --steps path \
+    python benchmarks/implicit_lasso_solver.py --stride 20 --steps active_set path \
         --teacher outputs/implicit_lasso/mnist_k0.05_teacher/checkpoints/last.ckpt --kappa 0.05
 """
 
@@ -50,7 +51,7 @@ def main() -> None:
     parser.add_argument("--tol", type=float, default=1e-6, help="scikit-learn duality-gap tolerance (relative to ||z||^2)")
     parser.add_argument("--stride", type=int, default=4, help="the baseline solves every stride-th row")
     parser.add_argument("--row-batch", type=int, default=128)
-    parser.add_argument("--steps", nargs="*", default=["path", "newton", "bisect"], help="variants timed on all rows (none: only the baseline and --warm-start)")
+    parser.add_argument("--steps", nargs="*", default=["active_set", "path", "newton", "bisect"], help="variants timed on all rows (none: only the baseline and --warm-start)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--warm-start", action="store_true", help="also time the bisection with and without warm starts")
     args = parser.parse_args()
@@ -83,6 +84,7 @@ def main() -> None:
         difference = float(((solution.loss[rows] - reference_loss) / reference_loss.clamp_min(1e-300)).max())
         print(f"batched ({step:6s}): {ours:7.1f} s   ratio {baseline / ours:5.1f}x   "
               f"max relative objective difference {difference:+.1e}   knots {int(solution.knots.sum())}   "
+              f"rounds/solves per row {solution.steps.float().mean():.1f}   fallback rows {int(solution.fallback.sum())}   "
               f"max ||w||_1 / kappa {float(solution.norm.max()) / args.kappa:.6f}")
 
     if args.warm_start:

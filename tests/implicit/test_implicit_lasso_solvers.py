@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
 from sklearn.linear_model import Lasso
 
+from consparse.implicit.active_set import ActiveSet, ActiveSetSettings
 from consparse.implicit.bisection import SearchSettings, constrained_lasso
 from consparse.implicit.debias import debias_rows
-from consparse.implicit.lasso import LassoPath, kkt_violation, lasso_objective, solve_lasso
+from consparse.implicit.lasso import LassoPath, LassoProblem, kkt_violation, lasso_objective, solve_lasso
 from consparse.implicit.readout import ReadoutSettings, fit_readout
 from consparse.implicit.reference import sklearn_constrained_lasso
 from consparse.implicit.rows import RowBlock, RowSolver
@@ -73,7 +76,7 @@ def test_every_search_reaches_the_radius_when_the_constraint_is_active(make_prob
 
 def test_an_inactive_constraint_keeps_the_floor_solution(make_problem) -> None:
     _, _, problem = make_problem(100, 20, 4, seed=4)
-    search = SearchSettings(lambda_min_ratio=1e-6)
+    search = SearchSettings(step="path", lambda_min_ratio=1e-6)
     solution = constrained_lasso(LassoPath(problem), 1e6, search)
     assert not bool(solution.active.any())
     torch.testing.assert_close(solution.lam, 1e-6 * problem.lambda_max())
@@ -127,6 +130,79 @@ def test_row_chunks_give_the_same_rows_as_one_batch(make_problem) -> None:
     chunked = RowSolver([RowBlock("x", problem)], row_batch=3).solve([torch.full((10,), 0.4)], SearchSettings())[0]
     assert chunked.weights.shape == whole.weights.shape
     torch.testing.assert_close(chunked.weights, whole.weights, rtol=1e-9, atol=1e-12)
+
+
+# ----------------------------------------------------------------------------- the active set
+def _radius(problem: LassoProblem) -> float:
+    """A radius at which every row's constraint binds."""
+    return 0.5 * float(problem.lambda_max().min()) / float(problem.gram.diagonal().max())
+
+
+@pytest.mark.parametrize("shape", PROBLEMS)
+def test_the_active_set_finds_the_exact_constrained_optimum(make_problem, shape) -> None:
+    _, _, problem = make_problem(**shape)
+    radius = _radius(problem)
+    exact = constrained_lasso(LassoPath(problem), radius)
+    solution = ActiveSet(problem).solve(radius)
+    torch.testing.assert_close(solution.loss, exact.loss, rtol=1e-9, atol=1e-12)
+    torch.testing.assert_close(solution.lam, exact.lam, rtol=1e-6, atol=0)
+    assert torch.equal(solution.weights != 0, exact.weights != 0)
+    assert bool(solution.on_sphere.all()) and bool(solution.active.all())
+    assert float(solution.kkt.max()) < 1e-6
+    reference = sklearn_constrained_lasso(problem, radius, eps=1e-5, tol=1e-12)
+    assert torch.all(solution.loss <= problem.loss(reference.weights) * (1 + 1e-4) + 1e-12)
+    assert float(solution.norm.max()) <= radius + 1e-6
+
+
+def test_the_active_set_keeps_the_floor_solution_of_an_inactive_constraint(make_problem) -> None:
+    _, _, problem = make_problem(100, 20, 4, seed=4)
+    search = SearchSettings(lambda_min_ratio=1e-6)
+    solution = ActiveSet(problem).solve(1e6, search)
+    exact = constrained_lasso(LassoPath(problem), 1e6, replace(search, step="path"))
+    assert not bool(solution.active.any())
+    torch.testing.assert_close(solution.lam, 1e-6 * problem.lambda_max())
+    torch.testing.assert_close(solution.weights, exact.weights, rtol=1e-9, atol=1e-12)
+
+
+def test_the_active_set_warm_starts_across_radii(make_problem) -> None:
+    _, _, problem = make_problem(150, 60, 8, seed=6)
+    solver = ActiveSet(problem)
+    solver.solve(0.5)
+    again = solver.solve(0.45)
+    fresh = ActiveSet(problem).solve(0.45)
+    assert int(again.steps.sum()) < int(fresh.steps.sum())
+    torch.testing.assert_close(again.weights, fresh.weights, rtol=1e-9, atol=1e-12)
+    cold = solver.solve(0.45, SearchSettings(warm_start=False))
+    assert int(cold.steps.sum()) == int(fresh.steps.sum())
+
+
+def test_unresolved_rows_fall_back_to_the_exact_path(make_problem) -> None:
+    _, _, problem = make_problem(120, 40, 6, seed=12)
+    radius = _radius(problem)
+    solution = ActiveSet(problem, ActiveSetSettings(max_rounds=1)).solve(radius)
+    exact = constrained_lasso(LassoPath(problem), radius)
+    assert bool(solution.fallback.all()) and int(solution.knots.sum()) == int(exact.knots.sum())
+    torch.testing.assert_close(solution.weights, exact.weights, rtol=1e-9, atol=1e-12)
+    assert not bool(ActiveSet(problem).solve(radius).fallback.any())
+
+
+def test_a_row_with_a_zero_target_stays_zero(make_problem) -> None:
+    _, _, problem = make_problem(60, 10, 3, seed=13)
+    problem = LassoProblem(problem.gram, torch.cat([problem.correlations, torch.zeros(1, 10, dtype=torch.float64)]),
+                           torch.cat([problem.target_sq_norms, torch.zeros(1, dtype=torch.float64)]))
+    solution = ActiveSet(problem).solve(0.2)
+    assert bool((solution.weights[-1] == 0).all()) and not bool(solution.active[-1])
+    assert not bool(solution.fallback.any()) and bool(solution.on_sphere[:-1].all())
+
+
+def test_masked_blocks_are_solved_on_the_path(make_problem) -> None:
+    _, _, problem = make_problem(100, 20, 4, seed=5)
+    mask = torch.arange(20) < 8
+    solution = RowSolver([RowBlock("x", problem, mask)], row_batch=4).solve([torch.full((4,), 0.2, dtype=torch.float64)], SearchSettings())[0]
+    exact = constrained_lasso(LassoPath(problem, mask=mask), 0.2)
+    torch.testing.assert_close(solution.weights, exact.weights, rtol=1e-9, atol=1e-12)
+    with pytest.raises(ValueError, match="active_set"):
+        constrained_lasso(LassoPath(problem), 0.2, SearchSettings(step="active_set"))
 
 
 def test_gram_statistics_stream_in_batches(make_problem) -> None:

@@ -36,7 +36,10 @@ import torch
 from consparse.implicit.lasso import LassoPath, kkt_violation
 from consparse.validation import check_choice, check_int, check_range
 
-STEPS = ("path", "newton", "bisect")
+# Steps of the search on the path; ``active_set`` (consparse.implicit.active_set) solves for the
+# penalty instead of searching it, and falls back to ``path``.
+PATH_STEPS = ("path", "newton", "bisect")
+STEPS = ("active_set", *PATH_STEPS)
 
 
 @dataclass(frozen=True)
@@ -44,7 +47,8 @@ class SearchSettings:
     """How each row's penalty is searched.
 
     Attributes:
-        step: ``path``, ``newton`` or ``bisect`` (see the module doc).
+        step: ``active_set`` (``consparse.implicit.active_set``), ``path``, ``newton`` or
+            ``bisect`` (see the module doc).
         eps: a bisection stops when ``||w_K||_1`` is within ``eps * kappa`` of the radius.
         max_steps: penalised solves per row at most (bisect, newton).
         lambda_min_ratio: the smallest penalty tried, relative to the row's ``lam_max``.
@@ -53,7 +57,7 @@ class SearchSettings:
         polish: finish a bisection exactly on the sphere (see the module doc).
     """
 
-    step: str = "path"
+    step: str = "active_set"
     eps: float = 1e-3
     max_steps: int = 60
     lambda_min_ratio: float = 1e-4
@@ -84,6 +88,8 @@ class ConstrainedLassoSolution:
         knots: knots of the path traversed over all those solves.
         kkt: largest violation of the penalised optimality conditions at ``lam`` (relative to it).
         exhausted: a solve ran out of knots or the search out of steps before the tolerance.
+        fallback: the row was solved on the exact path because the active-set solver did not
+            resolve it (always False for the path's own steps).
     """
 
     weights: torch.Tensor
@@ -96,6 +102,7 @@ class ConstrainedLassoSolution:
     knots: torch.Tensor
     kkt: torch.Tensor
     exhausted: torch.Tensor
+    fallback: torch.Tensor
 
     @staticmethod
     def concatenate(parts: list[ConstrainedLassoSolution]) -> ConstrainedLassoSolution:
@@ -103,7 +110,9 @@ class ConstrainedLassoSolution:
         return ConstrainedLassoSolution(**{name: torch.cat([getattr(part, name) for part in parts]) for name in names})
 
 
-def constrained_lasso(path: LassoPath, radius: float | torch.Tensor, search: SearchSettings = SearchSettings()) -> ConstrainedLassoSolution:
+def constrained_lasso(
+    path: LassoPath, radius: float | torch.Tensor, search: SearchSettings = SearchSettings(step="path")
+) -> ConstrainedLassoSolution:
     """Solve every row's constrained LASSO, starting from the path's current solutions (a warm start).
 
     Args:
@@ -112,6 +121,8 @@ def constrained_lasso(path: LassoPath, radius: float | torch.Tensor, search: Sea
         radius: the radius (a number, or one per row), > 0.
         search: how the penalty is searched.
     """
+    if search.step not in PATH_STEPS:
+        raise ValueError(f"constrained_lasso searches the path with one of {PATH_STEPS}, not {search.step!r}")
     rows = path.rows
     device, dtype = path.device, path.dtype
     radius = torch.as_tensor(radius, dtype=dtype, device=device).expand(rows).clone()
@@ -159,6 +170,7 @@ def constrained_lasso(path: LassoPath, radius: float | torch.Tensor, search: Sea
         knots=knots,
         kkt=kkt_violation(problem, weights, lam),
         exhausted=exhausted,
+        fallback=torch.zeros(rows, dtype=torch.bool, device=device),
     )
 
 

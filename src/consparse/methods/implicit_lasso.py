@@ -37,6 +37,7 @@ from consparse.compress.count import density, nonzero_count
 from consparse.compress.evaluate import evaluate_accuracy
 from consparse.compress.export import ExportError, load_exported
 from consparse.errors import ConfigError
+from consparse.implicit.active_set import ActiveSetSettings
 from consparse.implicit.bisection import ConstrainedLassoSolution, SearchSettings
 from consparse.implicit.convert import linear_relu_chain
 from consparse.implicit.debias import debias_rows
@@ -125,7 +126,8 @@ class ImplicitLassoMethod(SparseMethod):
         data_fraction: share of the training split the states are extracted on, in (0, 1].
         extraction_batch_size: batch of the extraction and regeneration passes (fixed, so that the
             statistics do not depend on the DDP world size).
-        solver: ``SearchSettings`` and ``PathSettings`` keys, plus ``row_batch`` (rows per chunk).
+        solver: ``SearchSettings``, ``PathSettings`` and ``ActiveSetSettings`` keys, plus
+            ``row_batch`` (rows per chunk).
         readout: ``ReadoutSettings`` keys.
         density_search: ``DensitySearchSettings`` keys.
         fixed_point: solver options of the deployed implicit model (``ImplicitModel`` keywords).
@@ -160,13 +162,14 @@ class ImplicitLassoMethod(SparseMethod):
         solver = dict(solver or {})
         self.row_batch = solver.get("row_batch", 128)
         check_int("method.solver.row_batch", self.row_batch, 1)
-        path_keys = [f.name for f in fields(PathSettings)]
-        search_keys = [f.name for f in fields(SearchSettings)]
-        unknown = sorted(set(solver) - set(path_keys) - set(search_keys) - set(_SOLVER_EXTRA))
+        groups = {cls: [f.name for f in fields(cls)] for cls in (SearchSettings, PathSettings, ActiveSetSettings)}
+        allowed = [key for keys in groups.values() for key in keys] + list(_SOLVER_EXTRA)
+        unknown = sorted(set(solver) - set(allowed))
         if unknown:
-            raise ConfigError("method.solver", f"unknown keys {unknown}; allowed: {', '.join([*search_keys, *path_keys, *_SOLVER_EXTRA])}")
-        self.search = _settings(SearchSettings, {k: v for k, v in solver.items() if k in search_keys}, "method.solver")
-        self.path_settings = _settings(PathSettings, {k: v for k, v in solver.items() if k in path_keys}, "method.solver")
+            raise ConfigError("method.solver", f"unknown keys {unknown}; allowed: {', '.join(allowed)}")
+        self.search, self.path_settings, self.active_set_settings = (
+            _settings(cls, {k: v for k, v in solver.items() if k in keys}, "method.solver") for cls, keys in groups.items()
+        )
         self.density_search = _settings(DensitySearchSettings, density_search, "method.density_search")
         self.matching = MatchingSettings(
             conversion_kappa=conversion_kappa,
@@ -224,7 +227,7 @@ class ImplicitLassoMethod(SparseMethod):
         matching_class = ImplicitStateMatching if self.formulation == "implicit" else LayerwiseStateMatching
         matcher: StateMatching = matching_class(teacher, loader, datamodule.info.input_shape, self.matching, device)
         metrics["extraction_seconds"] = time.perf_counter() - start
-        solver = RowSolver(matcher.blocks, self.row_batch, self.path_settings)
+        solver = RowSolver(matcher.blocks, self.row_batch, self.path_settings, self.active_set_settings)
         log.info("state matching: %d rows on %d samples (extraction %.1f s); solving the constrained LASSO",
                  solver.rows, matcher.samples, metrics["extraction_seconds"])
         evaluations: list[dict[str, Any]] = []
@@ -279,7 +282,8 @@ class ImplicitLassoMethod(SparseMethod):
         def joined(name: str) -> torch.Tensor:
             return torch.cat([getattr(solution, name).cpu() for solution in solutions])
 
-        everything = SimpleNamespace(**{name: joined(name) for name in ("active", "on_sphere", "exhausted", "steps", "knots", "kkt", "norm")})
+        names = ("active", "on_sphere", "exhausted", "fallback", "steps", "knots", "kkt", "norm")
+        everything = SimpleNamespace(**{name: joined(name) for name in names})
         radius = torch.cat([part.cpu() for part in radii]).to(everything.norm)
         nonzeros = nonzero_count([solution.weights for solution in solutions])
         return {
@@ -287,6 +291,7 @@ class ImplicitLassoMethod(SparseMethod):
             "rows_active": int(everything.active.sum()),
             "rows_on_sphere": int(everything.on_sphere.sum()),
             "rows_exhausted": int(everything.exhausted.sum()),
+            "rows_fallback": int(everything.fallback.sum()),
             "lasso_steps": int(everything.steps.sum()),
             "lasso_knots": int(everything.knots.sum()),
             "lasso_knots_max": int(everything.knots.max()) if everything.knots.numel() else 0,
