@@ -105,7 +105,6 @@ class RowSolver:
             for number in range(len(self.blocks))
         ]
 
-
     def _solve_chunk(self, chunk: int, radii: list[torch.Tensor], search: SearchSettings) -> ConstrainedLassoSolution:
         number, rows = self.chunks[chunk]
         block = self.blocks[number]
