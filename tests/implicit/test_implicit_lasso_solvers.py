@@ -176,6 +176,14 @@ def test_the_active_set_warm_starts_across_radii(make_problem) -> None:
     assert int(cold.steps.sum()) == int(fresh.steps.sum())
 
 
+def test_growth_and_row_groups_change_the_work_not_the_solution(make_problem) -> None:
+    _, _, problem = make_problem(300, 200, 8, seed=6)
+    default = ActiveSet(problem).solve(20.0)
+    slow = ActiveSet(problem, ActiveSetSettings(growth=0.01, row_group=1)).solve(20.0)
+    assert int(slow.steps.sum()) > int(default.steps.sum())
+    torch.testing.assert_close(slow.weights, default.weights, rtol=1e-9, atol=1e-12)
+
+
 def test_unresolved_rows_fall_back_to_the_exact_path(make_problem) -> None:
     _, _, problem = make_problem(120, 40, 6, seed=12)
     radius = _radius(problem)

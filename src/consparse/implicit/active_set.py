@@ -33,11 +33,9 @@ from dataclasses import dataclass
 import torch
 
 from consparse.implicit.bisection import ConstrainedLassoSolution, SearchSettings, constrained_lasso
-from consparse.implicit.lasso import LassoPath, LassoProblem, PathSettings, kkt_violation
+from consparse.implicit.lasso import VIOLATION, LassoPath, LassoProblem, PathSettings, kkt_violation, ridge_delta
 from consparse.validation import check_int, check_range
 
-# Relative slack (of lam) before an inactive correlation counts as a violation (as on the path).
-_VIOLATION = 1e-9
 # Coordinates a round may add to a row at least (the first round of a cold start adds this many).
 _MIN_GROWTH = 8
 
@@ -76,17 +74,11 @@ class ActiveSet:
         self.problem = problem
         self.settings = settings
         self.path_settings = path
-        gram = problem.gram.contiguous()
-        self._flat_gram = gram.reshape(-1)
-        diagonal = gram.diagonal()
-        positive = diagonal[diagonal > 0]
-        self.delta = path.ridge * float(positive.mean()) if positive.numel() else 0.0
+        self._flat_gram = problem.gram.contiguous().reshape(-1)
+        # The same delta as the fallback path's, so both solve the same problem.
+        self.delta = ridge_delta(problem.gram, path.ridge)
         self.lam_max = problem.lambda_max()
         self.previous: torch.Tensor | None = None
-
-    @property
-    def rows(self) -> int:
-        return self.problem.rows
 
     def solve(self, radius: float | torch.Tensor, search: SearchSettings = SearchSettings()) -> ConstrainedLassoSolution:
         """Every row's exact constrained solution for its radius (a number or one per row, > 0).
@@ -150,7 +142,7 @@ class ActiveSet:
             q = problem.correlations[live] - self._gram_times(current)
             on = support[live]
             broken = on & (signs[live] * current <= 0)
-            violating = ~on & (q.abs() > penalty[:, None] * (1 + _VIOLATION))
+            violating = ~on & (q.abs() > penalty[:, None] * (1 + VIOLATION))
             rounds[live] = round_number
             resolved = ~broken.any(dim=1) & ~violating.any(dim=1) & ~singular
             weights[live[resolved]], lam[live[resolved]] = current[resolved], penalty[resolved]

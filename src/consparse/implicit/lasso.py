@@ -45,7 +45,7 @@ _IMMEDIATE = 1e-12
 # Largest rows x support x d gather of Gram rows (elements) done instead of a GEMM over the union.
 _GATHER_LIMIT = 2**25
 # Relative slack (of lam) before an inactive correlation counts as violating the optimality conditions.
-_VIOLATION = 1e-9
+VIOLATION = 1e-9
 
 
 @dataclass(frozen=True)
@@ -117,6 +117,13 @@ class LassoProblem:
         """``1/2 ||M w - z||^2`` per row (from the statistics)."""
         fit = (weights @ self.gram * weights).sum(dim=1)
         return (0.5 * self.target_sq_norms - (self.correlations * weights).sum(dim=1) + 0.5 * fit).clamp_min(0)
+
+
+def ridge_delta(gram: torch.Tensor, ridge: float) -> float:
+    """The ridge ``delta`` added to ``G``: ``ridge`` times the mean positive diagonal (0 without one)."""
+    diagonal = gram.diagonal()
+    positive = diagonal[diagonal > 0]
+    return ridge * float(positive.mean()) if positive.numel() else 0.0
 
 
 def lasso_objective(problem: LassoProblem, weights: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
@@ -225,8 +232,7 @@ class LassoPath:
         rows, d = problem.rows, problem.features
         self.dtype, self.device = gram.dtype, gram.device
         diagonal = gram.diagonal()
-        positive = diagonal[diagonal > 0]
-        self.delta = settings.ridge * float(positive.mean()) if positive.numel() else 0.0
+        self.delta = ridge_delta(gram, settings.ridge)
         self.mask = (
             torch.ones(d, dtype=self.dtype, device=self.device)
             if mask is None
@@ -539,7 +545,7 @@ class LassoPath:
             h = sign * q - lam[:, None]
             rate = sigma[:, None] * (sign * slope - 1.0)
             distance = torch.where(rate > 0, (-h).clamp_min(0) / rate.clamp_min(tiny), float("inf"))
-            distance = torch.where(h > _VIOLATION * lam[:, None], 0.0, distance)
+            distance = torch.where(h > VIOLATION * lam[:, None], 0.0, distance)
             better = distance < join_distance
             join_distance = torch.where(better, distance, join_distance)
             join_sign = torch.where(better, sign, join_sign)
