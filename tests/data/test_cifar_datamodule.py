@@ -1,4 +1,9 @@
-"""CIFAR-10/100 loading from tiny batch files written into tmp_path in the real pickle format."""
+"""CIFAR-10/100 loading from tiny batch files written into tmp_path in the real pickle format.
+
+The small files cannot have the official MD5s, so each test that reads them registers their MD5s
+in ``consparse.data.cifar.OFFICIAL_MD5`` through the ``official`` fixture, the one way the check
+is relaxed.
+"""
 
 from __future__ import annotations
 
@@ -14,8 +19,10 @@ import pytorch_lightning as pl
 import torch
 from torchvision.datasets import CIFAR10, CIFAR100
 
+from consparse.data import cifar
 from consparse.data.cifar import CIFAR10DataModule, CIFAR100DataModule, read_cifar_batch
-from consparse.errors import ConsparseError, DataNotFoundError
+from consparse.data.download import file_digest
+from consparse.errors import ConfigError, ConsparseError, DataNotFoundError
 
 PER_BATCH = 6  # images per fake batch file
 MODULES = [CIFAR10DataModule, CIFAR100DataModule]
@@ -42,14 +49,26 @@ def write_batch(
     return data, labels
 
 
-def write_fake_cifar(root: Path, module_cls) -> dict[str, tuple[np.ndarray, list[int]]]:
+def write_fake_cifar(root: Path, module_cls, official=None) -> dict[str, tuple[np.ndarray, list[int]]]:
+    """Every batch of ``module_cls`` under ``root``; ``official(root, path)`` registers each file's MD5."""
     tv = module_cls.torchvision_dataset
     written = {}
     for index, (name, _md5) in enumerate(tv.train_list + tv.test_list):
-        written[name] = write_batch(
-            root / tv.base_folder / name, PER_BATCH, module_cls.label_key, module_cls.num_classes, seed=index
-        )
+        path = root / tv.base_folder / name
+        written[name] = write_batch(path, PER_BATCH, module_cls.label_key, module_cls.num_classes, seed=index)
+        if official is not None:
+            official(root, path)
     return written
+
+
+@pytest.fixture
+def official(monkeypatch):
+    """``official(root, path)``: accept ``path`` (relative to ``root``) as an official CIFAR file."""
+
+    def register(root: Path, path: Path) -> None:
+        monkeypatch.setitem(cifar.OFFICIAL_MD5, path.relative_to(root).as_posix(), file_digest(path))
+
+    return register
 
 
 @pytest.fixture(params=MODULES, ids=lambda cls: cls.dataset_name)
@@ -86,8 +105,8 @@ def test_expected_files_follow_torchvision(tmp_path):
     ]
 
 
-def test_reads_batches_in_order_with_splits(module_cls, tmp_path):
-    written = write_fake_cifar(tmp_path, module_cls)
+def test_reads_batches_in_order_with_splits(module_cls, tmp_path, official):
+    written = write_fake_cifar(tmp_path, module_cls, official)
     tv = module_cls.torchvision_dataset
     n_train = PER_BATCH * len(tv.train_list)
     datamodule = module_cls(root=tmp_path, val_fraction=0.25, batch_size=4, download=False)
@@ -112,8 +131,8 @@ def test_reads_batches_in_order_with_splits(module_cls, tmp_path):
     assert images.shape == (4, 3, 32, 32) and images.dtype == torch.float32 and labels.dtype == torch.long
 
 
-def test_training_images_are_augmented_and_evaluation_images_are_not(tmp_path):
-    write_fake_cifar(tmp_path, CIFAR10DataModule)
+def test_training_images_are_augmented_and_evaluation_images_are_not(tmp_path, official):
+    write_fake_cifar(tmp_path, CIFAR10DataModule, official)
     datamodule = CIFAR10DataModule(root=tmp_path, download=False)
     datamodule.setup()
     train, train_eval = datamodule.train_set, datamodule.train_eval_set
@@ -140,8 +159,8 @@ def datamodule_normalise(image: torch.Tensor) -> torch.Tensor:
     return (image.float() / 255 - mean) / std
 
 
-def test_validation_split_ignores_the_run_seed(tmp_path):
-    write_fake_cifar(tmp_path, CIFAR100DataModule)
+def test_validation_split_ignores_the_run_seed(tmp_path, official):
+    write_fake_cifar(tmp_path, CIFAR100DataModule, official)
 
     def validation_indices(run_seed: int) -> list[int]:
         pl.seed_everything(run_seed)
@@ -161,12 +180,13 @@ def test_damaged_batch_is_reported(tmp_path):
         read_cifar_batch(tmp_path / "wrong_key", "fine_labels")
 
 
-def test_labels_out_of_range_are_reported(tmp_path):
-    write_fake_cifar(tmp_path, CIFAR100DataModule)
+def test_labels_out_of_range_are_reported(tmp_path, official):
+    write_fake_cifar(tmp_path, CIFAR100DataModule, official)
     # CIFAR-100 labels (up to 99) under a CIFAR-10 folder name: the wrong dataset in the wrong place.
     (tmp_path / "cifar-10-batches-py").mkdir()
     for name, _ in CIFAR10.train_list + CIFAR10.test_list:
         write_batch(tmp_path / "cifar-10-batches-py" / name, 4, "labels", 100, seed=7)
+        official(tmp_path, tmp_path / "cifar-10-batches-py" / name)
     with pytest.raises(ConsparseError, match="labels outside"):
         CIFAR10DataModule(root=tmp_path, download=False).setup()
 
@@ -195,18 +215,111 @@ def test_offline_download_fails_fast_with_the_paths(module_cls, tmp_path, monkey
     assert str(module_cls(root=tmp_path).required_files()[0]) in str(error.value)
 
 
-def test_download_unpacks_the_archive(tmp_path, monkeypatch):
+def test_download_unpacks_the_archive(tmp_path, monkeypatch, official):
     staging = tmp_path / "staging"
     write_fake_cifar(staging, CIFAR100DataModule)
     archive = tmp_path / CIFAR100.filename
     with tarfile.open(archive, "w:gz") as tar:
         tar.add(staging / CIFAR100.base_folder, arcname=CIFAR100.base_folder)
+    root = tmp_path / "root"
+    for name in ("train", "test"):
+        official(staging, staging / CIFAR100.base_folder / name)
+    monkeypatch.setitem(cifar.OFFICIAL_MD5, CIFAR100.filename, file_digest(archive))
 
     def fake_download(url, root, filename, md5):
         assert url == CIFAR100.url and filename == CIFAR100.filename
         Path(root, filename).write_bytes(archive.read_bytes())
 
     monkeypatch.setattr("torchvision.datasets.utils.download_url", fake_download)
-    datamodule = CIFAR100DataModule(root=tmp_path / "root", download=True, val_fraction=0.0)
+    datamodule = CIFAR100DataModule(root=root, download=True, val_fraction=0.0)
     datamodule.setup()
     assert len(datamodule.train_set) == PER_BATCH and len(datamodule.test_set) == PER_BATCH
+
+
+def test_official_checksums_are_torchvisions():
+    expected = {}
+    for tv in (CIFAR10, CIFAR100):
+        expected[tv.filename] = tv.tgz_md5
+        expected.update({f"{tv.base_folder}/{name}": md5 for name, md5 in tv.train_list + tv.test_list})
+    assert cifar.OFFICIAL_MD5 == expected
+
+
+class FileCreator:
+    """A pickle payload: unpickling it with the full ``pickle`` module creates ``marker``."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+def plant_payload(root: Path, marker: Path) -> Path:
+    """CIFAR-10's batches under ``root``, the first one replaced by a payload pickle."""
+    write_fake_cifar(root, CIFAR10DataModule)
+    path = root / "cifar-10-batches-py" / "data_batch_1"
+    entry = {"batch_label": "x", "labels": [0], "data": FileCreator(marker), "filenames": ["0.png"]}
+    path.write_bytes(pickle.dumps(entry, protocol=2))
+    return path
+
+
+def test_payload_batch_is_refused_by_its_checksum(tmp_path):
+    marker = tmp_path / "pwned"
+    path = plant_payload(tmp_path / "root", marker)
+    with pytest.raises(ConfigError) as error:
+        CIFAR10DataModule(root=tmp_path / "root", download=False).setup()
+    assert error.value.field == "dataset.root"
+    assert str(path) in str(error.value) and "MD5" in str(error.value)
+    assert not marker.exists()
+
+
+def test_payload_batch_with_the_official_checksum_runs_nothing(tmp_path, official):
+    # Even a file the checksum table accepts (a collision, or a test's own file) cannot run code.
+    marker = tmp_path / "pwned"
+    root = tmp_path / "root"
+    path = plant_payload(root, marker)
+    for name, _ in CIFAR10.train_list + CIFAR10.test_list:
+        official(root, root / "cifar-10-batches-py" / name)
+    with pytest.raises(ConfigError) as error:
+        CIFAR10DataModule(root=root, download=False).setup()
+    assert str(path) in str(error.value) and "refused to load" in str(error.value)
+    assert not marker.exists()
+
+
+def test_object_arrays_are_refused(tmp_path):
+    path = tmp_path / "batch"
+    entry = {"labels": [0], "data": np.array([FileCreator(tmp_path / "pwned")], dtype=object)}
+    path.write_bytes(pickle.dumps(entry, protocol=2))
+    with pytest.raises(ConfigError, match="not a CIFAR batch"):
+        read_cifar_batch(path, "labels")
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_placed_archive_with_the_wrong_checksum_is_not_unpacked(tmp_path):
+    staging = tmp_path / "staging"
+    write_fake_cifar(staging, CIFAR10DataModule)
+    root = tmp_path / "root"
+    root.mkdir()
+    archive = root / CIFAR10.filename
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(staging / CIFAR10.base_folder, arcname=CIFAR10.base_folder)
+    with pytest.raises(ConfigError) as error:
+        CIFAR10DataModule(root=root, download=True).setup()
+    assert str(archive) in str(error.value) and "MD5" in str(error.value)
+    assert sorted(path.name for path in root.iterdir()) == [CIFAR10.filename]
+
+
+def test_placed_archive_escaping_the_root_is_refused_and_leaves_no_trace(tmp_path, monkeypatch):
+    root = tmp_path / "data" / "root"
+    root.mkdir(parents=True)
+    archive = root / CIFAR10.filename
+    payload = tmp_path / "payload.txt"
+    payload.write_text("owned")
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(payload, arcname=f"{CIFAR10.base_folder}/data_batch_1")
+        tar.add(payload, arcname="../escape.txt")
+    monkeypatch.setitem(cifar.OFFICIAL_MD5, CIFAR10.filename, file_digest(archive))
+    with pytest.raises(ConfigError) as error:
+        CIFAR10DataModule(root=root, download=True).setup()
+    assert str(archive) in str(error.value) and "../escape.txt" in str(error.value)
+    assert not (root.parent / "escape.txt").exists() and not (root / CIFAR10.base_folder).exists()

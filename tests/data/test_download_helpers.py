@@ -1,4 +1,5 @@
-"""Download helpers against servers on the loopback interface: a working one and a silent one.
+"""Download helpers against servers on the loopback interface (a working one and a silent one),
+and the checks on archives before they are unpacked.
 
 The silent server accepts connections and never answers, which is what a firewalled network looks
 like; the point is that nothing hangs.
@@ -9,18 +10,23 @@ from __future__ import annotations
 import functools
 import hashlib
 import http.server
+import io
+import os
 import socket
+import stat
+import tarfile
 import threading
 import time
+import zipfile
 from pathlib import Path
 
 import pytest
 from torchvision.datasets import MNIST
 
 from consparse.data import download
-from consparse.data.download import download_verified, load_hub_dataset, socket_timeout
+from consparse.data.download import check_digest, download_verified, load_hub_dataset, safe_extract, socket_timeout
 from consparse.data.mnist import MNISTDataModule
-from consparse.errors import DataNotFoundError
+from consparse.errors import ConfigError, DataNotFoundError
 
 
 @pytest.fixture
@@ -148,3 +154,82 @@ def test_hub_loading_uses_the_cache_in_offline_mode(tmp_path, monkeypatch):
     assert load_hub_dataset("toy", "someone/set", Path(tmp_path), allow_network=False) == "the cached dataset"
     assert seen == [("someone/set", str(tmp_path), True, True)]
     assert (huggingface_hub.constants.HF_HUB_OFFLINE, datasets.config.HF_HUB_OFFLINE) == modes_before
+
+
+def tar_with(path: Path, *members: tarfile.TarInfo, data: bytes = b"payload") -> Path:
+    with tarfile.open(path, "w:gz") as tar:
+        for member in members:
+            if member.isfile():
+                member.size = len(data)
+                tar.addfile(member, io.BytesIO(data))
+            else:
+                tar.addfile(member)
+    return path
+
+
+def symlink_member(name: str, target: str) -> tarfile.TarInfo:
+    member = tarfile.TarInfo(name)
+    member.type, member.linkname = tarfile.SYMTYPE, target
+    return member
+
+
+@pytest.mark.parametrize(
+    ("member", "shown"),
+    [
+        (tarfile.TarInfo("../escape.txt"), "../escape.txt"),
+        (tarfile.TarInfo("/tmp/consparse-absolute-escape.txt"), "absolute path"),
+        (symlink_member("folder/link", "/etc/passwd"), "folder/link"),
+        (symlink_member("folder/up", "../../outside"), "folder/up"),
+    ],
+    ids=["dotdot", "absolute", "absolute-link", "escaping-link"],
+)
+def test_unsafe_tar_members_are_refused_before_anything_is_written(tmp_path, member, shown):
+    archive = tar_with(tmp_path / "a.tar.gz", tarfile.TarInfo("folder/good.txt"), member)
+    destination = tmp_path / "root" / "inside"
+    with pytest.raises(ConfigError) as error:
+        safe_extract(archive, destination)
+    assert error.value.field == "dataset.root" and str(archive) in str(error.value) and shown in str(error.value)
+    assert list(destination.iterdir()) == []
+    assert not (tmp_path / "root" / "escape.txt").exists()
+    assert not Path("/tmp/consparse-absolute-escape.txt").exists()
+
+
+def test_safe_tar_is_unpacked_with_its_inner_links(tmp_path):
+    archive = tar_with(tmp_path / "a.tar.gz", tarfile.TarInfo("folder/good.txt"), symlink_member("folder/alias", "good.txt"))
+    safe_extract(archive, tmp_path / "root")
+    assert (tmp_path / "root" / "folder" / "alias").read_bytes() == b"payload"
+
+
+def test_unsafe_zip_members_are_refused(tmp_path):
+    archive = tmp_path / "a.zip"
+    with zipfile.ZipFile(archive, "w") as zipped:
+        zipped.writestr("folder/good.txt", "ok")
+        zipped.writestr("../escape.txt", "owned")
+    with pytest.raises(ConfigError, match=r"'\.\./escape\.txt'"):
+        safe_extract(archive, tmp_path / "root")
+    assert not (tmp_path / "escape.txt").exists() and not (tmp_path / "root" / "folder").exists()
+    link = tmp_path / "link.zip"
+    with zipfile.ZipFile(link, "w") as zipped:
+        info = zipfile.ZipInfo("folder/link")
+        info.external_attr = (stat.S_IFLNK | 0o777) << 16
+        zipped.writestr(info, "/etc/passwd")
+    with pytest.raises(ConfigError, match="symbolic link"):
+        safe_extract(link, tmp_path / "root2")
+
+
+@pytest.mark.parametrize("damage", ["random", "truncated"])
+def test_damaged_archive_names_the_file(tmp_path, damage):
+    archive = tar_with(tmp_path / "a.tar.gz", *(tarfile.TarInfo(f"f{i}") for i in range(50)), data=os.urandom(4096))
+    content = archive.read_bytes()
+    archive.write_bytes(os.urandom(2000) if damage == "random" else content[: len(content) // 2])
+    with pytest.raises(ConfigError) as error:
+        safe_extract(archive, tmp_path / "root")
+    assert str(archive) in str(error.value) and "not a readable archive" in str(error.value)
+
+
+def test_check_digest_names_the_file(tmp_path):
+    path = tmp_path / "file"
+    path.write_bytes(b"abc")
+    check_digest(path, "900150983cd24fb0d6963f7d28e17f72")
+    with pytest.raises(ConfigError, match=str(path)):
+        check_digest(path, "0" * 32)

@@ -18,7 +18,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from consparse.data.info import DatasetInfo
-from consparse.errors import ConfigError, DataNotFoundError
+from consparse.errors import ConfigError, ConsparseError, DataNotFoundError
 from consparse.validation import check_int, check_range
 
 
@@ -114,6 +114,8 @@ class ConsparseDataModule(pl.LightningDataModule, ABC):
         if self.download:
             try:
                 self.download_files()
+            except ConsparseError:
+                raise  # a file that is there but wrong (checksum, unsafe archive) is not a failed download
             except Exception as exc:  # noqa: BLE001 - any network or IO failure means "not available"
                 problem = f"The download failed ({type(exc).__name__}: {exc}).\n"
             missing = self.missing_files()

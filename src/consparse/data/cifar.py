@@ -1,48 +1,129 @@
 """CIFAR-10 and CIFAR-100 from the python pickle batches torchvision downloads.
 
 The batches are read here rather than through ``torchvision.datasets.CIFAR10`` because that class
-checks each file's MD5 and converts every image to PIL on access; reading the pickles directly
-keeps all images in one uint8 tensor and augments tensors. File names, URL and checksums still
-come from torchvision, so downloads and layout match it exactly.
+unpickles them with the full ``pickle`` module (a file under ``dataset.root`` could run any code)
+and converts every image to PIL on access. Here a batch is read only if its MD5 is the official one
+(``OFFICIAL_MD5``), and even then by an unpickler that can build nothing but dicts, lists, strings,
+numbers and plain numpy arrays; all images are kept in one uint8 tensor and augmented as tensors.
+File names and URL come from torchvision, so downloads and layout match it exactly.
 """
 
 from __future__ import annotations
 
+import importlib
+import io
 import pickle
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 from torchvision.datasets import CIFAR10, CIFAR100
-from torchvision.datasets.utils import extract_archive
 from torchvision.transforms import v2
 
 from consparse.data.base import ConsparseDataModule, Splits
-from consparse.data.download import DEFAULT_DOWNLOAD_TIMEOUT, download_verified
+from consparse.data.download import DEFAULT_DOWNLOAD_TIMEOUT, check_digest, download_verified, safe_extract
 from consparse.data.info import DatasetInfo
 from consparse.data.tensor_images import TransformedTensorDataset, image_transform
-from consparse.errors import ConsparseError
+from consparse.errors import ConfigError
 from consparse.validation import check_range
+
+# MD5 of every official file, keyed by its path under dataset.root, as torchvision's CIFAR10 and
+# CIFAR100 classes list them (a test checks that the two agree). A file is read only if its MD5 is
+# listed here; tests that build small files in the official format register their MD5s in this table.
+OFFICIAL_MD5: dict[str, str] = {
+    "cifar-10-python.tar.gz": "c58f30108f718f92721af3b95e74349a",
+    "cifar-10-batches-py/data_batch_1": "c99cafc152244af753f735de768cd75f",
+    "cifar-10-batches-py/data_batch_2": "d4bba439e000b95fd0a9bffe97cbabec",
+    "cifar-10-batches-py/data_batch_3": "54ebc095f3ab1f0389bbae665268c751",
+    "cifar-10-batches-py/data_batch_4": "634d18415352ddfa80567beed471001a",
+    "cifar-10-batches-py/data_batch_5": "482c414d41f54cd18b22e5b47cb7c3cb",
+    "cifar-10-batches-py/test_batch": "40351d587109b95175f43aff81a1287e",
+    "cifar-100-python.tar.gz": "eb9058c3a382ffc7106e4002c42a8d85",
+    "cifar-100-python/train": "16019d7e3df5f24257cddd939b257f8d",
+    "cifar-100-python/test": "f0ef6b0ae62326f3e7ffdfab6717acfc",
+}
+
+
+def _plain_dtype(*args: Any) -> np.dtype:
+    """``numpy.dtype`` for the unpickler, refusing object dtypes (their items would be pickles too)."""
+    dtype = np.dtype(*args)
+    if dtype.hasobject:
+        raise pickle.UnpicklingError(f"refused a numpy array of Python objects (dtype {dtype})")
+    return dtype
+
+
+def _latin1_bytes(text: str, encoding: str) -> bytes:
+    """``codecs.encode`` as Python 3 protocol-2 pickles use it for bytes, limited to Latin-1."""
+    if encoding not in ("latin1", "latin-1") or not isinstance(text, str):
+        raise pickle.UnpicklingError(f"refused codecs.encode with encoding {encoding!r}")
+    return text.encode("latin1")
+
+
+def _numpy_reconstruct() -> Any:
+    """numpy's array-unpickling helper, which numpy 2 moved from ``numpy.core`` to ``numpy._core``."""
+    for module in ("numpy._core.multiarray", "numpy.core.multiarray"):
+        try:
+            return importlib.import_module(module)._reconstruct
+        except (ImportError, AttributeError):
+            continue
+    raise ImportError("numpy's multiarray._reconstruct not found")
+
+
+class BatchUnpickler(pickle.Unpickler):
+    """Builds dicts, lists, strings, numbers and plain numpy arrays, and nothing else.
+
+    ``pickle`` calls ``find_class`` for every global a pickle names (the only way a pickle gets at
+    a callable); admitting just numpy's three array-building names, with object dtypes refused,
+    leaves a pickle nothing to run. Python 3 writes bytes into protocol-2 pickles as a call of
+    ``_codecs.encode(text, "latin1")``, admitted for that encoding only.
+    """
+
+    _reconstruct = _numpy_reconstruct()
+    ALLOWED: ClassVar[dict[tuple[str, str], Any]] = {
+        ("numpy.core.multiarray", "_reconstruct"): _reconstruct,
+        ("numpy._core.multiarray", "_reconstruct"): _reconstruct,
+        ("numpy", "ndarray"): np.ndarray,
+        ("numpy", "dtype"): _plain_dtype,
+        ("_codecs", "encode"): _latin1_bytes,
+    }
+
+    def find_class(self, module: str, name: str) -> Any:
+        try:
+            return self.ALLOWED[(module, name)]
+        except KeyError:
+            raise pickle.UnpicklingError(
+                f"refused to load {module}.{name}: a CIFAR batch holds only dicts, lists, strings, "
+                "numbers and numpy arrays"
+            ) from None
+
+
+def load_batch_pickle(data: bytes) -> Any:
+    """Unpickle ``data`` with ``BatchUnpickler`` (Latin-1, since the batches were pickled by Python 2)."""
+    return BatchUnpickler(io.BytesIO(data), encoding="latin1").load()
 
 
 def read_cifar_batch(path: Path, label_key: str) -> tuple[np.ndarray, np.ndarray]:
     """Images ``(N, 3, 32, 32)`` uint8 and labels ``(N,)`` int64 from one pickled CIFAR batch.
 
-    The batches were pickled by Python 2, hence the Latin-1 decoding of their byte strings.
+    Callers check the file's MD5 first; the restricted unpickler is the second line of defence.
     """
     try:
-        with open(path, "rb") as stream:
-            entry = pickle.load(stream, encoding="latin1")
+        entry = load_batch_pickle(path.read_bytes())
+        if not isinstance(entry, dict) or not isinstance(entry.get("data"), np.ndarray):
+            raise TypeError("expected a dict with a numpy array under 'data'")
+        labels_listed = entry[label_key]
+        if not isinstance(labels_listed, list) or not all(isinstance(v, int) for v in labels_listed):
+            raise TypeError(f"expected a list of integers under {label_key!r}")
         data = np.asarray(entry["data"], dtype=np.uint8)
-        labels = np.asarray(entry[label_key], dtype=np.int64)
-    except (OSError, EOFError, pickle.UnpicklingError, KeyError, TypeError, ValueError) as exc:
-        raise ConsparseError(
-            f"{path} is not a CIFAR batch ({type(exc).__name__}: {exc}); delete it and download again"
+        labels = np.asarray(labels_listed, dtype=np.int64)
+    except (OSError, EOFError, pickle.UnpicklingError, KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise ConfigError(
+            "dataset.root", f"{path} is not a CIFAR batch ({type(exc).__name__}: {exc}); delete it and download again"
         ) from exc
     if data.ndim != 2 or data.shape[1] != 3 * 32 * 32 or labels.shape != (data.shape[0],):
-        raise ConsparseError(
-            f"{path}: data {data.shape} and labels {labels.shape}; expected (N, 3072) and (N,)"
+        raise ConfigError(
+            "dataset.root", f"{path}: data {data.shape} and labels {labels.shape}; expected (N, 3072) and (N,)"
         )
     return data.reshape(-1, 3, 32, 32), labels
 
@@ -99,19 +180,28 @@ class CIFARDataModule(ConsparseDataModule):
             f"{self.batch_dir} holds the python batches."
         )
 
+    def check_official(self, path: Path) -> None:
+        """Raise a ConfigError naming ``path`` unless its MD5 is the one ``OFFICIAL_MD5`` lists."""
+        check_digest(path, OFFICIAL_MD5[path.relative_to(self.root).as_posix()])
+
     def download_files(self) -> None:
         tv = self.torchvision_dataset
         archive = self.root / tv.filename
         if not archive.exists():
-            download_verified([tv.url], self.root, tv.filename, tv.tgz_md5, self.download_timeout)
-        extract_archive(str(archive), str(self.root))
+            download_verified([tv.url], self.root, tv.filename, OFFICIAL_MD5[tv.filename], self.download_timeout)
+        self.check_official(archive)
+        safe_extract(archive, self.root)
 
     def _load(self, files: list[Path]) -> tuple[torch.Tensor, torch.Tensor]:
+        for path in files:
+            self.check_official(path)
         batches = [read_cifar_batch(path, self.label_key) for path in files]
         images = np.concatenate([images for images, _ in batches])
         labels = np.concatenate([labels for _, labels in batches])
         if labels.min() < 0 or labels.max() >= self.num_classes:
-            raise ConsparseError(f"{self.batch_dir}: labels outside [0, {self.num_classes}); wrong dataset?")
+            raise ConfigError(
+                "dataset.root", f"{self.batch_dir}: labels outside [0, {self.num_classes}); wrong dataset?"
+            )
         return torch.from_numpy(images), torch.from_numpy(labels)
 
     def build_splits(self) -> Splits:

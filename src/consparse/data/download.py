@@ -1,16 +1,26 @@
-"""Fetching dataset files so that a machine without network fails fast instead of hanging.
+"""Fetching, checking and unpacking dataset files.
 
 torchvision and scikit-learn download through urllib, which waits forever on a silent network
 unless a socket timeout is set; the Hugging Face Hub client retries for about half a minute before
 giving up. These helpers bound both, so that a missing dataset becomes a ``DataNotFoundError``
 within seconds.
+
+Archives may come from anyone (a colleague's copy, a mirror), so they are unpacked only after every
+member has passed ``tarfile``'s ``data`` filter (or the same rules for zip files): nothing is written
+outside the destination, no link points out of it, and no device or special file is created.
 """
 
 from __future__ import annotations
 
+import gzip
+import hashlib
 import os
 import socket
+import stat
+import tarfile
 import tempfile
+import zipfile
+import zlib
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -19,7 +29,7 @@ from urllib.parse import urlparse
 
 from torchvision.datasets import utils as torchvision_utils
 
-from consparse.errors import DataNotFoundError
+from consparse.errors import ConfigError, DataNotFoundError
 
 # `datasets` takes over a second to import, so it is imported only where the Hub is used.
 if TYPE_CHECKING:
@@ -43,14 +53,40 @@ def socket_timeout(seconds: float) -> Iterator[None]:
         socket.setdefaulttimeout(previous)
 
 
+def file_digest(path: Path, algorithm: str = "md5") -> str:
+    """Hex digest of the file's bytes (``md5`` or ``sha256``), read in chunks."""
+    digest = hashlib.new(algorithm)
+    with open(path, "rb") as stream:
+        for chunk in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def check_digest(path: Path, expected: str, algorithm: str = "md5") -> None:
+    """Raise a ConfigError on ``dataset.root`` naming ``path`` when its digest is not ``expected``."""
+    actual = file_digest(path, algorithm)
+    if actual != expected:
+        raise ConfigError(
+            "dataset.root",
+            f"{path} has {algorithm.upper()} {actual}, not the official {expected}: it is not the published "
+            "file (damaged, truncated or replaced); delete it and download it again",
+        )
+
+
 def download_verified(
-    urls: Sequence[str], folder: Path, filename: str, md5: str | None, timeout: float
+    urls: Sequence[str],
+    folder: Path,
+    filename: str,
+    md5: str | None,
+    timeout: float,
+    sha256: str | None = None,
 ) -> Path:
     """Download ``filename`` from the first of ``urls`` that works into ``folder``; return its path.
 
     torchvision's ``download_url`` writes straight to the target and leaves a truncated or corrupt
     file behind when a transfer fails, which would later pass for a present file. Here it writes
-    into a staging folder and the file is moved into place only once complete and checked.
+    into a staging folder and the file is moved into place only once complete and checked (MD5
+    by torchvision, SHA-256 here when given).
     """
     folder.mkdir(parents=True, exist_ok=True)
     errors = []
@@ -58,6 +94,8 @@ def download_verified(
         for url in urls:
             try:
                 torchvision_utils.download_url(url, staging, filename, md5)
+                if sha256 is not None:
+                    check_digest(Path(staging) / filename, sha256, "sha256")
             except Exception as exc:  # noqa: BLE001 - network errors, timeouts and checksum mismatches alike
                 errors.append(f"{url}: {type(exc).__name__}: {exc}")
                 continue
@@ -65,6 +103,65 @@ def download_verified(
             os.replace(Path(staging) / filename, target)
             return target
     raise OSError(f"could not download {filename}: " + "; ".join(errors))
+
+
+def _refuse_member(archive: Path, name: str, why: str) -> ConfigError:
+    return ConfigError(
+        "dataset.root",
+        f"{archive}: refusing to unpack it, member {name!r} {why}; nothing was extracted. "
+        "Use the official archive",
+    )
+
+
+def _check_tar_members(archive: Path, tar: tarfile.TarFile, destination: Path) -> list[tarfile.TarInfo]:
+    """Every member as the ``data`` filter passes it; the first one it refuses raises."""
+    checked = []
+    for member in tar.getmembers():
+        if os.path.isabs(member.name):
+            raise _refuse_member(archive, member.name, "has an absolute path")
+        try:
+            checked.append(tarfile.data_filter(member, str(destination)))
+        except tarfile.FilterError as exc:
+            raise _refuse_member(archive, member.name, f"is unsafe ({type(exc).__name__}: {exc})") from exc
+    return checked
+
+
+def _check_zip_members(archive: Path, zipped: zipfile.ZipFile, destination: Path) -> None:
+    """The ``data`` filter's rules for zip members: inside ``destination`` and no links.
+
+    ``zipfile`` itself rewrites ``..`` and absolute names silently; refusing them instead says the
+    archive is not what it claims to be.
+    """
+    root = os.path.realpath(destination)
+    for info in zipped.infolist():
+        target = os.path.realpath(os.path.join(root, info.filename))
+        if os.path.isabs(info.filename) or os.path.commonpath([root, target]) != root:
+            raise _refuse_member(archive, info.filename, "would be written outside the destination")
+        if stat.S_ISLNK(info.external_attr >> 16):
+            raise _refuse_member(archive, info.filename, "is a symbolic link")
+
+
+def safe_extract(archive: Path, destination: Path) -> None:
+    """Unpack a ``.tar``, ``.tar.gz``/``.tgz`` or ``.zip`` archive into ``destination``.
+
+    Every member is checked before the first one is written, so that a refused archive leaves
+    nothing behind; a damaged archive is a ConfigError naming it.
+    """
+    destination.mkdir(parents=True, exist_ok=True)
+    try:
+        if zipfile.is_zipfile(archive):
+            with zipfile.ZipFile(archive) as zipped:
+                _check_zip_members(archive, zipped, destination)
+                zipped.extractall(destination)
+            return
+        with tarfile.open(archive) as tar:
+            members = _check_tar_members(archive, tar, destination)
+            tar.extractall(destination, members=members, filter="data")
+    except (tarfile.TarError, zipfile.BadZipFile, EOFError, zlib.error, gzip.BadGzipFile) as exc:
+        raise ConfigError(
+            "dataset.root",
+            f"{archive} is not a readable archive ({type(exc).__name__}: {exc}); delete it and download it again",
+        ) from exc
 
 
 @contextmanager

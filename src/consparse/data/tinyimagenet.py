@@ -18,12 +18,11 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
-from torchvision.datasets.utils import extract_archive
 from torchvision.io import ImageReadMode, decode_image
 from torchvision.transforms import v2
 
 from consparse.data.base import ConsparseDataModule, Splits
-from consparse.data.download import DEFAULT_DOWNLOAD_TIMEOUT, download_verified, load_hub_dataset
+from consparse.data.download import DEFAULT_DOWNLOAD_TIMEOUT, download_verified, load_hub_dataset, safe_extract
 from consparse.data.info import DatasetInfo
 from consparse.data.tensor_images import TransformedTensorDataset, image_transform
 from consparse.errors import ConfigError, ConsparseError
@@ -117,7 +116,7 @@ class TinyImageNetDataModule(ConsparseDataModule):
         archive = self.root / "tiny-imagenet-200.zip"
         if not archive.exists():
             download_verified([ARCHIVE_URL], self.root, archive.name, ARCHIVE_MD5, self.download_timeout)
-        extract_archive(str(archive), str(self.root))
+        safe_extract(archive, self.root)
 
     def check_available(self) -> None:
         if self.source == "huggingface":
