@@ -7,8 +7,11 @@ is relaxed.
 
 from __future__ import annotations
 
+import os
 import pickle
 import socket
+import subprocess
+import sys
 import tarfile
 import urllib.error
 from pathlib import Path
@@ -24,6 +27,7 @@ from consparse.data.cifar import CIFAR10DataModule, CIFAR100DataModule, read_cif
 from consparse.data.download import file_digest
 from consparse.errors import ConfigError, ConsparseError, DataNotFoundError
 
+REPO = Path(__file__).resolve().parents[2]
 PER_BATCH = 6  # images per fake batch file
 MODULES = [CIFAR10DataModule, CIFAR100DataModule]
 
@@ -270,6 +274,22 @@ def test_payload_batch_is_refused_by_its_checksum(tmp_path):
         CIFAR10DataModule(root=tmp_path / "root", download=False).setup()
     assert error.value.field == "dataset.root"
     assert str(path) in str(error.value) and "MD5" in str(error.value)
+    assert not marker.exists()
+
+
+@pytest.mark.slow
+def test_payload_batch_is_one_line_from_the_command_line(tmp_path):
+    marker = tmp_path / "pwned"
+    path = plant_payload(tmp_path / "data", marker)
+    result = subprocess.run(
+        [sys.executable, str(REPO / "train.py"), "method=dense", "dataset=cifar10", f"dataset.root={tmp_path / 'data'}",
+         "trainer.max_epochs=1", f"hydra.run.dir={tmp_path / 'run'}"],
+        cwd=tmp_path, env={**os.environ, "WANDB_MODE": "disabled"}, capture_output=True, text=True, timeout=300,
+        check=False,
+    )
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("consparse: error: dataset.root: ") and str(path) in lines[0]
     assert not marker.exists()
 
 

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import codecs
+import hashlib
 import io
 import os
 import pickle
 import socket
+import subprocess
+import sys
 import tarfile
 import urllib.error
 from pathlib import Path
@@ -27,6 +30,7 @@ from consparse.data import newsgroups
 from consparse.data.newsgroups import NewsgroupsDataModule, read_tarball
 from consparse.errors import ConfigError, DataNotFoundError
 
+REPO = Path(__file__).resolve().parents[2]
 GROUPS = sorted(f"{top}.group{index:02d}" for index, top in enumerate(["alt", "comp", "rec", "sci"] * 5))
 TRAIN_PER_GROUP, TEST_PER_GROUP = 3, 2
 
@@ -62,18 +66,6 @@ def write_fake_tarball(path: Path) -> None:
                     info = tarfile.TarInfo(f"20news-bydate-{split}/{group}/{1000 + doc}")
                     info.size = len(data)
                     tar.addfile(info, io.BytesIO(data))
-
-
-def write_sklearn_cache(data_home: Path, tmp_path: Path) -> None:
-    """scikit-learn's own cache file, made the way fetch_20newsgroups makes it after a download."""
-    tree = tmp_path / "sklearn_tree"
-    write_fake_tree(tree)
-    cache = {
-        "train": load_files(tree / "20news-bydate-train", encoding="latin1"),
-        "test": load_files(tree / "20news-bydate-test", encoding="latin1"),
-    }
-    data_home.mkdir(parents=True, exist_ok=True)
-    (data_home / "20news-bydate_py3.pkz").write_bytes(codecs.encode(pickle.dumps(cache), "zlib_codec"))
 
 
 def sklearn_reference(remove, vocab_size: int, stop_words="english") -> dict[str, np.ndarray]:
@@ -209,16 +201,92 @@ def test_cache_is_invalidated_when_the_tarball_changes(tarball_root, tmp_path, m
     assert reads == [tarball]
 
 
-def test_sklearn_source_gives_the_same_features_as_the_tarball(tarball_root, tmp_path):
-    sklearn_home = tmp_path / "sklearn_home"
-    write_sklearn_cache(sklearn_home, tmp_path)
-    from_sklearn = NewsgroupsDataModule(root=sklearn_home, vocab_size=70, download=False)
+def serve_tarball(monkeypatch, tarball: Path, urls: list[str]) -> None:
+    """torchvision's download_url (which download_verified uses) copying ``tarball``, with its SHA-256 official."""
+
+    def fake_download(url, root, filename, md5):
+        urls.append(url)
+        Path(root, filename).write_bytes(tarball.read_bytes())
+
+    monkeypatch.setattr("torchvision.datasets.utils.download_url", fake_download)
+    monkeypatch.setattr(
+        newsgroups,
+        "SKLEARN_ARCHIVE",
+        newsgroups.SKLEARN_ARCHIVE._replace(checksum=hashlib.sha256(tarball.read_bytes()).hexdigest()),
+    )
+
+
+def test_sklearn_source_downloads_the_tarball_and_gives_the_same_features(tarball_root, tmp_path, monkeypatch):
+    urls: list[str] = []
+    serve_tarball(monkeypatch, tarball_root / "20newsgroups" / "20news-bydate.tar.gz", urls)
+    from_sklearn = NewsgroupsDataModule(root=tmp_path / "home", vocab_size=70, download=True)
     assert from_sklearn.resolved_source == "sklearn"
     from_tarball = NewsgroupsDataModule(root=tarball_root, vocab_size=70, download=False)
     assert from_tarball.resolved_source == "tarball"
     a, b = features(from_sklearn), features(from_tarball)
     for key in a:
         assert torch.equal(a[key], b[key]), key
+    assert urls == [newsgroups.SKLEARN_ARCHIVE.url]
+    assert (tmp_path / "home" / "20newsgroups" / "20news-bydate.tar.gz").exists()
+
+
+def test_sklearn_download_with_the_wrong_checksum_keeps_nothing(tarball_root, tmp_path, monkeypatch):
+    serve_tarball(monkeypatch, tarball_root / "20newsgroups" / "20news-bydate.tar.gz", [])
+    monkeypatch.setattr(newsgroups, "SKLEARN_ARCHIVE", newsgroups.SKLEARN_ARCHIVE._replace(checksum="0" * 64))
+    with pytest.raises(DataNotFoundError, match="SHA256"):
+        NewsgroupsDataModule(root=tmp_path / "home", download=True).check_available()
+    assert not (tmp_path / "home" / "20newsgroups" / "20news-bydate.tar.gz").exists()
+
+
+class FileCreator:
+    """A pickle payload: unpickling it creates ``marker``."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+def test_sklearn_pickle_cache_is_never_read(tmp_path):
+    # scikit-learn's cache format exactly (a zlib-compressed pickle), holding a payload.
+    marker = tmp_path / "pwned"
+    pkz = tmp_path / "root" / "20news-bydate_py3.pkz"
+    pkz.parent.mkdir()
+    pkz.write_bytes(codecs.encode(pickle.dumps({"train": FileCreator(marker)}), "zlib_codec"))
+    for source in ("auto", "sklearn"):
+        with pytest.raises(DataNotFoundError) as error:
+            NewsgroupsDataModule(root=tmp_path / "root", source=source, download=False).setup()
+        assert str(pkz) in str(error.value) and "not read" in str(error.value)
+        assert str(tmp_path / "root" / "20newsgroups" / "20news-bydate.tar.gz") in str(error.value)
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("damage", ["random", "truncated", "empty"])
+def test_damaged_tarball_names_the_file(tarball_root, damage):
+    tarball = tarball_root / "20newsgroups" / "20news-bydate.tar.gz"
+    content = tarball.read_bytes()
+    tarball.write_bytes({"random": os.urandom(5000), "truncated": content[: len(content) // 2], "empty": b""}[damage])
+    with pytest.raises(ConfigError) as error:
+        NewsgroupsDataModule(root=tarball_root, download=False).setup()
+    assert error.value.field == "dataset.root"
+    assert str(tarball) in str(error.value) and "not a readable 20news-bydate.tar.gz" in str(error.value)
+
+
+@pytest.mark.slow
+def test_random_bytes_tarball_is_one_line_from_the_command_line(tmp_path):
+    tarball = tmp_path / "data" / "20newsgroups" / "20news-bydate.tar.gz"
+    tarball.parent.mkdir(parents=True)
+    tarball.write_bytes(os.urandom(5000))
+    result = subprocess.run(
+        [sys.executable, str(REPO / "train.py"), "method=dense", "dataset=newsgroups20", f"dataset.root={tmp_path / 'data'}",
+         "dataset.cache_dir=null", "trainer.max_epochs=1", f"hydra.run.dir={tmp_path / 'run'}"],
+        cwd=tmp_path, env={**os.environ, "WANDB_MODE": "disabled"}, capture_output=True, text=True, timeout=300,
+        check=False,
+    )
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("consparse: error: dataset.root: ") and str(tarball) in lines[0]
 
 
 def test_missing_data_names_both_ways_to_get_it(tmp_path):
@@ -226,23 +294,23 @@ def test_missing_data_names_both_ways_to_get_it(tmp_path):
     with pytest.raises(DataNotFoundError) as error:
         datamodule.setup()
     message = str(error.value)
-    assert str(tmp_path / "20news-bydate_py3.pkz") in message
     assert str(tmp_path / "20newsgroups" / "20news-bydate.tar.gz") in message
+    assert newsgroups.SKLEARN_ARCHIVE.url in message and "20news-bydate_py3.pkz" not in message
 
 
 def test_offline_sklearn_download_fails_fast_with_a_timeout(tmp_path, monkeypatch):
     timeouts = []
 
-    def offline_fetch(**kwargs):
+    def offline_download(url, root, filename, md5):
         timeouts.append(socket.getdefaulttimeout())
-        assert kwargs["data_home"] == str(tmp_path) and kwargs["download_if_missing"]
+        assert url == newsgroups.SKLEARN_ARCHIVE.url
         raise urllib.error.URLError("Name or service not known")
 
-    monkeypatch.setattr(newsgroups, "fetch_20newsgroups", offline_fetch)
+    monkeypatch.setattr("torchvision.datasets.utils.download_url", offline_download)
     with pytest.raises(DataNotFoundError) as error:
         NewsgroupsDataModule(root=tmp_path, download=True, download_timeout=1.5).check_available()
     assert timeouts == [1.5]
-    assert "download failed" in str(error.value) and str(tmp_path / "20news-bydate_py3.pkz") in str(
+    assert "download failed" in str(error.value) and str(tmp_path / "20newsgroups" / "20news-bydate.tar.gz") in str(
         error.value
     )
 

@@ -198,3 +198,18 @@ def test_huggingface_source_offline_is_a_quick_data_not_found(tmp_path):
     assert "zh-plus/tiny-imagenet" in str(error.value)
     assert str(tmp_path / "zh-plus___tiny-imagenet") in str(error.value)
     assert "download is false" in str(error.value) and "dataset.download=true" in str(error.value)
+
+
+def test_placed_archive_escaping_the_root_is_refused_and_leaves_no_trace(tmp_path):
+    import zipfile
+
+    root = tmp_path / "data"
+    root.mkdir()
+    archive = root / "tiny-imagenet-200.zip"
+    with zipfile.ZipFile(archive, "w") as zipped:
+        zipped.writestr("tiny-imagenet-200/wnids.txt", "n00000000\n")
+        zipped.writestr("../escape.txt", "owned")
+    with pytest.raises(ConsparseError) as error:
+        TinyImageNetDataModule(root=root, download=True).setup()
+    assert str(archive) in str(error.value) and "../escape.txt" in str(error.value)
+    assert not (tmp_path / "escape.txt").exists() and not (root / "tiny-imagenet-200").exists()

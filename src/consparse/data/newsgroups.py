@@ -4,15 +4,18 @@ Sources (``source``):
 
 * ``tarball``: ``<root>/20newsgroups/20news-bydate.tar.gz`` read in place with ``tarfile`` (the
   posts are Latin-1 bytes under ``20news-bydate-{train,test}/<group>/<id>``);
-* ``sklearn``: scikit-learn's cache ``<root>/20news-bydate_py3.pkz``, which
-  ``fetch_20newsgroups(data_home=root)`` downloads when it is missing;
+* ``sklearn``: the same tarball, downloaded when missing from the mirror scikit-learn's
+  ``fetch_20newsgroups`` uses and checked against scikit-learn's SHA-256;
 * ``huggingface``: a Hub copy (``SetFit/20_newsgroups`` by default) with ``train``/``test``
   splits of ``text``/``label``, published with headers, footers and quotes already removed;
 * ``auto``: ``tarball`` when the tarball is there, otherwise ``sklearn``.
 
+scikit-learn's own cache ``20news-bydate_py3.pkz`` is never read: it is a pickle, and a pickle
+placed under ``dataset.root`` by someone else could run any code. Only the tarball's text is read.
+
 ``remove`` strips parts of each post with scikit-learn's own helpers, in scikit-learn's order, so
-that the tarball and sklearn sources give the same texts. The TF-IDF vectoriser is fitted on the
-training split only. Vectorising takes several seconds, so the features are cached in
+that the texts are those of ``fetch_20newsgroups(remove=...)``. The TF-IDF vectoriser is fitted on
+the training split only. Vectorising takes several seconds, so the features are cached in
 ``cache_dir`` (sparse, safetensors) under a hash of the source file's identity and the options;
 an unreadable or mismatching cache file is rebuilt.
 """
@@ -26,6 +29,7 @@ import os
 import tarfile
 import tempfile
 import time
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -37,7 +41,9 @@ import sklearn
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
-from sklearn.datasets import fetch_20newsgroups
+from sklearn.datasets._twenty_newsgroups import (
+    ARCHIVE as SKLEARN_ARCHIVE,
+)
 from sklearn.datasets._twenty_newsgroups import (
     strip_newsgroup_footer,
     strip_newsgroup_header,
@@ -47,7 +53,7 @@ from sklearn.feature_extraction.text import TfidfVectorizer
 from torch.utils.data import TensorDataset
 
 from consparse.data.base import ConsparseDataModule, Splits
-from consparse.data.download import DEFAULT_DOWNLOAD_TIMEOUT, load_hub_dataset, socket_timeout
+from consparse.data.download import DEFAULT_DOWNLOAD_TIMEOUT, download_verified, load_hub_dataset
 from consparse.data.info import DatasetInfo
 from consparse.errors import ConfigError, ConsparseError
 from consparse.validation import check_choice, check_int, check_range
@@ -86,21 +92,29 @@ def read_tarball(path: Path) -> dict[str, Documents]:
     """Both splits of the bydate tarball, read without extracting it.
 
     Posts are ordered by group, then by file name, as scikit-learn's ``load_files`` orders them.
+    A file that is not a readable gzip tar (truncated, random bytes) is a ConfigError naming it.
     """
     posts: dict[str, list[tuple[str, str, str]]] = {split: [] for split in SPLITS}
-    with tarfile.open(path, "r:gz") as archive:
-        for member in archive:
-            if not member.isfile():
-                continue
-            parts = PurePosixPath(member.name).parts
-            if len(parts) < 3 or parts[-3] not in SPLIT_FOLDERS:
-                continue
-            stream = archive.extractfile(member)
-            text = stream.read().decode("latin-1")
-            posts[SPLIT_FOLDERS[parts[-3]]].append((parts[-2], parts[-1], text))
+    try:
+        with tarfile.open(path, "r:gz") as archive:
+            for member in archive:
+                if not member.isfile():
+                    continue
+                parts = PurePosixPath(member.name).parts
+                if len(parts) < 3 or parts[-3] not in SPLIT_FOLDERS:
+                    continue
+                text = archive.extractfile(member).read().decode("latin-1")
+                posts[SPLIT_FOLDERS[parts[-3]]].append((parts[-2], parts[-1], text))
+    except (tarfile.TarError, EOFError, zlib.error, OSError) as exc:
+        raise ConfigError(
+            "dataset.root",
+            f"{path} is not a readable 20news-bydate.tar.gz ({type(exc).__name__}: {exc}); it is damaged or "
+            "truncated: delete it and copy or download it again",
+        ) from exc
     groups = sorted({group for group, _, _ in posts["train"]})
     if len(groups) != NUM_CLASSES or {group for group, _, _ in posts["test"]} - set(groups):
-        raise ConsparseError(
+        raise ConfigError(
+            "dataset.root",
             f"{path}: found groups {groups[:3]}... ({len(groups)} in train); expected the 20 bydate groups "
             "under 20news-bydate-train/<group>/ and the same under 20news-bydate-test/<group>/"
         )
@@ -199,25 +213,27 @@ class NewsgroupsDataModule(ConsparseDataModule):
 
     @property
     def resolved_source(self) -> str:
-        """The source actually read: ``auto`` becomes ``tarball`` if the tarball exists, else ``sklearn``."""
+        """``auto`` becomes ``tarball`` if the tarball exists, else ``sklearn`` (which downloads it)."""
         if self.source != "auto":
             return self.source
         return "tarball" if self.tarball_path.exists() else "sklearn"
 
     # ----------------------------------------------------------------- availability
     def required_files(self) -> list[Path]:
-        source = self.resolved_source
-        if source == "tarball":
-            return [self.tarball_path]
-        if source == "sklearn":
-            return [self.sklearn_cache_path]
-        return []  # the Hub cache has no fixed file list; check_available asks `datasets`
+        if self.source == "huggingface":
+            return []  # the Hub cache has no fixed file list; check_available asks `datasets`
+        return [self.tarball_path]
 
     def how_to_get(self) -> str:
+        ignored = (
+            f"scikit-learn's cache {self.sklearn_cache_path} is not read (it is a pickle, which can run code); "
+            if self.sklearn_cache_path.exists()
+            else ""
+        )
         return (
-            f"To get them, either copy 20news-bydate.tar.gz to {self.tarball_path} (dataset.source=auto or "
-            f"tarball reads it in place), or run with dataset.source=auto or sklearn and dataset.download=true "
-            f"on a machine with network (scikit-learn's fetch_20newsgroups writes {self.sklearn_cache_path})."
+            f"To get them, {ignored}either copy 20news-bydate.tar.gz to {self.tarball_path} (dataset.source=auto "
+            f"or tarball reads it in place), or run with dataset.source=auto or sklearn and dataset.download=true "
+            f"on a machine with network (it is downloaded from scikit-learn's mirror {SKLEARN_ARCHIVE.url})."
         )
 
     def download_files(self) -> None:
@@ -225,10 +241,14 @@ class NewsgroupsDataModule(ConsparseDataModule):
             raise OSError(
                 "dataset.source=tarball reads a local copy only; dataset.source=sklearn or auto downloads"
             )
-        with socket_timeout(self.download_timeout):
-            fetch_20newsgroups(
-                data_home=str(self.root), subset="train", download_if_missing=True, n_retries=1, delay=0.1
-            )
+        download_verified(
+            [SKLEARN_ARCHIVE.url],
+            self.tarball_path.parent,
+            self.tarball_path.name,
+            None,
+            self.download_timeout,
+            sha256=SKLEARN_ARCHIVE.checksum,
+        )
 
     def check_available(self) -> None:
         if self.source == "huggingface":
@@ -246,26 +266,6 @@ class NewsgroupsDataModule(ConsparseDataModule):
         )
 
     # ----------------------------------------------------------------- reading texts
-    def _read_sklearn(self) -> dict[str, Documents]:
-        """Both splits from scikit-learn's cache, in the tarball's order (group, then file name).
-
-        scikit-learn stores the posts shuffled; putting them back in one canonical order makes the
-        sources interchangeable, down to the validation split.
-        """
-        documents = {}
-        for split in SPLITS:
-            bunch = fetch_20newsgroups(
-                data_home=str(self.root), subset=split, shuffle=False, download_if_missing=False
-            )
-            order = sorted(
-                range(len(bunch.data)),
-                key=lambda i: (bunch.target[i], PurePosixPath(bunch.filenames[i]).name),
-            )
-            documents[split] = Documents(
-                [bunch.data[i] for i in order], np.asarray(bunch.target, dtype=np.int64)[order]
-            )
-        return documents
-
     def _read_hub(self, dataset: DatasetDict) -> dict[str, Documents]:
         documents = {}
         for split in SPLITS:
@@ -382,7 +382,7 @@ class NewsgroupsDataModule(ConsparseDataModule):
                 "fingerprints": [hub_dataset[split]._fingerprint for split in SPLITS if split in hub_dataset],
             }
         else:
-            identity = _file_identity(self.tarball_path if source == "tarball" else self.sklearn_cache_path)
+            identity = _file_identity(self.tarball_path)
         key = self._cache_key(identity)
         path = self.cache_path(key)
         splits = self._read_cache(path, key) if path is not None and path.exists() else None
@@ -390,12 +390,10 @@ class NewsgroupsDataModule(ConsparseDataModule):
             log.info("20 Newsgroups features loaded from %s", path)
         else:
             started = time.perf_counter()
-            if source == "tarball":
-                documents = read_tarball(self.tarball_path)
-            elif source == "sklearn":
-                documents = self._read_sklearn()
-            else:
+            if source == "huggingface":
                 documents = self._read_hub(hub_dataset)
+            else:
+                documents = read_tarball(self.tarball_path)
             if source != "huggingface":  # the Hub copy is published stripped; stripping twice eats text
                 documents = {
                     split: Documents(strip_posts(docs.texts, self.remove), docs.labels)
