@@ -4,19 +4,26 @@ A dataset subclass says what it is (``info``), which files it needs (``required_
 fetch them (``download``) and how to build its three splits (``build_splits``). This base class does
 the rest the same way for every dataset: the validation split carved from the training set with a
 fixed seed (so seeds of a sweep share it), the global batch divided over DDP ranks, and the loaders.
+
+Training batches come either from a DataLoader (``num_workers`` processes transform the items,
+memory pinned for the copy to a GPU, workers kept between epochs) or, for datasets whose training
+split is one uint8 image tensor (``Splits.train_tensors``) and ``on_device`` allows it, from
+``DeviceBatches``: the images kept on the trainer's device and augmented there in batches.
 """
 
 from __future__ import annotations
 
 import os
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import ClassVar
 
 import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
+from consparse.data.device_batches import DeviceBatches, EpochSampler, ImageTensors
 from consparse.data.info import DatasetInfo
 from consparse.errors import ConfigError, ConsparseError, DataNotFoundError
 from consparse.validation import check_int, check_range
@@ -24,11 +31,16 @@ from consparse.validation import check_int, check_range
 
 @dataclass
 class Splits:
-    """``train`` may augment; ``train_eval`` holds the same samples in the same order without augmentation."""
+    """``train`` may augment; ``train_eval`` holds the same samples in the same order without augmentation.
+
+    ``train_tensors``, where given, is the training split as uint8 images with ``train``'s
+    augmentation, for making batches on the device.
+    """
 
     train: Dataset
     train_eval: Dataset
     test: Dataset
+    train_tensors: ImageTensors | None = None
 
 
 class ConsparseDataModule(pl.LightningDataModule, ABC):
@@ -43,7 +55,13 @@ class ConsparseDataModule(pl.LightningDataModule, ABC):
         num_workers: DataLoader worker processes.
         download: fetch missing files when a network is available.
         max_train_samples: use only the first N training samples (after the split); for quick runs.
+        on_device: ``auto`` keeps the training images on the GPU and augments them there when the
+            trainer runs on one (datasets with ``supports_on_device``), ``true`` does so on whatever
+            device the trainer uses (the CPU included), ``false`` always uses the DataLoader.
     """
+
+    # Whether ``build_splits`` gives ``train_tensors`` (needed for ``on_device: true``).
+    supports_on_device: ClassVar[bool] = False
 
     def __init__(
         self,
@@ -55,6 +73,7 @@ class ConsparseDataModule(pl.LightningDataModule, ABC):
         num_workers: int = 0,
         download: bool = True,
         max_train_samples: int | None = None,
+        on_device: bool | str = False,
     ) -> None:
         super().__init__()
         check_int("dataset.batch_size", batch_size, 1)
@@ -63,6 +82,13 @@ class ConsparseDataModule(pl.LightningDataModule, ABC):
         check_int("dataset.split_seed", split_seed, 0)
         check_int("dataset.num_workers", num_workers, 0)
         check_int("dataset.max_train_samples", max_train_samples, 1, allow_none=True)
+        if on_device is not True and on_device is not False and on_device != "auto":
+            raise ConfigError("dataset.on_device", f"got {on_device!r}; allowed: auto, true or false")
+        if on_device is True and not self.supports_on_device:
+            raise ConfigError(
+                "dataset.on_device",
+                f"{type(self).__name__} has no in-memory uint8 training images to keep on the device; use false",
+            )
         self.root = Path(os.path.expanduser(str(root)))
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size or batch_size
@@ -71,7 +97,9 @@ class ConsparseDataModule(pl.LightningDataModule, ABC):
         self.num_workers = num_workers
         self.download = download
         self.max_train_samples = max_train_samples
-        self.train_set: Dataset | None = None
+        self.on_device = on_device
+        self.train_set: Subset | None = None
+        self.train_tensors: ImageTensors | None = None
         self.val_set: Dataset | None = None
         self.test_set: Dataset | None = None
         self.train_eval_set: Dataset | None = None
@@ -147,6 +175,7 @@ class ConsparseDataModule(pl.LightningDataModule, ABC):
         if self.max_train_samples is not None:
             train_idx = train_idx[: self.max_train_samples]
         self.train_set = Subset(splits.train, train_idx)
+        self.train_tensors = splits.train_tensors
         self.train_eval_set = Subset(splits.train_eval, train_idx)
         # With no held-out samples the validation loop watches the test split, and says so in its name.
         self.val_set = Subset(splits.train_eval, val_idx) if n_val > 0 else splits.test
@@ -172,8 +201,41 @@ class ConsparseDataModule(pl.LightningDataModule, ABC):
             pin_memory=torch.cuda.is_available(),
         )
 
-    def train_dataloader(self) -> DataLoader:
+    def batch_device(self) -> torch.device | None:
+        """The device training batches are made on by ``DeviceBatches``; None for the DataLoader."""
+        device = self.trainer.strategy.root_device if self.trainer is not None else torch.device("cpu")
+        if self.on_device is False or self.train_tensors is None:
+            return None
+        if self.on_device == "auto" and device.type != "cuda":
+            return None
+        return device
+
+    def device_batches(self, device: torch.device) -> DeviceBatches:
+        """This process's training batches, made on ``device`` (shuffled and sharded like DistributedSampler).
+
+        The shuffle seed is the run's (``PL_GLOBAL_SEED``, set by ``seed_everything``), as Lightning
+        seeds the DistributedSampler it adds to a DataLoader.
+        """
+        indices = torch.as_tensor(self.train_set.indices, dtype=torch.long)
+        tensors = replace(
+            self.train_tensors, images=self.train_tensors.images[indices], labels=self.train_tensors.labels[indices]
+        )
+        trainer = self.trainer
+        sampler = EpochSampler(
+            len(indices),
+            seed=int(os.environ.get("PL_GLOBAL_SEED", 0)),
+            rank=trainer.global_rank if trainer is not None else 0,
+            world_size=trainer.world_size if trainer is not None else 1,
+            padding=tensors.padding,
+            flip=tensors.flip,
+        )
+        return DeviceBatches(tensors, self.per_device_batch_size, device, sampler)
+
+    def train_dataloader(self) -> DataLoader | DeviceBatches:
         self.setup()
+        device = self.batch_device()
+        if device is not None:
+            return self.device_batches(device)
         return self._loader(self.train_set, self.per_device_batch_size, shuffle=True)
 
     def val_dataloader(self) -> DataLoader:

@@ -22,11 +22,15 @@ from torchvision.datasets import CIFAR10, CIFAR100
 from torchvision.transforms import v2
 
 from consparse.data.base import ConsparseDataModule, Splits
+from consparse.data.device_batches import ImageTensors
 from consparse.data.download import DEFAULT_DOWNLOAD_TIMEOUT, check_digest, download_verified, safe_extract
 from consparse.data.info import DatasetInfo
 from consparse.data.tensor_images import TransformedTensorDataset, image_transform
 from consparse.errors import ConfigError
 from consparse.validation import check_range
+
+# Zero padding of the random crop (the standard CIFAR augmentation).
+CROP_PADDING = 4
 
 # MD5 of every official file, keyed by its path under dataset.root, as torchvision's CIFAR10 and
 # CIFAR100 classes list them (a test checks that the two agree). A file is read only if its MD5 is
@@ -132,7 +136,8 @@ class CIFARDataModule(ConsparseDataModule):
     """32x32 colour images, 50,000 for training and 10,000 for test.
 
     Training images are augmented the standard way (random 32x32 crop of the image padded by 4,
-    horizontal flip); ``train_eval``, validation and test images are only normalised.
+    horizontal flip), per item in DataLoader workers or, with ``on_device``, in batches on the
+    device; ``train_eval``, validation and test images are only normalised.
 
     Args:
         augment: apply the crop-and-flip augmentation to the training split.
@@ -140,6 +145,7 @@ class CIFARDataModule(ConsparseDataModule):
         **kwargs: the ``ConsparseDataModule`` options (root, batch_size, val_fraction, ...).
     """
 
+    supports_on_device = True
     dataset_name: ClassVar[str]
     num_classes: ClassVar[int]
     torchvision_dataset: ClassVar[type[CIFAR10]]
@@ -208,9 +214,10 @@ class CIFARDataModule(ConsparseDataModule):
         tv = self.torchvision_dataset
         train_images, train_labels = self._load(self._files(tv.train_list))
         test_images, test_labels = self._load(self._files(tv.test_list))
+        padding = CROP_PADDING if self.augment else 0
         plain = image_transform(self.mean, self.std)
         augmented = (
-            image_transform(self.mean, self.std, [v2.RandomCrop(32, padding=4), v2.RandomHorizontalFlip()])
+            image_transform(self.mean, self.std, [v2.RandomCrop(32, padding=padding), v2.RandomHorizontalFlip()])
             if self.augment
             else plain
         )
@@ -218,6 +225,7 @@ class CIFARDataModule(ConsparseDataModule):
             train=TransformedTensorDataset(train_images, train_labels, augmented),
             train_eval=TransformedTensorDataset(train_images, train_labels, plain),
             test=TransformedTensorDataset(test_images, test_labels, plain),
+            train_tensors=ImageTensors(train_images, train_labels, self.mean, self.std, padding, self.augment),
         )
 
 

@@ -7,8 +7,10 @@ Folder layout (the unpacked ``tiny-imagenet-200.zip``)::
     <root>/tiny-imagenet-200/val/val_annotations.txt        "<file>\\t<wnid>\\t<box>"
 
 The official test set has no labels, so the official validation set is the test split here and
-validation is carved from train like every other dataset. All 110,000 images are decoded once into
-a uint8 tensor (1.3 GB): decoding a JPEG per item every epoch would cost more than the training.
+validation is carved from train like every other dataset. All 110,000 images are decoded once, by
+``num_workers`` processes, into a uint8 tensor (1.3 GB): decoding a JPEG per item every epoch would
+cost more than the training. Training images are then augmented per item in the DataLoader's
+workers, or in batches on the GPU with ``on_device``.
 """
 
 from __future__ import annotations
@@ -18,10 +20,12 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
+from torch.utils.data import DataLoader, Dataset
 from torchvision.io import ImageReadMode, decode_image
 from torchvision.transforms import v2
 
 from consparse.data.base import ConsparseDataModule, Splits
+from consparse.data.device_batches import ImageTensors
 from consparse.data.download import DEFAULT_DOWNLOAD_TIMEOUT, download_verified, load_hub_dataset, safe_extract
 from consparse.data.info import DatasetInfo
 from consparse.data.tensor_images import TransformedTensorDataset, image_transform
@@ -33,6 +37,9 @@ if TYPE_CHECKING:  # `datasets` is slow to import and only the Hub sources need 
 
 NUM_CLASSES = 200
 IMAGE_SIZE = 64
+CROP_PADDING = 4
+# Files one decoding task reads (a worker returns them as one tensor).
+DECODE_CHUNK = 512
 FOLDER = "tiny-imagenet-200"
 ARCHIVE_URL = "http://cs231n.stanford.edu/tiny-imagenet-200.zip"
 ARCHIVE_MD5 = "90528d7ca1a48142e341f4ef8d21d0de"
@@ -44,14 +51,48 @@ MEAN = (0.4802, 0.4481, 0.3975)
 STD = (0.2302, 0.2265, 0.2262)
 
 
-def _decode(paths: list[Path]) -> torch.Tensor:
-    """``(N, 3, 64, 64)`` uint8; grayscale files (a few hundred in the set) are expanded to RGB."""
+class JpegChunks(Dataset):
+    """Item ``k``: the ``k``-th chunk of ``paths`` decoded, and what was wrong with any file of it.
+
+    Problems are returned rather than raised, since an exception raised in a DataLoader worker
+    reaches the user wrapped in a traceback.
+    """
+
+    def __init__(self, paths: list[Path], chunk: int = DECODE_CHUNK) -> None:
+        self.paths = paths
+        self.chunk = chunk
+
+    def __len__(self) -> int:
+        return -(-len(self.paths) // self.chunk)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, list[str]]:
+        paths = self.paths[index * self.chunk : (index + 1) * self.chunk]
+        images = torch.zeros((len(paths), 3, IMAGE_SIZE, IMAGE_SIZE), dtype=torch.uint8)
+        problems = []
+        for i, path in enumerate(paths):
+            try:
+                image = decode_image(str(path), mode=ImageReadMode.RGB)
+            except RuntimeError as exc:
+                problems.append(f"{path} is not a readable image ({exc})")
+                continue
+            if image.shape != images.shape[1:]:
+                problems.append(f"{path} is {tuple(image.shape[1:])} pixels; Tiny ImageNet images are 64x64")
+                continue
+            images[i] = image
+        return images, problems
+
+
+def _decode(paths: list[Path], num_workers: int = 0) -> torch.Tensor:
+    """``(N, 3, 64, 64)`` uint8, decoded by ``num_workers`` processes; grayscale files (a few hundred
+    in the set) are expanded to RGB."""
     images = torch.empty((len(paths), 3, IMAGE_SIZE, IMAGE_SIZE), dtype=torch.uint8)
-    for i, path in enumerate(paths):
-        image = decode_image(str(path), mode=ImageReadMode.RGB)
-        if image.shape != images.shape[1:]:
-            raise ConsparseError(f"{path} is {tuple(image.shape[1:])} pixels; Tiny ImageNet images are 64x64")
-        images[i] = image
+    loader = DataLoader(JpegChunks(paths), batch_size=None, num_workers=num_workers)
+    start = 0
+    for chunk, problems in loader:
+        if problems:
+            raise ConfigError("dataset.root", f"{problems[0]} ({len(problems)} such files in this chunk)")
+        images[start : start + chunk.shape[0]] = chunk
+        start += chunk.shape[0]
     return images
 
 
@@ -64,8 +105,10 @@ class TinyImageNetDataModule(ConsparseDataModule):
         hf_dataset_id: Hugging Face dataset with ``train`` and ``valid`` splits of ``image``/``label``.
         augment: random 64x64 crop of the image padded by 4 and horizontal flip for training.
         download_timeout: seconds a network operation may stall before the download counts as failed.
-        **kwargs: the ``ConsparseDataModule`` options (root, batch_size, val_fraction, ...).
+        **kwargs: the ``ConsparseDataModule`` options (root, batch_size, val_fraction, on_device, ...).
     """
+
+    supports_on_device = True
 
     def __init__(
         self,
@@ -151,7 +194,7 @@ class TinyImageNetDataModule(ConsparseDataModule):
             labels += [label] * len(files)
         if not paths:
             raise ConsparseError(f"no images found under {self.folder / 'train'}/<wnid>/images/*.JPEG")
-        return _decode(paths), torch.tensor(labels, dtype=torch.long)
+        return _decode(paths, self.num_workers), torch.tensor(labels, dtype=torch.long)
 
     def _folder_test(self, wnids: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         label_of = {wnid: label for label, wnid in enumerate(wnids)}
@@ -168,7 +211,7 @@ class TinyImageNetDataModule(ConsparseDataModule):
                 )
             paths.append(self.folder / "val" / "images" / fields[0])
             labels.append(label_of[fields[1]])
-        return _decode(paths), torch.tensor(labels, dtype=torch.long)
+        return _decode(paths, self.num_workers), torch.tensor(labels, dtype=torch.long)
 
     # ----------------------------------------------------------------- Hugging Face source
     def _hub_split(self, dataset: DatasetDict, split: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -201,9 +244,10 @@ class TinyImageNetDataModule(ConsparseDataModule):
             wnids = self._class_ids()
             train_images, train_labels = self._folder_train(wnids)
             test_images, test_labels = self._folder_test(wnids)
+        padding = CROP_PADDING if self.augment else 0
         plain = image_transform(MEAN, STD)
         augmented = (
-            image_transform(MEAN, STD, [v2.RandomCrop(IMAGE_SIZE, padding=4), v2.RandomHorizontalFlip()])
+            image_transform(MEAN, STD, [v2.RandomCrop(IMAGE_SIZE, padding=padding), v2.RandomHorizontalFlip()])
             if self.augment
             else plain
         )
@@ -211,4 +255,5 @@ class TinyImageNetDataModule(ConsparseDataModule):
             train=TransformedTensorDataset(train_images, train_labels, augmented),
             train_eval=TransformedTensorDataset(train_images, train_labels, plain),
             test=TransformedTensorDataset(test_images, test_labels, plain),
+            train_tensors=ImageTensors(train_images, train_labels, MEAN, STD, padding, self.augment),
         )
