@@ -100,3 +100,16 @@ def test_missing_tree_names_the_paths_and_how_to_get_it(tmp_path):
         message = str(error.value)
         assert str(tmp_path / "train") in message and str(tmp_path / "val") in message
         assert "image-net.org" in message
+
+
+def test_workers_decode_and_augment_with_pinned_persistent_loaders(tmp_path):
+    write_fake_imagenet(tmp_path)
+    datamodule = small(tmp_path, num_workers=2, batch_size=4, val_fraction=0.25)
+    loader = datamodule.train_dataloader()
+    assert (loader.num_workers, loader.persistent_workers, loader.pin_memory) == (2, True, torch.cuda.is_available())
+    batches = list(loader)
+    assert sum(len(labels) for _, labels in batches) == 9
+    assert all(images.shape[1:] == (3, 16, 16) and images.dtype == torch.float32 for images, _ in batches)
+    # Workers survive the epoch (persistent) and serve the next one.
+    assert sum(len(labels) for _, labels in loader) == 9
+    assert datamodule.test_dataloader().num_workers == 2

@@ -213,3 +213,34 @@ def test_placed_archive_escaping_the_root_is_refused_and_leaves_no_trace(tmp_pat
         TinyImageNetDataModule(root=root, download=True).setup()
     assert str(archive) in str(error.value) and "../escape.txt" in str(error.value)
     assert not (tmp_path / "escape.txt").exists() and not (root / "tiny-imagenet-200").exists()
+
+
+def test_worker_processes_decode_and_augment(fake_root):
+    root, written = fake_root
+    datamodule = TinyImageNetDataModule(root=root, download=False, num_workers=2, batch_size=50, val_fraction=0.1)
+    datamodule.setup()
+    serial = TinyImageNetDataModule(root=root, download=False, num_workers=0, val_fraction=0.1)
+    serial.setup()
+    assert torch.equal(datamodule.train_eval_set.dataset.images, serial.train_eval_set.dataset.images)
+    assert datamodule.test_set.labels.tolist() == written["test_labels"]
+    loader = datamodule.train_dataloader()
+    assert (loader.num_workers, loader.persistent_workers, loader.pin_memory) == (2, True, torch.cuda.is_available())
+    assert sum(len(labels) for _, labels in loader) == 360
+
+
+def test_unreadable_image_is_one_error_naming_it(tmp_path):
+    write_fake_tree(tmp_path)
+    broken = tmp_path / "tiny-imagenet-200" / "train" / wnid(3) / "images" / f"{wnid(3)}_1.JPEG"
+    broken.write_bytes(b"not a jpeg")
+    with pytest.raises(ConsparseError) as error:
+        TinyImageNetDataModule(root=tmp_path, download=False, num_workers=1).setup()
+    assert str(broken) in str(error.value) and "Traceback" not in str(error.value)
+
+
+def test_on_device_batches_are_views_of_the_training_images(fake_root):
+    root, _ = fake_root
+    datamodule = TinyImageNetDataModule(root=root, download=False, on_device=True, batch_size=16)
+    batches = datamodule.train_dataloader()
+    x, y = next(iter(batches))
+    assert x.shape == (16, 3, 64, 64) and y.dtype == torch.long
+    assert batches.sampler.padding == 4 and batches.sampler.flip
