@@ -5,9 +5,12 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
+import pytest
+
 BENCHMARK = Path(__file__).resolve().parents[2] / "benchmarks" / "data_loader.py"
 
 
+@pytest.mark.slow
 def test_measure_loader_reports_rates_and_ratios():
     spec = importlib.util.spec_from_file_location("data_loader_benchmark", BENCHMARK)
     module = importlib.util.module_from_spec(spec)

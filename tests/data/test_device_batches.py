@@ -221,3 +221,41 @@ def test_on_device_is_refused_where_there_are_no_images():
     with pytest.raises(ConfigError, match="auto, true or false"):
         CIFAR10DataModule(on_device="gpu")
     assert DigitsDataModule(on_device="auto").batch_device() is None
+
+
+def run_train(args: list[str], cwd) -> None:
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    train = Path(__file__).resolve().parents[2] / "train.py"
+    result = subprocess.run(
+        [sys.executable, str(train), *args], cwd=cwd, capture_output=True, text=True, timeout=600, check=False,
+        env={**os.environ, "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1"},
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+
+
+@pytest.mark.slow
+@pytest.mark.ddp
+def test_two_processes_train_the_same_weights_as_one(tmp_path):
+    # The ranks' on-device batches together are the single-process batch, so plain data-parallel
+    # SGD (gradients averaged over equal shards) reaches the same weights.
+    write_fake_split_files(tmp_path / "data" / "MNIST" / "raw")
+    common = [
+        "method=dense", "model=mlp", "dataset=mnist", f"dataset.root={tmp_path / 'data'}", "dataset.on_device=true",
+        "dataset.batch_size=10", "dataset.max_train_samples=40", "trainer.max_epochs=2",
+        "evaluation.compression_grid={}", "evaluation.export=false", "evaluation.latency.min_run_time=0.01",
+        "evaluation.latency.rounds=1",
+    ]
+    run_train([*common, f"hydra.run.dir={tmp_path / 'one'}"], tmp_path)
+    run_train([*common, "hardware=cpu_ddp", f"hydra.run.dir={tmp_path / 'two'}"], tmp_path)
+    one, two = (
+        torch.load(tmp_path / name / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)["state_dict"]
+        for name in ("one", "two")
+    )
+    assert one.keys() == two.keys()
+    for key in one:
+        assert torch.allclose(one[key].float(), two[key].float(), atol=1e-5), key
+    assert any(not torch.equal(one[key], 0 * one[key]) for key in one)
