@@ -20,6 +20,7 @@ from consparse.data.cifar import CIFAR10DataModule
 from consparse.data.device_batches import DeviceBatches, EpochSampler, ImageTensors, crop_and_flip
 from consparse.data.digits import DigitsDataModule
 from consparse.data.mnist import MNISTDataModule
+from consparse.data.tensor_images import image_transform
 from consparse.errors import ConfigError
 
 from .test_cifar_datamodule import official, write_fake_cifar  # noqa: F401 - the fixture is used by name
@@ -119,17 +120,12 @@ def test_each_epoch_reshuffles_and_repeats_with_the_seed():
     assert plain.plan().indices.tolist() == [0, 1, 2, 3, 4] and not plain.plan().flip.any()
 
 
-def normalise(image: torch.Tensor, module_cls=CIFAR10DataModule) -> torch.Tensor:
-    mean = torch.tensor(module_cls.mean).view(3, 1, 1)
-    std = torch.tensor(module_cls.std).view(3, 1, 1)
-    return (image.float() / 255 - mean) / std
-
-
 def test_device_batches_are_normalised_views_of_the_right_images():
     generator = torch.Generator().manual_seed(1)
     images = torch.randint(0, 256, (10, 3, 32, 32), dtype=torch.uint8, generator=generator)
     labels = torch.arange(10)
     tensors = ImageTensors(images, labels, CIFAR10DataModule.mean, CIFAR10DataModule.std, PADDING, True)
+    transform = image_transform(CIFAR10DataModule.mean, CIFAR10DataModule.std)
     sampler = EpochSampler(10, seed=0, padding=PADDING, flip=True)
     batches = DeviceBatches(tensors, 4, "cpu", sampler)
     assert len(batches) == 3
@@ -141,7 +137,7 @@ def test_device_batches_are_normalised_views_of_the_right_images():
         for image, label in zip(x, y):
             j = len(seen) - len(y) + list(y).index(label)
             expected = torchvision_view(images[label], plan.top[j].item(), plan.left[j].item(), plan.flip[j].item())
-            assert torch.allclose(image, normalise(expected), atol=1e-6)
+            assert torch.equal(image, transform(expected))
     assert seen == plan.indices.tolist()
 
 
@@ -199,7 +195,7 @@ def test_without_augmentation_device_batches_equal_the_evaluation_view(tmp_path,
     order = batches.sampler.plan().indices.tolist()
     x, _ = next(iter(batches))
     for row, position in zip(x, order):
-        assert torch.allclose(row, datamodule.train_eval_set[position][0], atol=1e-6)
+        assert torch.equal(row, datamodule.train_eval_set[position][0])  # bit-identical to the per-item path
 
 
 def test_mnist_on_device_matches_its_tensor_dataset(tmp_path):

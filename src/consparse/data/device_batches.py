@@ -23,7 +23,6 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from torchvision.transforms.v2 import functional as TF
 
 
 @dataclass(frozen=True)
@@ -156,7 +155,9 @@ class DeviceBatches:
         self.device = torch.device(device)
         self.images = tensors.images.to(self.device)
         self.labels = tensors.labels.to(self.device)
-        self.mean, self.std = list(tensors.mean), list(tensors.std)
+        # Made once: a per-batch tensor from a Python list would be a host-to-device copy per batch.
+        self.mean = torch.tensor(tensors.mean, dtype=torch.float32, device=self.device).view(-1, 1, 1)
+        self.std = torch.tensor(tensors.std, dtype=torch.float32, device=self.device).view(-1, 1, 1)
         self.batch_size = batch_size
         self.sampler = sampler
 
@@ -174,5 +175,7 @@ class DeviceBatches:
             if self.sampler.padding or self.sampler.flip:
                 part = slice(start, start + self.batch_size)
                 images = crop_and_flip(images, top[part], left[part], flip[part], self.sampler.padding)
-            x = TF.normalize(TF.to_dtype(images, torch.float32, scale=True), self.mean, self.std)
+            # torchvision's ToDtype(float32, scale=True) and Normalize, operation for operation, so
+            # that the values are bit-identical to the per-item path's.
+            x = images.to(torch.float32).mul_(1.0 / 255).sub_(self.mean).div_(self.std)
             yield x, self.labels[chosen]
