@@ -29,7 +29,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from torchvision.transforms import v2
 
-from consparse.data.cifar import CIFAR10DataModule, CROP_PADDING
+from consparse.data.cifar import CROP_PADDING, CIFAR10DataModule
 from consparse.data.device_batches import DeviceBatches, EpochSampler, ImageTensors
 from consparse.data.tensor_images import TransformedTensorDataset, image_transform
 from consparse.models.resnet import resnet18

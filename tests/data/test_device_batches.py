@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import pytorch_lightning as pl
 import torch
-from scipy.stats import chisquare, chi2_contingency
+from scipy.stats import chi2_contingency, chisquare
 from torch import nn
 from torchvision.transforms import v2
 

@@ -24,7 +24,13 @@ import pytest
 from torchvision.datasets import MNIST
 
 from consparse.data import download
-from consparse.data.download import check_digest, download_verified, load_hub_dataset, safe_extract, socket_timeout
+from consparse.data.download import (
+    check_digest,
+    download_verified,
+    load_hub_dataset,
+    safe_extract,
+    socket_timeout,
+)
 from consparse.data.mnist import MNISTDataModule
 from consparse.errors import ConfigError, DataNotFoundError
 

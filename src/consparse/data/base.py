@@ -170,7 +170,7 @@ class ConsparseDataModule(pl.LightningDataModule, ABC):
             raise RuntimeError(f"{type(self).__name__}: train and train_eval differ in length")
         generator = torch.Generator().manual_seed(self.split_seed)
         order = torch.randperm(n, generator=generator).tolist()
-        n_val = int(round(self.val_fraction * n))
+        n_val = round(self.val_fraction * n)
         val_idx, train_idx = order[:n_val], order[n_val:]
         if self.max_train_samples is not None:
             train_idx = train_idx[: self.max_train_samples]
@@ -223,7 +223,7 @@ class ConsparseDataModule(pl.LightningDataModule, ABC):
         trainer = self.trainer
         sampler = EpochSampler(
             len(indices),
-            seed=int(os.environ.get("PL_GLOBAL_SEED", 0)),
+            seed=int(os.environ.get("PL_GLOBAL_SEED", "0")),
             rank=trainer.global_rank if trainer is not None else 0,
             world_size=trainer.world_size if trainer is not None else 1,
             padding=tensors.padding,

@@ -15,6 +15,7 @@ workers, or in batches on the GPU with ``on_device``.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -26,7 +27,12 @@ from torchvision.transforms import v2
 
 from consparse.data.base import ConsparseDataModule, Splits
 from consparse.data.device_batches import ImageTensors
-from consparse.data.download import DEFAULT_DOWNLOAD_TIMEOUT, download_verified, load_hub_dataset, safe_extract
+from consparse.data.download import (
+    DEFAULT_DOWNLOAD_TIMEOUT,
+    download_verified,
+    load_hub_dataset,
+    safe_extract,
+)
 from consparse.data.info import DatasetInfo
 from consparse.data.tensor_images import TransformedTensorDataset, image_transform
 from consparse.errors import ConfigError, ConsparseError
@@ -63,7 +69,7 @@ class JpegChunks(Dataset):
         self.chunk = chunk
 
     def __len__(self) -> int:
-        return -(-len(self.paths) // self.chunk)
+        return math.ceil(len(self.paths) / self.chunk)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, list[str]]:
         paths = self.paths[index * self.chunk : (index + 1) * self.chunk]
