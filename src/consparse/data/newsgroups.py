@@ -55,7 +55,7 @@ from torch.utils.data import TensorDataset
 from consparse.data.base import ConsparseDataModule, Splits
 from consparse.data.download import DEFAULT_DOWNLOAD_TIMEOUT, download_verified, load_hub_dataset
 from consparse.data.info import DatasetInfo
-from consparse.errors import ConfigError, ConsparseError
+from consparse.errors import ConfigError
 from consparse.validation import check_choice, check_int, check_range
 
 if TYPE_CHECKING:  # `datasets` is slow to import and only the Hub sources need it
@@ -270,13 +270,15 @@ class NewsgroupsDataModule(ConsparseDataModule):
         documents = {}
         for split in SPLITS:
             if split not in dataset:
-                raise ConsparseError(
+                raise ConfigError(
+                    "dataset.hf_dataset_id",
                     f"Hugging Face dataset '{self.hf_dataset_id}' has splits {sorted(dataset)}; expected '{split}'"
                 )
             part = dataset[split]
             labels = np.asarray(part["label"], dtype=np.int64)
             if labels.size and (labels.min() < 0 or labels.max() >= NUM_CLASSES):
-                raise ConsparseError(
+                raise ConfigError(
+                    "dataset.hf_dataset_id",
                     f"'{self.hf_dataset_id}' split '{split}' has labels outside [0, {NUM_CLASSES})"
                 )
             documents[split] = Documents(list(part["text"]), labels)

@@ -35,7 +35,7 @@ from consparse.data.download import (
 )
 from consparse.data.info import DatasetInfo
 from consparse.data.tensor_images import TransformedTensorDataset, image_transform
-from consparse.errors import ConfigError, ConsparseError
+from consparse.errors import ConfigError
 from consparse.validation import check_choice, check_range
 
 if TYPE_CHECKING:  # `datasets` is slow to import and only the Hub sources need it
@@ -186,7 +186,8 @@ class TinyImageNetDataModule(ConsparseDataModule):
     def _class_ids(self) -> list[str]:
         wnids = sorted(path.name for path in (self.folder / "train").iterdir() if path.is_dir())
         if len(wnids) != NUM_CLASSES:
-            raise ConsparseError(
+            raise ConfigError(
+                "dataset.root",
                 f"{self.folder / 'train'} has {len(wnids)} class folders; Tiny ImageNet has {NUM_CLASSES}"
             )
         return wnids
@@ -199,7 +200,7 @@ class TinyImageNetDataModule(ConsparseDataModule):
             paths += files
             labels += [label] * len(files)
         if not paths:
-            raise ConsparseError(f"no images found under {self.folder / 'train'}/<wnid>/images/*.JPEG")
+            raise ConfigError("dataset.root", f"no images found under {self.folder / 'train'}/<wnid>/images/*.JPEG")
         return _decode(paths, self.num_workers), torch.tensor(labels, dtype=torch.long)
 
     def _folder_test(self, wnids: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -212,7 +213,8 @@ class TinyImageNetDataModule(ConsparseDataModule):
                 continue
             fields = line.split("\t")
             if len(fields) < 2 or fields[1] not in label_of:
-                raise ConsparseError(
+                raise ConfigError(
+                    "dataset.root",
                     f"{annotations}:{line_number}: expected '<file>\\t<wnid>...' with a training wnid"
                 )
             paths.append(self.folder / "val" / "images" / fields[0])
@@ -222,20 +224,23 @@ class TinyImageNetDataModule(ConsparseDataModule):
     # ----------------------------------------------------------------- Hugging Face source
     def _hub_split(self, dataset: DatasetDict, split: str) -> tuple[torch.Tensor, torch.Tensor]:
         if split not in dataset:
-            raise ConsparseError(
+            raise ConfigError(
+                "dataset.hf_dataset_id",
                 f"Hugging Face dataset '{self.hf_dataset_id}' has splits {sorted(dataset)}; expected '{split}'"
             )
         part = dataset[split]
         labels = np.asarray(part["label"], dtype=np.int64)
         if labels.size and (labels.min() < 0 or labels.max() >= NUM_CLASSES):
-            raise ConsparseError(
+            raise ConfigError(
+                "dataset.hf_dataset_id",
                 f"'{self.hf_dataset_id}' split '{split}' has labels outside [0, {NUM_CLASSES})"
             )
         images = np.empty((len(part), IMAGE_SIZE, IMAGE_SIZE, 3), dtype=np.uint8)
         for i, example in enumerate(part.select_columns(["image"])):
             pixels = np.asarray(example["image"].convert("RGB"))
             if pixels.shape != images.shape[1:]:
-                raise ConsparseError(
+                raise ConfigError(
+                    "dataset.hf_dataset_id",
                     f"'{self.hf_dataset_id}' split '{split}' item {i} is {pixels.shape[:2]}; expected 64x64"
                 )
             images[i] = pixels
