@@ -329,17 +329,26 @@ def test_placed_archive_with_the_wrong_checksum_is_not_unpacked(tmp_path):
     assert sorted(path.name for path in root.iterdir()) == [CIFAR10.filename]
 
 
-def test_placed_archive_escaping_the_root_is_refused_and_leaves_no_trace(tmp_path, monkeypatch):
+@pytest.mark.parametrize("unsafe", ["dotdot", "symlink"])
+def test_placed_archive_escaping_the_root_is_refused_and_leaves_no_trace(tmp_path, monkeypatch, unsafe):
     root = tmp_path / "data" / "root"
     root.mkdir(parents=True)
     archive = root / CIFAR10.filename
     payload = tmp_path / "payload.txt"
     payload.write_text("owned")
     with tarfile.open(archive, "w:gz") as tar:
-        tar.add(payload, arcname=f"{CIFAR10.base_folder}/data_batch_1")
-        tar.add(payload, arcname="../escape.txt")
+        tar.add(payload, arcname=f"{CIFAR10.base_folder}/data_batch_2")
+        if unsafe == "dotdot":
+            tar.add(payload, arcname="../escape.txt")
+            member = "../escape.txt"
+        else:
+            # A batch that is a link to a file outside the root: reading it would read that file.
+            link = tarfile.TarInfo(f"{CIFAR10.base_folder}/data_batch_1")
+            link.type, link.linkname = tarfile.SYMTYPE, str(payload)
+            tar.addfile(link)
+            member = link.name
     monkeypatch.setitem(cifar.OFFICIAL_MD5, CIFAR10.filename, file_digest(archive))
     with pytest.raises(ConfigError) as error:
         CIFAR10DataModule(root=root, download=True).setup()
-    assert str(archive) in str(error.value) and "../escape.txt" in str(error.value)
+    assert str(archive) in str(error.value) and member in str(error.value)
     assert not (root.parent / "escape.txt").exists() and not (root / CIFAR10.base_folder).exists()
