@@ -352,3 +352,50 @@ def test_placed_archive_escaping_the_root_is_refused_and_leaves_no_trace(tmp_pat
         CIFAR10DataModule(root=root, download=True).setup()
     assert str(archive) in str(error.value) and member in str(error.value)
     assert not (root.parent / "escape.txt").exists() and not (root / CIFAR10.base_folder).exists()
+
+
+def python2_batch(data: np.ndarray, labels: list[int]) -> bytes:
+    """A batch as Python 2's cPickle wrote the official files: protocol 2, ``str`` as byte strings
+    (SHORT_BINSTRING / BINSTRING), the array through ``numpy.core.multiarray._reconstruct``."""
+    op = pickle
+
+    def short(text: str) -> bytes:
+        return op.SHORT_BINSTRING + bytes([len(text)]) + text.encode("latin1")
+
+    def int1(value: int) -> bytes:
+        return op.BININT1 + bytes([value])
+
+    def int4(value: int) -> bytes:
+        return op.BININT + value.to_bytes(4, "little", signed=True)
+
+    dtype = (
+        b"cnumpy\ndtype\n" + short("u1") + int1(0) + int1(1) + op.TUPLE3 + op.REDUCE
+        + op.MARK + int1(3) + short("|") + op.NONE + op.NONE + op.NONE + int4(-1) + int4(-1) + int1(0)
+        + op.TUPLE + op.BUILD
+    )
+    raw = data.tobytes()
+    array = (
+        b"cnumpy.core.multiarray\n_reconstruct\n" + b"cnumpy\nndarray\n" + int1(0) + op.TUPLE1 + short("b")
+        + op.TUPLE3 + op.REDUCE
+        + op.MARK + int1(1) + int4(data.shape[0]) + int4(data.shape[1]) + op.TUPLE2 + dtype + op.NEWFALSE
+        + op.BINSTRING + len(raw).to_bytes(4, "little") + raw + op.TUPLE + op.BUILD
+    )
+    label_list = op.EMPTY_LIST + op.MARK + b"".join(int1(v) for v in labels) + op.APPENDS
+    return (
+        op.PROTO + bytes([2]) + op.EMPTY_DICT + op.MARK
+        + short("batch_label") + short("training batch 1 of 5")
+        + short("labels") + label_list
+        + short("data") + array
+        + op.SETITEMS + op.STOP
+    )
+
+
+def test_python2_pickles_like_the_official_files_are_read(tmp_path):
+    rng = np.random.default_rng(0)
+    data = rng.integers(0, 256, (3, 3072), dtype=np.uint8)
+    path = tmp_path / "data_batch_1"
+    path.write_bytes(python2_batch(data, [3, 1, 4]))
+    reference = pickle.loads(path.read_bytes(), encoding="latin1")  # our own bytes: what torchvision would get
+    assert np.array_equal(reference["data"], data) and reference["batch_label"] == "training batch 1 of 5"
+    images, labels = read_cifar_batch(path, "labels")
+    assert np.array_equal(images, data.reshape(3, 3, 32, 32)) and labels.tolist() == [3, 1, 4]

@@ -83,10 +83,9 @@ class BatchUnpickler(pickle.Unpickler):
     ``_codecs.encode(text, "latin1")``, admitted for that encoding only.
     """
 
-    _reconstruct = _numpy_reconstruct()
     ALLOWED: ClassVar[dict[tuple[str, str], Any]] = {
-        ("numpy.core.multiarray", "_reconstruct"): _reconstruct,
-        ("numpy._core.multiarray", "_reconstruct"): _reconstruct,
+        ("numpy.core.multiarray", "_reconstruct"): _numpy_reconstruct(),
+        ("numpy._core.multiarray", "_reconstruct"): _numpy_reconstruct(),
         ("numpy", "ndarray"): np.ndarray,
         ("numpy", "dtype"): _plain_dtype,
         ("_codecs", "encode"): _latin1_bytes,
