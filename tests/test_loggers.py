@@ -20,7 +20,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import OmegaConf
 
 from consparse.callbacks import TrainTimer
-from consparse.loggers import WANDB_ID_FILE, flatten, finish_wandb, instantiate_logger, run_name, summary_of
+from consparse.loggers import WANDB_ID_FILE, finish_wandb, flatten, instantiate_logger, run_name, summary_of
 from consparse.report.results import read_results
 from consparse.train import _build_trainer, run
 
@@ -237,3 +237,25 @@ def test_summary_keeps_scalars_and_dots_nested_keys() -> None:
 def test_run_name_says_what_ran() -> None:
     assert run_name({"method": "dense", "model": "mlp", "dataset": "mnist", "seed": 2, "target_density": None}) == (
         "dense-mlp-mnist-s2")
+
+
+@pytest.mark.slow
+def test_offline_multirun_gives_each_job_its_run_in_one_group(tmp_path: Path, offline) -> None:
+    import os
+    import subprocess
+    import sys
+
+    sweep_dir = tmp_path / "sweep"
+    result = subprocess.run(
+        [sys.executable, str(CONF_DIR.parent / "train.py"), "-m", "seed=0,1", "method=dense", "logger=wandb",
+         f"hydra.sweep.dir={sweep_dir}", "trainer.max_epochs=1", "evaluation.latency.min_run_time=0.02",
+         "evaluation.latency.rounds=1", *NO_CURVE],
+        cwd=tmp_path, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=600,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    runs = [read_offline_run(sweep_dir / job) for job in ("0", "1")]
+    assert [logged.group for logged in runs] == ["sweep", "sweep"]
+    assert [logged.config["seed"] for logged in runs] == [0, 1]
+    assert runs[0].run_id != runs[1].run_id
+    assert all(logged.exit_code == 0 and logged.summary["status"] == "completed" for logged in runs)
