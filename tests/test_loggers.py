@@ -167,6 +167,16 @@ def test_no_model_artifact_unless_log_model(make_config, tmp_path: Path, offline
     assert logged.summary["test_accuracy"] == read_results(tmp_path / "run")["test_accuracy"]
 
 
+def test_disabled_wandb_runs_the_same_path_and_writes_nothing(make_config, tmp_path: Path, monkeypatch) -> None:
+    import wandb
+
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    wandb.teardown()
+    results = run(make_config("method=magnitude", "logger=wandb", "logger.wandb.log_model=true"))
+    assert results["status"] == "completed" and results["compression_curve"]
+    assert not list((tmp_path / "run").glob("wandb/*run-*"))
+
+
 def test_a_failed_job_is_a_failed_run_with_its_error(make_config, tmp_path: Path, offline) -> None:
     # A fine-tuning budget larger than the run fails at fit start, after the W&B run has started.
     cfg = make_config("method=magnitude", "method.finetune_epochs=3", "logger=wandb")

@@ -72,8 +72,9 @@ def instantiate_logger(node: DictConfig, cfg: DictConfig, run_dir: Path) -> Any:
     overrides: dict[str, Any] = {"tags": [*(node.get("tags") or []), *identity_tags(identity)]}
     if node.get("name") is None:
         overrides["name"] = run_name(identity)
-    if node.get("group") is None and _multirun_sweep_dir() is not None:
-        overrides["group"] = _multirun_sweep_dir().name
+    sweep_dir = _multirun_sweep_dir()
+    if node.get("group") is None and sweep_dir is not None:
+        overrides["group"] = sweep_dir.name
     if node.get("id") is None and not os.environ.get("WANDB_SWEEP_ID"):
         id_file = run_dir / WANDB_ID_FILE
         if not id_file.exists():
