@@ -61,10 +61,10 @@ class MagnitudeMethod(SparseMethod):
     def on_fit_start(self) -> None:
         if self.finetune_epochs:
             _ = self.prune_epoch  # validates the epoch budget before the first batch
-        else:
+        elif self.trainer.is_global_zero:
             log.warning(
-                "method.finetune_epochs: no fine-tuning within trainer.max_epochs=%s, so magnitude prunes the trained "
-                "network at the end: the same experiment as method=dense with method.target_density=%s",
+                "method.finetune_epochs is 0 (trainer.max_epochs=%s): magnitude prunes the trained network at the end "
+                "without retraining, the same experiment as method=dense with method.target_density=%s",
                 self.trainer.max_epochs, self.target_density,
             )
 
