@@ -186,9 +186,10 @@ def _start(logger: Any) -> Any:
 
 
 def _is_wandb_run(experiment: Any) -> bool:
-    import wandb
+    """A W&B run of this process (rank 0); other ranks get Lightning's no-op stand-in."""
+    from wandb.sdk.wandb_run import Run
 
-    return isinstance(experiment, wandb.Run)
+    return isinstance(experiment, Run)
 
 
 def _multirun_sweep_dir() -> Path | None:
