@@ -98,24 +98,3 @@ def test_slurm_preset_gives_one_task_per_device() -> None:
     assert launcher._target_.endswith("SlurmLauncher")
     assert (launcher.tasks_per_node, launcher.gpus_per_node, launcher.nodes) == (8, 8, 2)
     assert cfg.trainer.strategy == "ddp" and cfg.trainer.enable_progress_bar is False
-
-
-SWEEPS = sorted((REPO_CONF.parent / "sweeps").glob("*.yaml"))
-
-
-@pytest.mark.parametrize("sweep", SWEEPS, ids=lambda p: p.stem)
-def test_wandb_sweeps_call_train_with_valid_overrides(make_config, sweep) -> None:
-    """A W&B agent runs `train.py <fixed args> key=value...`: every combination's first values must compose."""
-    import yaml
-
-    spec = yaml.safe_load(sweep.read_text())
-    assert spec["program"] == "train.py"
-    assert "${args_no_hyphens}" in spec["command"]
-    fixed = [arg for arg in spec["command"] if "=" in arg and not arg.startswith("${")]
-    swept = []
-    for key, param in spec["parameters"].items():
-        value = param["values"][0] if "values" in param else param.get("value", param.get("min"))
-        swept.append(f"{key}={value}")
-    cfg = make_config(*fixed, *swept)
-    info = instantiate_node(cfg.dataset).info
-    build_method(cfg.method, build_model(cfg.model, info), info)

@@ -10,11 +10,9 @@ import logging
 import os
 import sys
 import traceback
-import uuid
 from pathlib import Path
 from typing import Any
 
-import hydra
 import pytorch_lightning as pl
 import torch
 from hydra.core.hydra_config import HydraConfig
@@ -30,6 +28,7 @@ from consparse.config import instantiate_node, node_name
 from consparse.data.base import ConsparseDataModule
 from consparse.errors import ConfigError, ConsparseError
 from consparse.evaluation import EvaluationSettings
+from consparse.loggers import finish_wandb, instantiate_logger, log_results
 from consparse.methods import SparseMethod, build_method
 from consparse.models import build_model
 from consparse.report.results import write_results
@@ -44,8 +43,6 @@ from consparse.run_dir import (
 from consparse.summary import format_summary
 
 log = logging.getLogger(__name__)
-
-WANDB_ID_FILE = "wandb_id.txt"
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
@@ -81,12 +78,13 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         }
         if rank == 0:
             write_results(run_dir, failure)
+        finish_wandb(failure)
         if isinstance(exc, Exception) and _is_multirun():
             log.error("job failed and is recorded in %s: %s", run_dir / "results.json", exc)
             return failure
         raise
     finally:
-        _finish_wandb()
+        finish_wandb()
 
 
 def _train_and_measure(
@@ -124,7 +122,7 @@ def _train_and_measure(
     )
     results["hardware"] = _hardware_record(trainer)
     write_results(run_dir, results)
-    _log_final_metrics(trainer, results)
+    log_results(trainer.loggers, results, run_dir, trainer.global_step, OmegaConf.select(cfg, "logger.wandb.log_model"))
     print(format_summary(results, run_dir), flush=True)
     return results
 
@@ -205,7 +203,7 @@ def _build_trainer(cfg: DictConfig, run_dir: Path, timer: TrainTimer) -> pl.Trai
     callbacks: list[pl.Callback] = [timer, checkpoint]
     if not trainer_cfg["enable_progress_bar"]:
         callbacks.append(EpochSummary(timer))
-    loggers = [_instantiate_logger(node, run_dir) for node in (cfg.logger or {}).values() if node is not None]
+    loggers = [instantiate_logger(node, cfg, run_dir) for node in (cfg.logger or {}).values() if node is not None]
     return pl.Trainer(
         **trainer_cfg,
         default_root_dir=str(run_dir),
@@ -213,35 +211,6 @@ def _build_trainer(cfg: DictConfig, run_dir: Path, timer: TrainTimer) -> pl.Trai
         logger=loggers or False,
         enable_model_summary=False,
     )
-
-
-def _instantiate_logger(node: DictConfig, run_dir: Path) -> Any:
-    """A logger; a W&B run keeps one id per run directory so that a resumed run continues it."""
-    if not str(node.get("_target_", "")).endswith("WandbLogger"):
-        return hydra.utils.instantiate(node)
-    if node.get("id") is None:
-        id_file = run_dir / WANDB_ID_FILE
-        if not id_file.exists():
-            id_file.write_text(uuid.uuid4().hex[:12])
-        logger = hydra.utils.instantiate(node, id=id_file.read_text().strip(), resume="allow")
-    else:
-        logger = hydra.utils.instantiate(node)
-    _start_wandb(logger)
-    return logger
-
-
-def _start_wandb(logger: Any) -> None:
-    """Start the W&B run now, not at fit start: a missing account stops the job before data is read."""
-    import wandb
-
-    try:
-        logger.experiment  # noqa: B018 - the property starts the run (a no-op object on ranks > 0)
-    except wandb.errors.UsageError as error:
-        raise ConfigError(
-            "logger.wandb.mode",
-            f"online logging needs a W&B account ({error}); log in (`wandb login`, WANDB_API_KEY) or, "
-            "without an account, use WANDB_MODE=offline (sync later with `wandb sync`) or WANDB_MODE=disabled",
-        ) from None
 
 
 def _hardware_record(trainer: pl.Trainer) -> dict[str, Any]:
@@ -255,17 +224,6 @@ def _hardware_record(trainer: pl.Trainer) -> dict[str, Any]:
         "cluster_environment": type(environment).__name__ if environment is not None else None,
         "precision": str(trainer.precision),
     }
-
-
-def _log_final_metrics(trainer: pl.Trainer, results: dict[str, Any]) -> None:
-    final = {
-        f"final/{key}": float(results[key])
-        for key in ("test_accuracy", "density", "params", "macs", "latency_ms", "train_seconds")
-        if isinstance(results.get(key), (int, float))
-    }
-    for logger in trainer.loggers:
-        logger.log_metrics(final, step=trainer.global_step)
-        logger.save()
 
 
 def _check_hardware(cfg: DictConfig) -> None:
@@ -309,12 +267,3 @@ def _existing_checkpoint(run_dir: Path) -> Path | None:
 
 def _is_multirun() -> bool:
     return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
-
-
-def _finish_wandb() -> None:
-    """A multirun must start a new W&B run per job (wandb #1314), so close the current one."""
-    if "wandb" in sys.modules:
-        import wandb
-
-        if wandb.run is not None:
-            wandb.finish()

@@ -1,12 +1,15 @@
 """``method=magnitude``: train dense, prune by magnitude to ``target_density``, optionally fine-tune.
 
 The run lasts ``trainer.max_epochs``; the last ``finetune_epochs`` of them train the pruned network
-with its mask fixed (pruned weights are re-zeroed after every optimiser step). With no fine-tuning
-the pruning happens in ``finalize``.
+with its mask fixed (pruned weights are re-zeroed after every optimiser step). By default
+(``finetune_epochs: null``) that is the second half, rounded down, so that ``magnitude`` differs from
+``dense`` with the same ``target_density`` (train, prune, no retraining) wherever the epochs allow.
+With no fine-tuning the pruning happens in ``finalize``: then the two are the same experiment.
 """
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import pytorch_lightning as pl
@@ -18,19 +21,30 @@ from consparse.errors import ConfigError
 from consparse.methods.base import SparseMethod
 from consparse.validation import check_choice, check_int
 
+log = logging.getLogger(__name__)
+
+
+def resolve_finetune_epochs(finetune_epochs: int | None, max_epochs: int) -> int:
+    """The fine-tuning epochs a run takes: as given, or by default the second half of the run."""
+    return max_epochs // 2 if finetune_epochs is None else finetune_epochs
+
 
 class MagnitudeMethod(SparseMethod):
     """Magnitude pruning baseline (global or layer-wise) with optional fine-tuning epochs."""
 
-    def __init__(self, *args, prune_scope: str = "global", finetune_epochs: int = 0, **kwargs) -> None:
+    def __init__(self, *args, prune_scope: str = "global", finetune_epochs: int | None = None, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         if self.target_density is None:
             raise ConfigError("method.target_density", "magnitude pruning needs a target density in (0, 1]")
         check_choice("method.prune_scope", prune_scope, ["global", "layer"])
-        check_int("method.finetune_epochs", finetune_epochs, 0)
+        check_int("method.finetune_epochs", finetune_epochs, 0, allow_none=True)
         self.prune_scope = prune_scope
-        self.finetune_epochs = finetune_epochs
+        self.requested_finetune_epochs = finetune_epochs
         self.masks: dict[str, torch.Tensor] | None = None
+
+    @property
+    def finetune_epochs(self) -> int:
+        return resolve_finetune_epochs(self.requested_finetune_epochs, int(self.trainer.max_epochs or 0))
 
     @property
     def prune_epoch(self) -> int:
@@ -47,6 +61,12 @@ class MagnitudeMethod(SparseMethod):
     def on_fit_start(self) -> None:
         if self.finetune_epochs:
             _ = self.prune_epoch  # validates the epoch budget before the first batch
+        elif self.trainer.is_global_zero:
+            log.warning(
+                "method.finetune_epochs is 0 (trainer.max_epochs=%s): magnitude prunes the trained network at the end "
+                "without retraining, the same experiment as method=dense with method.target_density=%s",
+                self.trainer.max_epochs, self.target_density,
+            )
 
     def on_train_epoch_start(self) -> None:
         if self.finetune_epochs and self.masks is None and self.current_epoch >= self.prune_epoch:
