@@ -27,6 +27,7 @@ from consparse.compress.evaluate import compression_curve, evaluate_accuracy
 from consparse.compress.export import export_model
 from consparse.compress.latency import compare_latency
 from consparse.config import instantiate_node, node_name
+from consparse.configured_callbacks import configured_callbacks, wants_progress_bar
 from consparse.data.base import ConsparseDataModule
 from consparse.errors import ConfigError, ConsparseError
 from consparse.evaluation import EvaluationSettings
@@ -190,6 +191,9 @@ def _measure(
 
 def _build_trainer(cfg: DictConfig, run_dir: Path, timer: TrainTimer) -> pl.Trainer:
     trainer_cfg = OmegaConf.to_container(cfg.trainer, resolve=True)
+    extra_callbacks = configured_callbacks(cfg)
+    trainer_cfg.pop("callbacks", None)
+    trainer_cfg["enable_progress_bar"] = wants_progress_bar(extra_callbacks, trainer_cfg.get("enable_progress_bar"))
     if trainer_cfg.get("enable_progress_bar") is None:
         trainer_cfg["enable_progress_bar"] = sys.stdout.isatty() and "SLURM_JOB_ID" not in os.environ
     if isinstance(trainer_cfg.get("strategy"), dict):
@@ -205,6 +209,7 @@ def _build_trainer(cfg: DictConfig, run_dir: Path, timer: TrainTimer) -> pl.Trai
     callbacks: list[pl.Callback] = [timer, checkpoint]
     if not trainer_cfg["enable_progress_bar"]:
         callbacks.append(EpochSummary(timer))
+    callbacks += extra_callbacks
     loggers = [_instantiate_logger(node, run_dir) for node in (cfg.logger or {}).values() if node is not None]
     return pl.Trainer(
         **trainer_cfg,
