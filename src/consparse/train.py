@@ -42,6 +42,7 @@ from consparse.run_dir import (
     last_checkpoint,
     process_rank,
 )
+from consparse.start_checkpoint import check_checkpoint_fits, start_checkpoint
 from consparse.summary import format_summary
 
 log = logging.getLogger(__name__)
@@ -96,6 +97,7 @@ def _train_and_measure(
     _check_hardware(cfg)
     _check_trainer(cfg)
     _check_resume(cfg)
+    start = start_checkpoint(cfg)
     settings = EvaluationSettings.from_config(cfg.evaluation)
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
 
@@ -105,6 +107,10 @@ def _train_and_measure(
     model = build_model(cfg.model, info)
     method = build_method(cfg.method, model, info)
     datamodule.check_available()
+    if ckpt_path is None and start is not None:
+        check_checkpoint_fits(start, method)
+        log.info("starting from %s", start)
+        ckpt_path = start
 
     timer = TrainTimer()
     trainer = _build_trainer(cfg, run_dir, timer)
