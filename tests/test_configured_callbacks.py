@@ -14,6 +14,9 @@ from consparse.errors import ConfigError
 from consparse.report.results import read_results
 from consparse.train import run
 
+# `evaluation.compression_grid={}` would merge into the grid, not replace it: each kind is emptied.
+NO_CURVE = tuple(f"evaluation.compression_grid.{kind}=[]" for kind in ("unstructured", "filter", "lowrank"))
+
 
 def _trainer(cfg, tmp_path: Path) -> pl.Trainer:
     return train_module._build_trainer(cfg, tmp_path, TrainTimer())
@@ -55,7 +58,7 @@ def test_a_bad_callback_is_a_config_error_before_training(make_config, tmp_path:
 
 
 def test_early_stopping_stops_and_lr_monitor_logs(make_config, tmp_path: Path) -> None:
-    cfg = make_config("method=dense", "trainer.max_epochs=8", "evaluation.compression_grid={}",
+    cfg = make_config("method=dense", "trainer.max_epochs=8", *NO_CURVE,
                       "callbacks=[early_stopping,lr_monitor]",
                       "callbacks.early_stopping.patience=1", "callbacks.early_stopping.min_delta=10.0")
     run(cfg)

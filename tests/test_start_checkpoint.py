@@ -10,6 +10,9 @@ from consparse.errors import ConfigError
 from consparse.report.results import read_results
 from consparse.train import run
 
+# `evaluation.compression_grid={}` would merge into the grid, not replace it: each kind is emptied.
+NO_CURVE = tuple(f"evaluation.compression_grid.{kind}=[]" for kind in ("unstructured", "filter", "lowrank"))
+
 
 def _epochs_logged(run_dir: Path) -> set[int]:
     lines = (run_dir / "csv" / "version_0" / "metrics.csv").read_text().splitlines()
@@ -19,9 +22,9 @@ def _epochs_logged(run_dir: Path) -> set[int]:
 
 def test_a_run_starts_from_another_runs_checkpoint(make_config, tmp_path: Path) -> None:
     first, second = tmp_path / "first", tmp_path / "second"
-    run(make_config("method=dense", "evaluation.compression_grid={}", output_dir=first))
+    run(make_config("method=dense", *NO_CURVE, output_dir=first))
     checkpoint = first / "checkpoints" / "last.ckpt"
-    run(make_config("method=dense", "evaluation.compression_grid={}", "trainer.max_epochs=2",
+    run(make_config("method=dense", *NO_CURVE, "trainer.max_epochs=2",
                     f"ckpt_path={checkpoint}", output_dir=second))
     assert read_results(second)["epochs"] == 2
     assert _epochs_logged(second) == {1}, "the first epoch came from the checkpoint, only the second was trained"
@@ -37,7 +40,7 @@ def test_missing_checkpoint_file_is_a_config_error_before_compute(make_config, t
 
 def test_checkpoint_of_another_model_is_refused_before_training(make_config, tmp_path: Path) -> None:
     first = tmp_path / "first"
-    run(make_config("method=l0", "evaluation.compression_grid={}", output_dir=first))
+    run(make_config("method=l0", *NO_CURVE, output_dir=first))
     with pytest.raises(ConfigError, match="does not fit this method and model") as error:
         run(make_config("method=dense", f"ckpt_path={first / 'checkpoints' / 'last.ckpt'}"))
     assert error.value.field == "ckpt_path" and "gate.log_alpha" in str(error.value)
