@@ -1,4 +1,4 @@
-"""Every ``python train.py`` command the docs and config comments show composes, job by job.
+"""Every ``python train.py`` / ``python eval.py`` command the docs and config comments show is valid.
 
 Commands come from fenced code blocks and inline code spans of README.md and docs/**/*.md, and from
 comment lines of conf/**/*.yaml. Shell variables assigned earlier in the same block are expanded;
@@ -6,7 +6,8 @@ comment lines of conf/**/*.yaml. Shell variables assigned earlier in the same bl
 rest must compose. A single run is composed as it is; a multirun (``-m``) as its sweeper would
 launch it: the basic sweeper's first job, or the first job of every block of a block sweep
 (``hydra/sweeper=blocks``), composed on the base config as Hydra composes sweep jobs. Flags that only
-print (``--help``, ``--cfg``, ``--resolve``, ``--package``, ``--info``) are dropped.
+print (``--help``, ``--cfg``, ``--resolve``, ``--package``, ``--info``) are dropped. An eval.py command
+must parse, and each key it changes must exist in the composed config.
 """
 
 from __future__ import annotations
@@ -18,15 +19,17 @@ from pathlib import Path
 import pytest
 from hydra import compose, initialize_config_dir
 from hydra.core.override_parser.overrides_parser import OverridesParser
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
+from consparse.evaluate_run import parse_arguments
 from consparse.inspect_command import VALUE_FLAGS, first_job_override
 from consparse.sweeper import plan_sweep, skip_unavailable
 
 REPO = Path(__file__).resolve().parents[1]
 ENTRY = "python train.py"
+EVAL_ENTRY = "python eval.py"
 FENCE = re.compile(r"^[ \t]*```[^\n]*\n(.*?)^[ \t]*```", re.MULTILINE | re.DOTALL)
-INLINE = re.compile(r"`(python train\.py[^`]*)`")
+INLINE = re.compile(r"`(python (?:train|eval)\.py[^`]*)`")
 ASSIGNMENT = re.compile(r"^(?:export\s+)?([A-Za-z_][A-Za-z0-9_]*)=(.*)$")
 PLACEHOLDER = re.compile(r"<[^<>\n]*>")
 # Hydra flags that print something (help, config, info) instead of running a job.
@@ -79,15 +82,16 @@ def documented_commands() -> list[tuple[str, str]]:
     ]
     commands: dict[str, str] = {}
     for path, command in found:
-        start = command.find(ENTRY)
-        if start >= 0:
-            commands.setdefault(command[start:], str(path.relative_to(REPO)))
+        starts = [start for start in (command.find(ENTRY), command.find(EVAL_ENTRY)) if start >= 0]
+        if starts:
+            commands.setdefault(command[min(starts):], str(path.relative_to(REPO)))
     return sorted((where, command) for command, where in commands.items())
 
 
 def parse_command(command: str) -> tuple[bool, list[str]]:
-    """(whether it is a multirun, its overrides as written) for ``python train.py ...``."""
-    lexer = shlex.shlex(PLACEHOLDER.sub("PLACEHOLDER", command[len(ENTRY):]), posix=True, punctuation_chars="|&;)>")
+    """(whether it is a multirun, its arguments as written) for ``python train.py ...`` / ``eval.py``."""
+    arguments = command.split(None, 2)[2] if len(command.split(None, 2)) > 2 else ""
+    lexer = shlex.shlex(PLACEHOLDER.sub("PLACEHOLDER", arguments), posix=True, punctuation_chars="|&;)>")
     lexer.whitespace_split = True
     lexer.commenters = "#"
     multirun, overrides, skip_value = False, [], False
@@ -122,8 +126,23 @@ def _on_top(base: list[str], job: list[str]) -> list[str]:
     return [override for override in base if _key(override) not in replaced] + job
 
 
+def check_eval_command(make_config, command: str) -> None:
+    """The arguments parse (a placeholder run dir stands in) and every changed key exists."""
+    _, arguments = parse_command(command)
+    run, _, overrides = parse_arguments(arguments if any(a.startswith("run=") for a in arguments) else ["run=x", *arguments])
+    cfg = make_config(fast=False)
+    for override in overrides:
+        key = override.partition("=")[0]
+        parent, _, leaf = key.rpartition(".")
+        node = OmegaConf.select(cfg, parent) if parent else cfg
+        assert node is not None and leaf in node, f"{key} is not a key of the config"
+
+
 def compose_jobs(make_config, command: str) -> int:
     """Compose the command's job(s) as train.py would launch them; returns how many were composed."""
+    if command.startswith(EVAL_ENTRY):
+        check_eval_command(make_config, command)
+        return 1
     multirun, overrides = parse_command(command)
     if not multirun:
         make_config(*overrides, fast=False)
@@ -157,6 +176,12 @@ def test_shell_variables_and_pipes_are_understood() -> None:
     block = 'D="dataset.root=../shared/data"\npython train.py -m method=l0 $D seed=0,1 --cfg job | head  # note\n'
     (command,) = [c for c in _commands_in_block(block, {}) if c.startswith(ENTRY)]
     assert parse_command(command) == (True, ["method=l0", "dataset.root=../shared/data", "seed=0,1"])
+
+
+def test_eval_commands_are_checked(make_config) -> None:
+    check_eval_command(make_config, "python eval.py run=<run dir> dataset.root=../shared/data evaluation.latency.threads=4")
+    with pytest.raises(AssertionError, match="evaluation.no_such_key"):
+        check_eval_command(make_config, "python eval.py run=<run dir> evaluation.no_such_key=1")
 
 
 # The reproduction commands of docs/results and docs/methods are many; they run with the slow tests.
