@@ -9,7 +9,7 @@ from consparse.quiet import silence_known_noise
 
 silence_known_noise()
 
-from consparse.evaluate_run import main  # noqa: E402
+from consparse.evaluate_run import main
 
 if __name__ == "__main__":
     sys.exit(main(sys.argv[1:]))

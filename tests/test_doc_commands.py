@@ -129,7 +129,7 @@ def _on_top(base: list[str], job: list[str]) -> list[str]:
 def check_eval_command(make_config, command: str) -> None:
     """The arguments parse (a placeholder run dir stands in) and every changed key exists."""
     _, arguments = parse_command(command)
-    run, _, overrides = parse_arguments(arguments if any(a.startswith("run=") for a in arguments) else ["run=x", *arguments])
+    _, _, overrides = parse_arguments(arguments if any(a.startswith("run=") for a in arguments) else ["run=x", *arguments])
     cfg = make_config(fast=False)
     for override in overrides:
         key = override.partition("=")[0]

@@ -36,8 +36,9 @@ def test_evaluation_reproduces_the_training_measurement(make_config, tmp_path: P
     run_dir = tmp_path / "run"
     trained = _finished_run(make_config, run_dir, f"method={method}", "method.target_density=0.3")
     before = (run_dir / "results.json").read_bytes()
-    results, written = evaluate(run_dir / "export", [])
+    returned, written = evaluate(run_dir / "export", [])
     assert written == run_dir / EVAL_RESULTS_FILE
+    assert returned["test_accuracy"] == json.loads(written.read_text())["test_accuracy"]
     on_disk = json.loads(written.read_text())
     validate_results(on_disk)
     for key in ("test_accuracy", "density", "params", "dense_params", "macs", "dense_macs"):

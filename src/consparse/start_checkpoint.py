@@ -41,7 +41,7 @@ def check_checkpoint_fits(path: Path, method: nn.Module) -> None:
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
         saved = {key: tuple(tensor.shape) for key, tensor in checkpoint["state_dict"].items()}
-    except Exception as error:  # any unreadable file is the same user error
+    except Exception as error:  # noqa: BLE001 - any unreadable file is the same user error
         reason = " ".join(f"{type(error).__name__}: {error}".split())
         raise ConfigError(KEY, f"{path} is not a readable Lightning checkpoint ({reason})") from None
     expected = {key: tuple(tensor.shape) for key, tensor in method.state_dict().items()}
