@@ -49,3 +49,18 @@ def test_checkpoint_of_another_model_is_refused_before_training(make_config, tmp
     with pytest.raises(ConfigError, match="not a readable Lightning checkpoint"):
         run(make_config("method=dense", f"ckpt_path={not_a_checkpoint}", output_dir=tmp_path / "third"))
     assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "method,model",
+    [("magnitude", "mlp"), ("sfw", "mlp"), ("l0_penalty", "mlp"), ("implicit_lasso", "mlp"), ("implicit_fw", "implicit"),
+     ("implicit_pgd", "implicit")],
+)
+def test_every_method_starts_from_its_own_checkpoint(make_config, tmp_path: Path, method: str, model: str) -> None:
+    overrides = ["debug=fast", f"method={method}", f"model={model}"] + (["model.state_size=16"] if model == "implicit" else [])
+    first, second = tmp_path / "first", tmp_path / "second"
+    run(make_config(*overrides, output_dir=first))
+    run(make_config(*overrides, "trainer.max_epochs=2", f"ckpt_path={first / 'checkpoints' / 'last.ckpt'}",
+                    output_dir=second))
+    assert read_results(second)["status"] == "completed" and read_results(second)["epochs"] == 2
