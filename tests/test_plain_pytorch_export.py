@@ -59,7 +59,7 @@ CASES = {
     "implicit_lasso": (("debug=fast", "method=implicit_lasso", "model.hidden=[24,12]", "method.target_density=0.3"),
                        "load_implicit(EXPORT)"),
 }
-SLOW = {"sfw_resnet18", "implicit_lasso", "magnitude_mlp"}
+SLOW = {"sfw_resnet18", "implicit_lasso", "magnitude_mlp", "sfw_mlp"}
 
 
 def documented_code() -> str:

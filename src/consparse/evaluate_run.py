@@ -26,6 +26,7 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
+import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 from torch import nn
@@ -108,8 +109,11 @@ def run_config(run_dir: Path, overrides: list[str]) -> DictConfig:
 
 
 def yaml_value(text: str) -> Any:
-    """A command-line value as YAML reads it (``0.5`` a float, ``[0.5,0.9]`` a list, ``null``)."""
-    return OmegaConf.create(f"value: {text}").value if text else ""
+    """A command-line value as YAML reads it (``0.5`` a float, ``[0.5,0.9]`` a list, ``null``), else the text."""
+    try:
+        return yaml.safe_load(text) if text else ""
+    except yaml.YAMLError:
+        return text
 
 
 def evaluate(run: str | os.PathLike[str], overrides: list[str], output: str | None = None) -> tuple[dict[str, Any], Path]:
