@@ -30,7 +30,7 @@ ENTRY = "python train.py"
 EVAL_ENTRY = "python eval.py"
 FENCE = re.compile(r"^[ \t]*```[^\n]*\n(.*?)^[ \t]*```", re.MULTILINE | re.DOTALL)
 INLINE = re.compile(r"`(python (?:train|eval)\.py[^`]*)`")
-ASSIGNMENT = re.compile(r"^(?:export\s+)?([A-Za-z_][A-Za-z0-9_]*)=(.*)$")
+ASSIGNMENT = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*)=(.*)$")
 PLACEHOLDER = re.compile(r"<[^<>\n]*>")
 # Hydra flags that print something (help, config, info) instead of running a job.
 PRINTING_FLAGS = ("--help", "-h", "--hydra-help", "--cfg", "-c", "--resolve", "--package", "-p", "--info", "-i")
@@ -48,12 +48,15 @@ def _commands_in_block(block: str, variables: dict[str, str]) -> list[str]:
     commands = []
     for line in re.sub(r"\\\n\s*", " ", block).splitlines():
         line = _expand(line.strip(), variables)
-        assignment = ASSIGNMENT.match(line)
+        try:
+            words = shlex.split(line, comments=True)
+        except ValueError:
+            words = []  # not shell (prose, YAML): no assignment
+        if words[:1] == ["export"]:
+            words = words[1:]
+        assignment = ASSIGNMENT.match(words[0]) if len(words) == 1 else None
         if assignment:
-            try:
-                variables[assignment.group(1)] = " ".join(shlex.split(assignment.group(2), comments=True))
-            except ValueError:
-                pass
+            variables[assignment.group(1)] = assignment.group(2)
         commands.append(line)
     return commands
 
