@@ -25,4 +25,8 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    from consparse.inspect_command import explain_inspection
+
+    # `-m ... --cfg hydra` and `--cfg hydra --resolve` show the first job's config instead of failing.
+    sys.argv = explain_inspection(sys.argv)
     main()

@@ -25,3 +25,5 @@ def silence_known_noise() -> None:
     warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
     # Resuming in the run directory is intended; Lightning warns that the checkpoint directory is not empty.
     warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty.*")
+    # ckpt_path= starts a run from another run's checkpoint, whose directory is naturally elsewhere.
+    warnings.filterwarnings("ignore", message=r"The dirpath has changed from .*")

@@ -25,6 +25,7 @@ from consparse.compress.evaluate import compression_curve, evaluate_accuracy
 from consparse.compress.export import export_model
 from consparse.compress.latency import compare_latency
 from consparse.config import instantiate_node, node_name
+from consparse.configured_callbacks import configured_callbacks, wants_progress_bar
 from consparse.data.base import ConsparseDataModule
 from consparse.errors import ConfigError, ConsparseError
 from consparse.evaluation import EvaluationSettings
@@ -40,6 +41,7 @@ from consparse.run_dir import (
     last_checkpoint,
     process_rank,
 )
+from consparse.start_checkpoint import check_checkpoint_fits, start_checkpoint
 from consparse.summary import format_summary
 
 log = logging.getLogger(__name__)
@@ -93,6 +95,7 @@ def _train_and_measure(
     _check_hardware(cfg)
     _check_trainer(cfg)
     _check_resume(cfg)
+    start = start_checkpoint(cfg)
     settings = EvaluationSettings.from_config(cfg.evaluation)
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
 
@@ -102,6 +105,10 @@ def _train_and_measure(
     model = build_model(cfg.model, info)
     method = build_method(cfg.method, model, info)
     datamodule.check_available()
+    if ckpt_path is None and start is not None:
+        check_checkpoint_fits(start, method)
+        log.info("starting from %s", start)
+        ckpt_path = start
 
     timer = TrainTimer()
     trainer = _build_trainer(cfg, run_dir, timer)
@@ -188,6 +195,9 @@ def _measure(
 
 def _build_trainer(cfg: DictConfig, run_dir: Path, timer: TrainTimer) -> pl.Trainer:
     trainer_cfg = OmegaConf.to_container(cfg.trainer, resolve=True)
+    extra_callbacks = configured_callbacks(cfg)
+    trainer_cfg.pop("callbacks", None)
+    trainer_cfg["enable_progress_bar"] = wants_progress_bar(extra_callbacks, trainer_cfg.get("enable_progress_bar"))
     if trainer_cfg.get("enable_progress_bar") is None:
         trainer_cfg["enable_progress_bar"] = sys.stdout.isatty() and "SLURM_JOB_ID" not in os.environ
     if isinstance(trainer_cfg.get("strategy"), dict):
@@ -203,6 +213,7 @@ def _build_trainer(cfg: DictConfig, run_dir: Path, timer: TrainTimer) -> pl.Trai
     callbacks: list[pl.Callback] = [timer, checkpoint]
     if not trainer_cfg["enable_progress_bar"]:
         callbacks.append(EpochSummary(timer))
+    callbacks += extra_callbacks
     loggers = [instantiate_logger(node, cfg, run_dir) for node in (cfg.logger or {}).values() if node is not None]
     return pl.Trainer(
         **trainer_cfg,
