@@ -22,6 +22,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from consparse.callbacks import EpochSummary, TrainTimer
+from consparse.checkpoint_io import SafeCheckpointIO
 from consparse.compress.count import model_stats
 from consparse.compress.evaluate import compression_curve, evaluate_accuracy
 from consparse.compress.export import export_model
@@ -212,6 +213,7 @@ def _build_trainer(cfg: DictConfig, run_dir: Path, timer: TrainTimer) -> pl.Trai
         callbacks=callbacks,
         logger=loggers or False,
         enable_model_summary=False,
+        plugins=[SafeCheckpointIO()],
     )
 
 
