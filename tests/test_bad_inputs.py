@@ -50,9 +50,11 @@ def test_an_optimizer_argument_torch_refuses_names_its_key() -> None:
         check_optimizer("method.optimizer", node)
 
 
-def test_every_shipped_method_passes(make_config) -> None:
-    for method in ("dense", "magnitude", "sfw", "l0", "l0_penalty", "implicit_lasso", "implicit_fw", "implicit_pgd"):
-        check_run_config(make_config(f"method={method}"))
+def test_every_shipped_method_and_preset_passes(make_config) -> None:
+    conf = Path(__file__).resolve().parents[1] / "conf"
+    for group in ("method", "experiment", "hardware"):
+        for path in sorted((conf / group).glob("*.yaml")):
+            check_run_config(make_config(f"{group}={path.stem}"))
 
 
 def test_a_run_dir_that_cannot_be_created_is_a_config_error(tmp_path: Path) -> None:
