@@ -91,10 +91,11 @@ def test_an_unwritable_run_dir_through_the_cli(tmp_path: Path) -> None:
     (tmp_path / "a_file").write_text("")
     result = train([f"hydra.run.dir={tmp_path / 'a_file' / 'run'}", *TINY], tmp_path)
     assert result.returncode == 2
-    assert result.stderr.strip().splitlines() == [
-        f"consparse: error: hydra.run.dir: cannot create the run directory {tmp_path / 'a_file' / 'run'} (Not a directory); "
-        "choose a directory you can write"
-    ]
+    expected = (
+        f"consparse: error: hydra.run.dir: cannot create the run directory {tmp_path / 'a_file' / 'run'} "
+        "(Not a directory); choose a directory you can write"
+    )
+    assert result.stderr.strip().splitlines() == [expected]
 
 
 @pytest.mark.slow

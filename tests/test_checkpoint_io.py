@@ -50,7 +50,8 @@ def test_a_planted_checkpoint_is_refused_and_runs_nothing(
         monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
     marker = tmp_path / "pwned"
     path = plant(tmp_path / "last.ckpt", marker)
-    with pytest.raises(CheckpointError, match=f"{path} was refused: .*GLOBAL io.open was not an allowed global by default\)") as caught:
+    refusal = rf"{path} was refused: .*GLOBAL io.open was not an allowed global by default\)"
+    with pytest.raises(CheckpointError, match=refusal) as caught:
         load_checkpoint(path)
     assert "\n" not in str(caught.value)
     with pytest.raises(CheckpointError, match=str(path)):

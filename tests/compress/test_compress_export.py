@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import copy
+import json
 import os
 import stat
-import json
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any
@@ -341,6 +341,7 @@ def test_a_planted_description_runs_nothing_and_names_the_file(small_mlp: MLP, t
         {"op": "set", "path": "layers/../x", "type": "Identity", "kwargs": {}},
         {"op": "delete", "path": "layers.forward"},
         {"op": "order", "path": "layers", "children": ["0"]},
+        {"op": "order", "path": "layers", "children": [0, 1, 2, 3, 4, 5]},
         {"op": "exec", "path": ""},
         "set",
     ],

@@ -257,7 +257,11 @@ def apply_structure(skeleton: nn.Module, edits: list[dict[str, Any]]) -> nn.Modu
         elif op == "order":
             children = _module_at(model, path)._modules
             order = edit.get("children")
-            if not isinstance(order, list) or sorted(map(str, order)) != sorted(children):
+            if (
+                not isinstance(order, list)
+                or not all(isinstance(child, str) for child in order)
+                or sorted(order) != sorted(children)
+            ):
                 raise ExportError(f"the order at '{path}' must list the children {list(children)}, got {order!r}")
             for child in order:
                 children[child] = children.pop(child)
