@@ -50,9 +50,16 @@ def test_an_optimizer_argument_torch_refuses_names_its_key() -> None:
         check_optimizer("method.optimizer", node)
 
 
+def test_a_model_an_export_cannot_describe_fails_before_training(make_config) -> None:
+    cfg = make_config("method=dense", "model._target_=torch.nn.Identity")
+    with pytest.raises(ConfigError, match=r"^model: the model 'torch.nn.Identity' is not a registered architecture"):
+        check_run_config(cfg)
+    check_run_config(make_config("method=dense", "model._target_=torch.nn.Identity", "evaluation.export=false"))
+
+
 def test_every_shipped_method_and_preset_passes(make_config) -> None:
     conf = Path(__file__).resolve().parents[1] / "conf"
-    for group in ("method", "experiment", "hardware"):
+    for group in ("method", "model", "experiment", "hardware"):
         for path in sorted((conf / group).glob("*.yaml")):
             check_run_config(make_config(f"{group}={path.stem}"))
 

@@ -13,7 +13,9 @@ import hydra
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from consparse.config import DESCRIPTIVE_KEYS
 from consparse.errors import ConfigError
+from consparse.models.registry import ArchitectureError, architecture_of_target, check_arguments
 from consparse.validation import check_int, check_range
 
 # The seeds every generator Lightning seeds accepts (numpy's bound).
@@ -24,12 +26,30 @@ _OPTIMIZER_WORDS = {"learning rate": "lr", "momentum": "momentum", "weight_decay
 
 
 def check_run_config(cfg: DictConfig) -> None:
-    """Raise ConfigError naming the first bad key among ``seed``, ``trainer.devices`` and the optimizer."""
+    """Raise ConfigError naming the first bad key among ``seed``, ``trainer.devices``, the optimizer and
+    (when the run exports its model) the model's architecture."""
     check_int("seed", cfg.get("seed"), 0, MAX_SEED)
     check_devices(OmegaConf.select(cfg, "trainer.devices"))
     optimizer = OmegaConf.select(cfg, "method.optimizer")
     if isinstance(optimizer, DictConfig):
         check_optimizer("method.optimizer", optimizer)
+    if OmegaConf.select(cfg, "evaluation.export", default=True) and isinstance(cfg.get("model"), DictConfig):
+        check_exportable(cfg.model)
+
+
+def check_exportable(model: DictConfig) -> None:
+    """The model can be exported as data: a registered architecture with JSON arguments.
+
+    Checked before training, so that a model the export cannot describe does not fail the run at its end.
+    """
+    try:
+        arguments = OmegaConf.to_container(model, resolve=True)
+        target = arguments.pop("_target_", None)
+        for key in DESCRIPTIVE_KEYS:
+            arguments.pop(key, None)
+        check_arguments(architecture_of_target(target), arguments)
+    except ArchitectureError as error:
+        raise ConfigError("model", f"{error}, or set evaluation.export=false") from None
 
 
 def check_devices(devices: Any) -> None:

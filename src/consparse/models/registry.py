@@ -101,6 +101,17 @@ def check_dataset_arguments(input_shape: Any, num_classes: Any) -> None:
         raise ArchitectureError(f"num_classes must be a positive integer, got {num_classes!r}")
 
 
+def architecture_of_target(target: Any) -> str:
+    """The registered name of the builder a config's ``_target_`` names; ArchitectureError if none."""
+    names = {_target_path(builder): name for name, builder in ARCHITECTURES.items()}
+    if target not in names:
+        raise ArchitectureError(
+            f"the model {target!r} is not a registered architecture; register its builder in "
+            "consparse.models.registry.ARCHITECTURES so that an export can name it"
+        )
+    return names[target]
+
+
 def describe_architecture(node: Mapping[str, Any] | DictConfig) -> dict[str, Any]:
     """``{architecture, arguments, input_shape, num_classes}`` for a model node.
 
@@ -112,14 +123,7 @@ def describe_architecture(node: Mapping[str, Any] | DictConfig) -> dict[str, Any
         architecture = plain["architecture"]
         arguments = dict(plain.get("arguments") or {})
     else:
-        target = plain.pop("_target_", None)
-        names = {_target_path(builder): name for name, builder in ARCHITECTURES.items()}
-        if target not in names:
-            raise ArchitectureError(
-                f"the model {target!r} is not a registered architecture; register its builder in "
-                "consparse.models.registry.ARCHITECTURES so that an export can name it"
-            )
-        architecture = names[target]
+        architecture = architecture_of_target(plain.pop("_target_", None))
         arguments = {k: v for k, v in plain.items() if k not in (*DATASET_ARGUMENTS, *DESCRIPTIVE_KEYS)}
     arguments = {k: list(v) if isinstance(v, tuple) else v for k, v in arguments.items()}
     check_arguments(architecture, arguments)
