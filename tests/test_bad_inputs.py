@@ -57,6 +57,11 @@ def test_a_model_an_export_cannot_describe_fails_before_training(make_config) ->
     check_run_config(make_config("method=dense", "model._target_=torch.nn.Identity", "evaluation.export=false"))
 
 
+def test_a_nesterov_refusal_names_nesterov(make_config) -> None:
+    with pytest.raises(ConfigError, match=r"^method\.optimizer\.nesterov: torch.optim.SGD refuses it"):
+        check_run_config(make_config("method=dense", "method.optimizer.nesterov=true", "method.optimizer.momentum=0"))
+
+
 def test_every_shipped_method_and_preset_passes(make_config) -> None:
     conf = Path(__file__).resolve().parents[1] / "conf"
     for group in ("method", "model", "experiment", "hardware"):

@@ -1,4 +1,5 @@
-"""Checks of the run-level config keys no constructor owns: ``seed``, ``trainer.devices``, the optimizer.
+"""Checks of the run-level config keys no constructor owns: ``seed``, ``trainer.devices``, the optimizer,
+and whether the model can be exported as data.
 
 They run twice, like the run-directory check: in ``RunDirGuard`` before Hydra writes anything into
 the run directory, and in ``consparse.train.run`` (for callers that bypass Hydra, and for the jobs
@@ -20,9 +21,10 @@ from consparse.validation import check_int, check_range
 
 # The seeds every generator Lightning seeds accepts (numpy's bound).
 MAX_SEED = 2**32 - 1
-# The optimizer arguments torch checks itself, by the word its ValueError uses for each.
-_OPTIMIZER_WORDS = {"learning rate": "lr", "momentum": "momentum", "weight_decay": "weight_decay",
-                    "beta": "betas", "epsilon": "eps", "dampening": "dampening", "nesterov": "nesterov"}
+# The optimizer arguments torch checks itself, by the word its ValueError uses for each (first match
+# wins: a Nesterov message also speaks of momentum).
+_OPTIMIZER_WORDS = {"Nesterov": "nesterov", "learning rate": "lr", "momentum": "momentum",
+                    "weight_decay": "weight_decay", "beta": "betas", "epsilon": "eps", "dampening": "dampening"}
 
 
 def check_run_config(cfg: DictConfig) -> None:
