@@ -21,8 +21,9 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from consparse.errors import RunDirError
+from consparse.errors import ConfigError, ConsparseError, RunDirError
 from consparse.report.results import RESULTS_FILE, read_results
+from consparse.run_config import check_run_config
 
 IDENTITY_FILE = "run_identity.yaml"
 CHECKPOINT_DIR = "checkpoints"
@@ -92,9 +93,21 @@ def holds_a_run(run_dir: Path) -> bool:
         return True  # unreadable: keep it
 
 
+def make_run_dir(run_dir: Path, field: str = "hydra.run.dir") -> None:
+    """Create ``run_dir`` (and its parents) or raise ConfigError naming ``field`` and the reason."""
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise ConfigError(
+            field, f"cannot create the run directory {run_dir} ({error.strerror}); choose a directory you can write"
+        ) from None
+    if not os.access(run_dir, os.W_OK | os.X_OK):
+        raise ConfigError(field, f"the run directory {run_dir} is not writable; choose a directory you can write")
+
+
 def claim_run_dir(run_dir: Path, cfg: DictConfig) -> None:
     """Mark ``run_dir`` as this experiment's (after ``check_run_dir``) and archive an earlier results.json."""
-    run_dir.mkdir(parents=True, exist_ok=True)
+    make_run_dir(run_dir, "paths.output_dir")
     OmegaConf.save(OmegaConf.create(run_identity(cfg)), run_dir / IDENTITY_FILE)
     archive_previous_results(run_dir)
 
@@ -113,7 +126,8 @@ def archive_previous_results(run_dir: Path) -> Path | None:
 
 
 class RunDirGuard(Callback):
-    """Refuse a run directory of another experiment before Hydra writes ``.hydra/`` and the log into it.
+    """Refuse a bad run-level value (``consparse.run_config``), a run directory of another experiment or
+    one that cannot be created, before Hydra writes ``.hydra/`` and the log into it.
 
     Registered in ``conf/config.yaml`` (``hydra.callbacks.run_dir_guard``); Hydra calls
     ``on_run_start`` after composing the config and before creating the job's directory. Only
@@ -125,7 +139,9 @@ class RunDirGuard(Callback):
             return  # DDP processes started for a run share the directory rank 0 checked
         run_dir = Path(os.path.abspath(str(config.hydra.run.dir)))
         try:
+            check_run_config(config)
             check_run_dir(run_dir, config, resume=config.get("resume") is True)
-        except RunDirError as error:
+            make_run_dir(run_dir)
+        except ConsparseError as error:
             print(f"consparse: error: {error}", file=sys.stderr)
             sys.exit(2)

@@ -20,6 +20,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from consparse.callbacks import EpochSummary, TrainTimer
+from consparse.checkpoint_io import SafeCheckpointIO
 from consparse.compress.count import model_stats
 from consparse.compress.evaluate import compression_curve, evaluate_accuracy
 from consparse.compress.export import export_model
@@ -33,6 +34,7 @@ from consparse.loggers import finish_wandb, instantiate_logger, log_results
 from consparse.methods import SparseMethod, build_method
 from consparse.models import build_model
 from consparse.report.results import write_results
+from consparse.run_config import check_run_config
 from consparse.run_dir import (
     CHECKPOINT_DIR,
     LAST_CHECKPOINT,
@@ -71,12 +73,14 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     try:
         return _train_and_measure(cfg, run_dir, identity, ckpt_path)
     except BaseException as exc:  # recorded, then re-raised below unless a sweep goes on
+        target = OmegaConf.select(cfg, "method.target_density")
         failure = {
             **identity,
             "status": "failed",
             "error": f"{type(exc).__name__}: {exc}",
             "traceback": None if isinstance(exc, ConsparseError) else traceback.format_exc(),
-            "target_density": OmegaConf.select(cfg, "method.target_density"),
+            # A layer-wise target is a ListConfig, which JSON cannot hold.
+            "target_density": OmegaConf.to_container(target) if OmegaConf.is_config(target) else target,
         }
         if rank == 0:
             write_results(run_dir, failure)
@@ -92,6 +96,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 def _train_and_measure(
     cfg: DictConfig, run_dir: Path, identity: dict[str, Any], ckpt_path: Path | None
 ) -> dict[str, Any]:
+    check_run_config(cfg)
     _check_hardware(cfg)
     _check_trainer(cfg)
     _check_resume(cfg)
@@ -221,6 +226,7 @@ def _build_trainer(cfg: DictConfig, run_dir: Path, timer: TrainTimer) -> pl.Trai
         callbacks=callbacks,
         logger=loggers or False,
         enable_model_summary=False,
+        plugins=[SafeCheckpointIO()],
     )
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import copy
 import json
+import os
+import stat
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any
@@ -14,6 +16,7 @@ from omegaconf import OmegaConf
 from torch import nn
 
 from consparse.compress.export import (
+    LAYER_TYPES,
     ExportError,
     apply_structure,
     describe_structure,
@@ -24,6 +27,9 @@ from consparse.compress.layers import ChannelScatter, IndexSelect, LowRankConv2d
 from consparse.compress.lowrank import lowrank_decompose
 from consparse.compress.prune import magnitude_prune
 from consparse.models.mlp import MLP
+from consparse.models.registry import ARCHITECTURES
+
+from .conftest import tiny_cnn, tiny_resnet
 
 MLP_SPEC = {
     "_target_": "consparse.models.mlp.MLP",
@@ -35,34 +41,26 @@ MLP_SPEC = {
 CONFIG = {"method": {"name": "dense"}, "seed": 3}
 
 
-def node(target: str, **kwargs: Any) -> dict[str, Any]:
-    return {"_target_": target, **kwargs}
+def architecture(name: str, **arguments: Any) -> dict[str, Any]:
+    """An architecture description of a test architecture (shape and classes unused by its builder)."""
+    return {"architecture": name, "arguments": arguments, "input_shape": [1], "num_classes": 1}
 
 
-def sequential(*children: dict[str, Any]) -> dict[str, Any]:
-    return {"_target_": "torch.nn.Sequential", "_args_": list(children)}
+@pytest.fixture(autouse=True)
+def test_architectures(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The conftest's tiny models and a few single layers, registered as architectures for these tests."""
+    builders = {
+        "tiny_cnn": lambda input_shape, num_classes: tiny_cnn(),
+        "tiny_resnet": lambda input_shape, num_classes: tiny_resnet(),
+        "linear": lambda input_shape, num_classes, in_features, out_features: nn.Linear(in_features, out_features),
+        "tied_pair": lambda input_shape, num_classes: nn.Sequential(nn.Linear(4, 4), nn.Tanh(), nn.Linear(4, 4)),
+    }
+    for name, builder in builders.items():
+        monkeypatch.setitem(ARCHITECTURES, name, builder)
 
 
-# The conftest's tiny_cnn and tiny_resnet, as Hydra nodes.
-CNN_SPEC = sequential(
-    node("torch.nn.Conv2d", in_channels=3, out_channels=8, kernel_size=3, padding=1),
-    node("torch.nn.BatchNorm2d", num_features=8),
-    node("torch.nn.ReLU"),
-    node("torch.nn.Conv2d", in_channels=8, out_channels=12, kernel_size=3, stride=2, padding=2, dilation=2),
-    node("torch.nn.ReLU"),
-    node("torch.nn.AdaptiveAvgPool2d", output_size=1),
-    node("torch.nn.Flatten"),
-    node("torch.nn.Linear", in_features=12, out_features=5),
-)
-RESNET_SPEC = sequential(
-    node("torch.nn.Conv2d", in_channels=3, out_channels=8, kernel_size=3, padding=1, bias=False),
-    node("torch.nn.BatchNorm2d", num_features=8),
-    node("torch.nn.ReLU"),
-    node("torchvision.models.resnet.BasicBlock", inplanes=8, planes=8),
-    node("torch.nn.AdaptiveAvgPool2d", output_size=1),
-    node("torch.nn.Flatten"),
-    node("torch.nn.Linear", in_features=8, out_features=4),
-)
+CNN_SPEC = architecture("tiny_cnn")
+RESNET_SPEC = architecture("tiny_resnet")
 
 
 def round_trip(model: nn.Module, spec: dict[str, Any], run_dir: Path, x: torch.Tensor) -> nn.Module:
@@ -85,7 +83,8 @@ def test_plain_mlp_round_trip_needs_no_structure(small_mlp: MLP, tmp_path: Path,
     description = json.loads((tmp_path / "export" / "model.json").read_text())
     assert description["structure"] == []
     assert description["config"] == CONFIG
-    assert description["model_spec"] == MLP_SPEC
+    assert (description["architecture"], description["arguments"]) == ("mlp", {"hidden": [16, 8]})
+    assert (description["input_shape"], description["num_classes"]) == ([12], 4)
     check()
 
 
@@ -177,27 +176,20 @@ def test_a_float64_model_comes_back_in_float64(small_mlp: MLP, tmp_path: Path) -
 def test_tied_weights_are_exported(tmp_path: Path) -> None:
     shared = nn.Linear(4, 4)
     model = nn.Sequential(shared, nn.Tanh(), shared)
-    spec = sequential(
-        node("torch.nn.Linear", in_features=4, out_features=4),
-        node("torch.nn.Tanh"),
-        node("torch.nn.Linear", in_features=4, out_features=4),
-    )
-    round_trip(model, spec, tmp_path, torch.randn(2, 4))
+    round_trip(model, architecture("tied_pair"), tmp_path, torch.randn(2, 4))
 
 
 def test_a_model_of_another_class_exports_with_its_own_spec(tmp_path: Path) -> None:
-    model = LowRankLinear(12, 3, 4)
-    model.export_spec = node(
-        "consparse.compress.layers.LowRankLinear", in_features=12, rank=3, out_features=4
-    )
-    round_trip(model, MLP_SPEC, tmp_path, torch.randn(2, 12))
-    assert json.loads((tmp_path / "export" / "model.json").read_text())["model_spec"] == model.export_spec
+    model = MLP([12], 4, hidden=(5,))
+    model.export_spec = {"_target_": "consparse.models.mlp.MLP", "input_shape": [12], "num_classes": 4, "hidden": [5]}
+    round_trip(model, CNN_SPEC, tmp_path, torch.randn(2, 12))
+    assert json.loads((tmp_path / "export" / "model.json").read_text())["arguments"] == {"hidden": [5]}
 
 
 def test_a_root_of_another_class_is_described_when_it_can_be(small_mlp: MLP, tmp_path: Path) -> None:
     round_trip(
         lowrank_decompose(nn.Linear(12, 12), 0.75),
-        node("torch.nn.Linear", in_features=12, out_features=12),
+        architecture("linear", in_features=12, out_features=12),
         tmp_path,
         torch.randn(2, 12),
     )
@@ -239,7 +231,17 @@ class Scale(nn.Module):
         return x * self.value
 
 
-def test_an_indescribable_module_fails_at_export_not_at_load(small_mlp: MLP, tmp_path: Path) -> None:
+def test_an_unregistered_layer_type_fails_at_export(small_mlp: MLP, tmp_path: Path) -> None:
+    small_mlp.layers[2] = Scale(2.0)
+    with pytest.raises(ExportError, match="Scale: it is not a layer type an export may build"):
+        export_model(small_mlp, tmp_path, CONFIG, MLP_SPEC)
+    assert not (tmp_path / "export").exists()
+
+
+def test_an_indescribable_module_fails_at_export_not_at_load(
+    small_mlp: MLP, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(LAYER_TYPES, "Scale", Scale)
     small_mlp.layers[2] = Scale(2.0)
     with pytest.raises(ExportError, match="constructor_kwargs"):
         export_model(small_mlp, tmp_path, CONFIG, MLP_SPEC)
@@ -260,7 +262,10 @@ class Holder(nn.Module):
         return x
 
 
-def test_a_non_json_constructor_argument_fails_at_export(small_mlp: MLP, tmp_path: Path) -> None:
+def test_a_non_json_constructor_argument_fails_at_export(
+    small_mlp: MLP, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(LAYER_TYPES, "Holder", Holder)
     small_mlp.layers[0] = Holder(object())
     with pytest.raises(ExportError, match="JSON"):
         export_model(small_mlp, tmp_path, CONFIG, MLP_SPEC)
@@ -283,3 +288,96 @@ def test_loading_uses_no_pickle(small_mlp: MLP, tmp_path: Path, monkeypatch: pyt
 def test_missing_export_names_the_expected_paths(tmp_path: Path) -> None:
     with pytest.raises(ExportError, match="model.json"):
         load_exported(tmp_path)
+
+
+# ----------------------------------------------------------------------------- files that try to run code
+def _plant(export_dir: Path, description: dict[str, Any], small_mlp: MLP) -> Path:
+    """A model.json beside a genuine model.safetensors (so only the description is hostile)."""
+    export_model(small_mlp, export_dir.parent, CONFIG, MLP_SPEC)
+    path = export_dir / "model.json"
+    path.write_text(json.dumps(description))
+    return path
+
+
+def _genuine(small_mlp: MLP, tmp_path: Path) -> dict[str, Any]:
+    export_model(small_mlp, tmp_path / "genuine", CONFIG, MLP_SPEC)
+    return json.loads((tmp_path / "genuine" / "export" / "model.json").read_text())
+
+
+def _payloads(marker: Path, genuine: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Descriptions that would create ``marker`` if any callable they name were imported or called."""
+    opener = {"_target_": "builtins.open", "_args_": [str(marker), "w"]}
+    set_open = {"op": "set", "path": "layers.9", "type": "builtins.open", "kwargs": {"file": str(marker), "mode": "w"}}
+    return {
+        # The version 1 format, which went to Hydra's instantiate.
+        "v1 model_spec": {**genuine, "version": 1, "model_spec": opener},
+        "model_spec key": {**genuine, "model_spec": opener},
+        "architecture path": {**genuine, "architecture": "builtins.open", "arguments": {"file": str(marker)}},
+        "nested target": {**genuine, "arguments": {"hidden": opener}},
+        "unknown argument": {**genuine, "arguments": {"_target_": "builtins.open", "file": str(marker)}},
+        "structure type path": {**genuine, "structure": [set_open]},
+        "structure kwargs": {**genuine, "structure": [{**set_open, "type": "Linear", "kwargs": {"in_features": opener}}]},
+        "state file elsewhere": {**genuine, "state_file": "../../elsewhere.safetensors"},
+    }
+
+
+@pytest.mark.parametrize(
+    "case",
+    ["v1 model_spec", "model_spec key", "architecture path", "nested target", "unknown argument",
+     "structure type path", "structure kwargs", "state file elsewhere"],
+)
+def test_a_planted_description_runs_nothing_and_names_the_file(small_mlp: MLP, tmp_path: Path, case: str) -> None:
+    marker = tmp_path / "pwned"
+    path = _plant(tmp_path / "run" / "export", _payloads(marker, _genuine(small_mlp, tmp_path))[case], small_mlp)
+    with pytest.raises(ExportError, match=str(path)):
+        load_exported(tmp_path / "run")
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize(
+    "edit",
+    [
+        {"op": "set", "path": "layers.training", "type": "Identity", "kwargs": {}},
+        {"op": "set", "path": "layers/../x", "type": "Identity", "kwargs": {}},
+        {"op": "delete", "path": "layers.forward"},
+        {"op": "order", "path": "layers", "children": ["0"]},
+        {"op": "order", "path": "layers", "children": [0, 1, 2, 3, 4, 5]},
+        {"op": "exec", "path": ""},
+        "set",
+    ],
+)
+def test_a_malformed_structure_edit_is_an_export_error(small_mlp: MLP, tmp_path: Path, edit: Any) -> None:
+    path = _plant(tmp_path / "run" / "export", {**_genuine(small_mlp, tmp_path), "structure": [edit]}, small_mlp)
+    with pytest.raises(ExportError, match=str(path)):
+        load_exported(path)
+
+
+@pytest.mark.parametrize("text", ["{not json", "[1, 2]", ""])
+def test_an_unreadable_description_is_an_export_error(tmp_path: Path, text: str) -> None:
+    (tmp_path / "model.json").write_text(text)
+    with pytest.raises(ExportError, match=str(tmp_path / "model.json")):
+        load_exported(tmp_path)
+
+
+def test_a_corrupt_state_file_is_an_export_error(small_mlp: MLP, tmp_path: Path) -> None:
+    export_model(small_mlp, tmp_path, CONFIG, MLP_SPEC)
+    (tmp_path / "export" / "model.safetensors").write_bytes(b"\x00" * 20)
+    with pytest.raises(ExportError, match="model.json"):
+        load_exported(tmp_path)
+
+
+def test_an_unregistered_architecture_fails_at_export(small_mlp: MLP, tmp_path: Path) -> None:
+    with pytest.raises(ExportError, match="not a registered architecture"):
+        export_model(small_mlp, tmp_path, CONFIG, {**MLP_SPEC, "_target_": "torch.nn.Sequential"})
+    assert not (tmp_path / "export").exists()
+
+
+def test_export_files_follow_the_umask(small_mlp: MLP, tmp_path: Path) -> None:
+    previous = os.umask(0o027)
+    try:
+        export_model(small_mlp, tmp_path, CONFIG, MLP_SPEC)
+    finally:
+        os.umask(previous)
+    for name in ("model.json", "model.safetensors"):
+        assert stat.S_IMODE((tmp_path / "export" / name).stat().st_mode) == 0o640
+    assert sorted(p.name for p in (tmp_path / "export").iterdir()) == ["model.json", "model.safetensors"]

@@ -33,6 +33,7 @@ import pytorch_lightning as pl
 import torch
 from torch import nn
 
+from consparse.checkpoint_io import CheckpointError, load_checkpoint
 from consparse.compress.count import density, nonzero_count
 from consparse.compress.evaluate import evaluate_accuracy
 from consparse.compress.export import ExportError, load_exported
@@ -99,9 +100,9 @@ def load_teacher(model: nn.Module, path: str) -> Path:
             raise ConfigError(field, str(error)) from None
     else:
         try:
-            loaded = torch.load(candidate, map_location="cpu", weights_only=True)
-        except Exception as error:  # noqa: BLE001 - any unreadable file is the same config error
-            raise ConfigError(field, f"{candidate} is not a readable torch checkpoint ({type(error).__name__}: {error})") from None
+            loaded = load_checkpoint(candidate)
+        except CheckpointError as error:
+            raise ConfigError(field, str(error)) from None
         state = loaded.get("state_dict", loaded) if isinstance(loaded, dict) else None
         if not isinstance(state, dict):
             raise ConfigError(field, f"{candidate} holds no state_dict")

@@ -1,18 +1,18 @@
 """The ``results.json`` contract: one file per run, in the run directory.
 
 Written atomically (temporary file, then rename) so that an interrupted write never leaves a
-truncated file beside a previous good one.
+truncated file beside a previous good one, with the user's umask like every other file of the run.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
+
+from consparse.atomic_write import write_atomically
 
 RESULTS_FILE = "results.json"
 SCHEMA_VERSION = 1
@@ -83,7 +83,7 @@ def to_jsonable(value: Any) -> Any:
     """Convert tensors, numpy scalars, paths and non-finite floats into plain JSON values."""
     if isinstance(value, Mapping):
         return {str(k): to_jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
+    if isinstance(value, Sequence) and not isinstance(value, (str, bytes)):  # lists, tuples, ListConfig
         return [to_jsonable(v) for v in value]
     if isinstance(value, Path):
         return str(value)
@@ -100,13 +100,7 @@ def write_results(run_dir: str | Path, results: Mapping[str, Any]) -> Path:
     validate_results(payload)
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    target = run_dir / RESULTS_FILE
-    fd, tmp = tempfile.mkstemp(prefix=".results.", suffix=".json", dir=run_dir)
-    with os.fdopen(fd, "w") as handle:
-        json.dump(payload, handle, indent=2, sort_keys=False)
-        handle.write("\n")
-    os.replace(tmp, target)
-    return target
+    return write_atomically(run_dir / RESULTS_FILE, json.dumps(payload, indent=2, sort_keys=False) + "\n")
 
 
 def read_results(path: str | Path) -> dict[str, Any]:
