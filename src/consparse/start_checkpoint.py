@@ -10,10 +10,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
 from omegaconf import DictConfig
 from torch import nn
 
+from consparse.checkpoint_io import load_checkpoint
 from consparse.errors import ConfigError
 
 KEY = "ckpt_path"
@@ -39,7 +39,7 @@ def check_checkpoint_fits(path: Path, method: nn.Module) -> None:
     long traceback.
     """
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        checkpoint = load_checkpoint(path)
         saved = {key: tuple(tensor.shape) for key, tensor in checkpoint["state_dict"].items()}
     except Exception as error:  # noqa: BLE001 - any unreadable file is the same user error
         reason = " ".join(f"{type(error).__name__}: {error}".split())
