@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from consparse.compress.count import count_macs, count_params, density
+from consparse.compress.count import count_macs, count_params, density, flop_profile
 from consparse.compress.lowrank import decomposable_layers, lowrank_decompose
 from consparse.compress.prune import Scope, filter_prunable_layers, filter_prune, magnitude_prune_amounts
 from consparse.errors import ConfigError
@@ -191,6 +191,8 @@ def compression_curve(
     if recalibrate_loader is not None and recalibrate_batches > 0 and models:
         models = recalibrate_batchnorms(models, recalibrate_loader, recalibrate_batches, device)
     accuracies = evaluate_accuracies(models, test_loader, device) if models else []
+    # Pruning keeps the structure: one FlopCounter pass serves every pruned copy.
+    profile = flop_profile(model, input_shape) if models else None
     return [
         {
             "kind": kind,
@@ -198,7 +200,7 @@ def compression_curve(
             "test_accuracy": accuracy,
             "density": density(compressed, reference),
             "params": count_params(compressed, nonzero_only=kind != "lowrank"),
-            "macs": count_macs(compressed, input_shape, sparse=True),
+            "macs": count_macs(compressed, input_shape, sparse=True, profile=profile if kind != "lowrank" else None),
         }
         for (kind, amount, _), compressed, accuracy in zip(points, models, accuracies)
     ]

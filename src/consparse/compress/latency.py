@@ -66,22 +66,23 @@ def _time_passes(
 ) -> tuple[list[float], int]:
     """Per-pass seconds of each timed block and the number of timed passes.
 
-    Times passes for ``min(run_time, what is left of allowance after the warmup)`` seconds, at
-    least ``min_repeats`` of them. The first timed pass, on its own, estimates a pass's cost.
+    Times passes until they add up to ``min(run_time, what is left of allowance after the
+    warmup)`` seconds, and at least ``min_repeats`` of them. The first timed pass, on its own,
+    sets the block size.
     """
     start = time.perf_counter()
     for _ in range(warmup):
         forward()
-    blocks = [_seconds_per_pass(forward, 1)]
-    per_pass = max(blocks[0], 1e-9)
     target = min(run_time, allowance - (time.perf_counter() - start))
-    repeats = max(min_repeats, math.floor(target / per_pass) if target > 0 else 0)
-    block = max(1, math.ceil(BLOCK_SECONDS / per_pass))
-    remaining = repeats - 1
-    while remaining > 0:
-        passes = min(block, remaining)
-        blocks.append(_seconds_per_pass(forward, passes))
-        remaining -= passes
+    first = _seconds_per_pass(forward, 1)
+    blocks, repeats, timed = [first], 1, first
+    block = max(1, math.ceil(BLOCK_SECONDS / max(first, 1e-9)))
+    while repeats < min_repeats or timed < target:
+        passes = block if repeats >= min_repeats else min(block, min_repeats - repeats)
+        seconds = _seconds_per_pass(forward, passes)
+        blocks.append(seconds)
+        repeats += passes
+        timed += seconds * passes
     return blocks, repeats
 
 
