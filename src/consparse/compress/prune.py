@@ -50,7 +50,7 @@ def _keep_mask(scores: torch.Tensor, n_prune: int, threshold: torch.Tensor | Non
         threshold = torch.kthvalue(flat, n_prune).values
     below = flat < threshold
     keep &= ~below
-    ties_to_remove = n_prune - int(below.sum())
+    ties_to_remove = n_prune - int(torch.count_nonzero(below))
     keep[(flat == threshold).nonzero().flatten()[:ties_to_remove]] = False
     return keep.reshape(scores.shape)
 
