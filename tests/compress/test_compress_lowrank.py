@@ -124,3 +124,16 @@ def test_factors_are_the_svd_factors_up_to_float32_rounding_and_sign(shape) -> N
     torch.testing.assert_close(second * signs.to(torch.float32), u[:, :rank].to(torch.float32), atol=1e-6, rtol=0)
     torch.testing.assert_close(first * signs[:, None].to(torch.float32),
                                (s[:rank, None] * vh[:rank]).to(torch.float32), atol=1e-6, rtol=0)
+
+
+def test_zero_input_columns_stay_exactly_zero_in_the_first_factor() -> None:
+    # A layer whose inputs 0 and 3 were pruned away (an L0 model's first layer): the decomposed
+    # layer keeps those zeros, so the curve's density and sparse MACs count them.
+    torch.manual_seed(0)
+    layer = nn.Linear(8, 6)
+    with torch.no_grad():
+        layer.weight[:, [0, 3]] = 0.0
+    decomposed = lowrank_decompose(layer, 0.7)
+    assert isinstance(decomposed, LowRankLinear)
+    assert torch.count_nonzero(decomposed[0].weight[:, [0, 3]]) == 0
+    assert torch.count_nonzero(decomposed[0].weight[:, [1, 2, 4, 5, 6, 7]]) == decomposed.rank * 6

@@ -36,7 +36,9 @@ def _factors(matrix: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tenso
     weight (512 x 4608: ~8x), and in float64 the kept factors agree with the SVD's far below
     float32 rounding except where ``s_r`` and ``s_{r+1}`` nearly coincide (where the truncation
     itself is not unique). Each pair of singular vectors may come out with the opposite sign,
-    which leaves the product, the layer's output, unchanged.
+    which leaves the product, the layer's output, unchanged. Where the SVD leaves rounding noise
+    (~1e-17) the first factor has the exact zeros of ``W``'s zero columns (``U_r^T W``), so a
+    decomposed sparse layer counts those zeros in its density and sparse MACs.
     """
     weight = matrix.detach().to(torch.float64)
     rows, cols = weight.shape
