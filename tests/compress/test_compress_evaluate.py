@@ -10,7 +10,12 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from consparse.compress.count import count_macs, count_params, density
-from consparse.compress.evaluate import compression_curve, evaluate_accuracies, evaluate_accuracy, recalibrate_batchnorm
+from consparse.compress.evaluate import (
+    compression_curve,
+    evaluate_accuracies,
+    evaluate_accuracy,
+    recalibrate_batchnorm,
+)
 from consparse.compress.lowrank import lowrank_decompose
 from consparse.compress.prune import filter_prune, magnitude_prune
 from consparse.errors import ConfigError

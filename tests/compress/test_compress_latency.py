@@ -42,7 +42,7 @@ class _SlowCounted(nn.Module):
         self.seconds = seconds
         self.calls = 0
 
-    def __deepcopy__(self, memo: dict) -> "_SlowCounted":
+    def __deepcopy__(self, memo: dict) -> _SlowCounted:
         return self  # the timed copy is this module, so its calls are counted here
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
