@@ -7,10 +7,20 @@ import time
 from typing import Any
 
 import pytorch_lightning as pl
+import torch
 
 
 class TrainTimer(pl.Callback):
-    """Wall-clock seconds spent in ``fit``, accumulated across resumed invocations via the checkpoint."""
+    """Wall-clock seconds spent in ``fit``, accumulated across resumed invocations via the checkpoint.
+
+    ``fit_record`` gives the epochs and seconds of the fit also when it ran in processes that a
+    spawn-based strategy (``ddp_spawn``) started: there the hooks run in the workers, and of their
+    state Lightning sends only ``callback_metrics`` back to the main process, so ``on_fit_end``
+    leaves the two figures there.
+    """
+
+    EPOCHS_KEY = "consparse/fit_epochs"
+    SECONDS_KEY = "consparse/fit_seconds"
 
     def __init__(self) -> None:
         self.seconds = 0.0
@@ -22,11 +32,20 @@ class TrainTimer(pl.Callback):
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.seconds = self.elapsed
         self._started = None
+        trainer.callback_metrics[self.EPOCHS_KEY] = torch.tensor(trainer.current_epoch)
+        trainer.callback_metrics[self.SECONDS_KEY] = torch.tensor(self.seconds, dtype=torch.float64)
 
     @property
     def elapsed(self) -> float:
         running = time.perf_counter() - self._started if self._started is not None else 0.0
         return self.seconds + running
+
+    def fit_record(self, trainer: pl.Trainer) -> tuple[int, float]:
+        """``(epochs completed, seconds in fit)`` of the trainer's fit, wherever it ran."""
+        metrics = trainer.callback_metrics
+        if self.SECONDS_KEY in metrics:
+            return int(metrics[self.EPOCHS_KEY]), float(metrics[self.SECONDS_KEY])
+        return int(trainer.current_epoch), self.elapsed
 
     def state_dict(self) -> dict[str, Any]:
         return {"seconds": self.elapsed}

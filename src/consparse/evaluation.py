@@ -12,6 +12,7 @@ from consparse.errors import ConfigError
 from consparse.validation import check_choice, check_int, check_range
 
 CURVE_KINDS = ("unstructured", "filter", "lowrank")
+LATENCY_KEYS = ("threads", "batch_size", "min_run_time", "rounds", "budget_s", "min_repeats", "warmup")
 
 
 @dataclass
@@ -22,7 +23,8 @@ class EvaluationSettings:
         compression_grid: ``{kind: [amounts removed]}`` for the compression curve (empty: no curve).
         recalibrate_bn_batches: training batches used to re-estimate BatchNorm statistics of each
             pruned model in the curve (0: off, as in the SFW paper).
-        latency: keyword arguments of ``measure_latency`` (threads, batch_size, min_run_time).
+        latency: keyword arguments of ``compare_latency`` (threads, batch_size, min_run_time, rounds,
+            budget_s, min_repeats, warmup).
         export: write the deployed model under ``export/``.
         device: ``auto`` (the training accelerator's device), ``cpu`` or ``cuda``.
     """
@@ -52,11 +54,23 @@ class EvaluationSettings:
         )
         check_int("evaluation.recalibrate_bn_batches", settings.recalibrate_bn_batches, 0)
         check_choice("evaluation.device", settings.device, ["auto", "cpu", "cuda"])
-        check_int("evaluation.latency.threads", settings.latency.get("threads", 1), 1)
-        check_int("evaluation.latency.batch_size", settings.latency.get("batch_size", 1), 1)
+        _check_latency(settings.latency)
         return settings
 
     def resolve_device(self, accelerator: str | None) -> torch.device:
         if self.device == "cpu" or (self.device == "auto" and accelerator not in ("gpu", "cuda")):
             return torch.device("cpu")
         return torch.device("cuda")
+
+
+def _check_latency(latency: dict[str, Any]) -> None:
+    for key in latency:
+        check_choice("evaluation.latency", key, LATENCY_KEYS)
+    check_int("evaluation.latency.threads", latency.get("threads", 1), 1)
+    check_int("evaluation.latency.batch_size", latency.get("batch_size", 1), 1)
+    check_int("evaluation.latency.rounds", latency.get("rounds", 1), 1)
+    check_int("evaluation.latency.min_repeats", latency.get("min_repeats", 1), 1)
+    check_int("evaluation.latency.warmup", latency.get("warmup", 0), 0)
+    check_range("evaluation.latency.min_run_time", latency.get("min_run_time", 1.0), 0.0, low_inclusive=False)
+    if latency.get("budget_s") is not None:
+        check_range("evaluation.latency.budget_s", latency["budget_s"], 0.0, low_inclusive=False)

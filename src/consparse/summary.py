@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from consparse.timing import EVALUATION_PHASES, evaluation_seconds
+
 
 def _count(value: Any) -> str:
     if not isinstance(value, (int, float)):
@@ -27,7 +29,22 @@ def format_summary(results: dict[str, Any], run_dir: Path) -> str:
         ("latency", f"{results['latency_ms']:.3f} ms vs {results['dense_latency_ms']:.3f} ms dense "
                     f"(batch {results['latency'].get('batch_size')}, {results['latency'].get('threads')} thread(s))"),
         ("training", f"{results['epochs']} epochs, {results['train_seconds']:.1f} s"),
+        *_time_rows(results.get("phase_seconds") or {}),
         ("results", str(run_dir / "results.json")),
     ]
     width = max(len(name) for name, _ in rows)
     return "\n".join(["", "consparse results"] + [f"  {name.ljust(width)}  {value}" for name, value in rows])
+
+
+def _time_rows(phase_seconds: dict[str, float]) -> list[tuple[str, str]]:
+    """Where the run's time went: the phases, the evaluation after training in detail."""
+    if not phase_seconds:
+        return []
+    evaluation = evaluation_seconds(phase_seconds)
+    run = [f"{name} {seconds:.1f}" for name, seconds in phase_seconds.items() if name not in EVALUATION_PHASES]
+    details = [f"{name} {seconds:.1f}" for name, seconds in phase_seconds.items() if name in EVALUATION_PHASES]
+    total = sum(phase_seconds.values())
+    return [
+        ("time (s)", f"{total:.1f}: " + ", ".join([*run, f"evaluation {evaluation:.1f}"])),
+        ("evaluation (s)", ", ".join(details)),
+    ]

@@ -45,6 +45,7 @@ from consparse.run_dir import (
 )
 from consparse.start_checkpoint import check_checkpoint_fits, start_checkpoint
 from consparse.summary import format_summary
+from consparse.timing import PhaseTimer
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +97,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 def _train_and_measure(
     cfg: DictConfig, run_dir: Path, identity: dict[str, Any], ckpt_path: Path | None
 ) -> dict[str, Any]:
+    phases = PhaseTimer()
     check_run_config(cfg)
     _check_hardware(cfg)
     _check_trainer(cfg)
@@ -119,20 +121,25 @@ def _train_and_measure(
     trainer = _build_trainer(cfg, run_dir, timer)
     if ckpt_path is not None:
         log.info("resuming from %s", ckpt_path)
+    phases.lap("setup")
     trainer.fit(method, datamodule=datamodule, ckpt_path=str(ckpt_path) if ckpt_path else None)
+    phases.lap("fit")
 
     deployed = method.finalize(datamodule)
+    phases.lap("finalize")
     if not trainer.is_global_zero:
         return {}
-    results = _measure(cfg, method, deployed, datamodule, settings, run_dir)
+    results = _measure(cfg, method, deployed, datamodule, settings, run_dir, phases)
     results.update(identity)
+    epochs, train_seconds = timer.fit_record(trainer)
     results.update(
         status="completed",
         target_density=method.target_density,
-        train_seconds=round(timer.elapsed, 3),
-        epochs=int(trainer.current_epoch),
+        train_seconds=round(train_seconds, 3),
+        epochs=epochs,
     )
     results["hardware"] = _hardware_record(trainer)
+    results["phase_seconds"] = phases.as_dict()
     write_results(run_dir, results)
     log_results(trainer.loggers, results, run_dir, trainer.global_step, OmegaConf.select(cfg, "logger.wandb.log_model"))
     print(format_summary(results, run_dir), flush=True)
@@ -146,8 +153,14 @@ def _measure(
     datamodule: ConsparseDataModule,
     settings: EvaluationSettings,
     run_dir: Path,
+    phases: PhaseTimer | None = None,
 ) -> dict[str, Any]:
-    """Everything results.json reports about the deployed model, measured with the shared compress code."""
+    """Everything results.json reports about the deployed model, measured with the shared compress code.
+
+    ``phases`` books the seconds of each measurement (test_accuracy, model_stats, latency, curve,
+    export, method_metrics).
+    """
+    phases = phases or PhaseTimer()
     input_shape = datamodule.info.input_shape
     device = settings.resolve_device(cfg.trainer.get("accelerator"))
     reference = method.reference_model().eval()
@@ -155,9 +168,12 @@ def _measure(
     test_loader = datamodule.test_dataloader()
 
     accuracy = evaluate_accuracy(deployed, test_loader, device)
+    phases.lap("test_accuracy")
     stats = model_stats(deployed.cpu(), input_shape, reference.cpu())
+    phases.lap("model_stats")
     latencies = compare_latency({"deployed": deployed.cpu(), "dense": reference.cpu()}, input_shape, **settings.latency)
     latency, dense_latency = latencies["deployed"], latencies["dense"]
+    phases.lap("latency")
 
     curve: list[dict[str, Any]] = []
     base = method.compression_base()
@@ -172,6 +188,7 @@ def _measure(
             recalibrate_batches=settings.recalibrate_bn_batches,
             device=device,
         )
+    phases.lap("curve")
 
     export_path = None
     if settings.export:
@@ -179,6 +196,9 @@ def _measure(
                 "num_classes": datamodule.info.num_classes}
         spec.pop("name", None)
         export_path = export_model(deployed.cpu(), run_dir, OmegaConf.to_container(cfg, resolve=True), spec)
+    phases.lap("export")
+    method_metrics = method.method_metrics()
+    phases.lap("method_metrics")
 
     return {
         "test_accuracy": accuracy,
@@ -193,7 +213,7 @@ def _measure(
         "dense_latency_ms": dense_latency["ms"],
         "latency": {k: v for k, v in latency.items() if k != "ms"},
         "compression_curve": curve,
-        "method_metrics": method.method_metrics(),
+        "method_metrics": method_metrics,
         "export": export_path,
     }
 

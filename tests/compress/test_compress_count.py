@@ -11,6 +11,7 @@ from consparse.compress.count import (
     count_macs_breakdown,
     count_params,
     density,
+    flop_profile,
     model_stats,
     nonzero_count,
     numel_count,
@@ -214,3 +215,33 @@ def test_model_stats_bundle(mnist_mlp: MLP) -> None:
         "dense_params",
         "dense_macs",
     }
+
+
+def test_a_profile_of_the_unpruned_model_counts_its_pruned_copies_alike(lenet: nn.Sequential) -> None:
+    profile = flop_profile(lenet, [1, 28, 28])
+    for amount in (0.0, 0.5, 0.95):
+        pruned = magnitude_prune(lenet, amount)
+        assert count_macs_breakdown(pruned, [1, 28, 28], profile=profile) == count_macs_breakdown(pruned, [1, 28, 28])
+    assert count_macs(lenet, [1, 28, 28], sparse=False, profile=profile) == count_macs(lenet, [1, 28, 28], sparse=False)
+
+
+class _CountsItsLatestForward(TwoMatrices):
+    """A self-counting module whose count depends on its latest forward pass, as the implicit model's does."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.forwards = 0
+
+    def macs_per_sample(self) -> int:
+        return 1000 * self.forwards
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.forwards += 1
+        return super().forward(x)
+
+
+def test_a_profile_is_not_used_for_a_model_with_self_counting_modules() -> None:
+    model = nn.Sequential(nn.Linear(6, 6, bias=False), _CountsItsLatestForward())
+    profile = flop_profile(model, [6])
+    # Counted on a fresh copy whose module ran once in the counter, as without a profile.
+    assert count_macs(model, [6], profile=profile) == count_macs(model, [6]) == 36 + 1000

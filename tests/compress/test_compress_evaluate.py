@@ -9,7 +9,15 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from consparse.compress.evaluate import compression_curve, evaluate_accuracy, recalibrate_batchnorm
+from consparse.compress.count import count_macs, count_params, density
+from consparse.compress.evaluate import (
+    compression_curve,
+    evaluate_accuracies,
+    evaluate_accuracy,
+    recalibrate_batchnorm,
+)
+from consparse.compress.lowrank import lowrank_decompose
+from consparse.compress.prune import filter_prune, magnitude_prune
 from consparse.errors import ConfigError
 from consparse.models.mlp import MLP
 from consparse.report.results import CURVE_KEYS, CURVE_KINDS
@@ -135,3 +143,70 @@ def test_compression_curve_rejects_unknown_kinds_and_amounts(small_mlp: MLP) -> 
         compression_curve(small_mlp, loader, {"channels": [0.5]}, [12], reference=small_mlp)
     with pytest.raises(ConfigError, match="evaluation.compression_grid.lowrank"):
         compression_curve(small_mlp, loader, {"lowrank": [1.0]}, [12], reference=small_mlp)
+
+
+class _CountingLoader:
+    """A loader that counts how often it is read from start to end."""
+
+    def __init__(self, loader: DataLoader) -> None:
+        self.loader = loader
+        self.passes = 0
+
+    def __iter__(self):
+        self.passes += 1
+        return iter(self.loader)
+
+
+def _point_by_point(model, test_loader, grid, input_shape, reference, recalibrate_loader=None, batches=0):
+    """The compression curve evaluated one compressed model at a time, as it was computed before."""
+    points = []
+    for kind in ("unstructured", "filter", "lowrank"):
+        for amount in grid.get(kind, ()):
+            if kind == "unstructured":
+                compressed = magnitude_prune(model, amount)
+            elif kind == "filter":
+                compressed = filter_prune(model, amount, include_linear=False)
+            else:
+                compressed = lowrank_decompose(model, amount)
+            if batches:
+                compressed = recalibrate_batchnorm(compressed, recalibrate_loader, batches)
+            points.append({"kind": kind, "amount": amount, "test_accuracy": evaluate_accuracy(compressed, test_loader),
+                           "density": density(compressed, reference),
+                           "params": count_params(compressed, nonzero_only=kind != "lowrank"),
+                           "macs": count_macs(compressed, input_shape)})
+    return points
+
+
+def test_the_batched_curve_equals_the_point_by_point_evaluation_and_reads_the_data_once() -> None:
+    model, test_loader = trained_mlp()
+    counting = _CountingLoader(test_loader)
+    curve = compression_curve(model, counting, GRID, [12], reference=copy.deepcopy(model))
+    grid = {kind: amounts for kind, amounts in GRID.items() if kind != "filter"}  # no conv filters in an MLP
+    assert curve == _point_by_point(model, test_loader, grid, [12], model)
+    assert counting.passes == 1
+
+
+def test_the_batched_curve_of_a_cnn_with_recalibration_equals_the_point_by_point_one(small_cnn) -> None:
+    model = small_cnn.eval()
+    generator = torch.Generator().manual_seed(0)
+    images = torch.randn(48, 3, 8, 8, generator=generator)
+    data = TensorDataset(images, torch.randint(0, 5, (48,), generator=generator))
+    test_loader, train_loader = DataLoader(data, batch_size=16), _CountingLoader(DataLoader(data, batch_size=8))
+    grid = {"unstructured": [0.0, 0.5, 0.9], "filter": [0.25, 0.5], "lowrank": [0.5]}
+    curve = compression_curve(model, test_loader, grid, [3, 8, 8], reference=model,
+                              recalibrate_loader=train_loader, recalibrate_batches=3)
+    assert train_loader.passes == 1
+    assert curve == _point_by_point(model, test_loader, grid, [3, 8, 8], model, train_loader.loader, 3)
+
+
+def test_accuracies_of_several_models_come_from_one_pass(small_mlp: MLP, watch) -> None:
+    other = copy.deepcopy(small_mlp)
+    with torch.no_grad():
+        next(other.parameters()).mul_(-1)
+    small_mlp.train()
+    check = watch(small_mlp)
+    loader = _CountingLoader(DataLoader(blobs(40, 12, 4, seed=3), batch_size=8))
+    accuracies = evaluate_accuracies([small_mlp, other], loader)
+    check()
+    assert loader.passes == 1
+    assert accuracies == [evaluate_accuracy(small_mlp, loader.loader), evaluate_accuracy(other, loader.loader)]

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from torch import nn
 
 from consparse.compress.count import count_macs, count_params
 from consparse.compress.layers import LowRankConv2d, LowRankLinear
-from consparse.compress.lowrank import decomposable_layers, kept_rank, lowrank_decompose
+from consparse.compress.lowrank import _factors, decomposable_layers, kept_rank, lowrank_decompose
 from consparse.models.mlp import MLP
 
 
@@ -105,3 +106,34 @@ def test_the_input_model_is_not_modified(small_cnn, watch) -> None:
     check = watch(small_cnn)
     lowrank_decompose(small_cnn, 0.5)
     check()
+
+
+@pytest.mark.parametrize("shape", [(24, 120), (120, 24)])
+def test_factors_are_the_svd_factors_up_to_float32_rounding_and_sign(shape) -> None:
+    # A decaying spectrum as trained layers have, wide (conv-like) and tall (an expanding Linear).
+    generator = torch.Generator().manual_seed(0)
+    q_left = torch.linalg.qr(torch.randn(shape[0], shape[0], generator=generator, dtype=torch.float64))[0]
+    q_right = torch.linalg.qr(torch.randn(shape[1], shape[1], generator=generator, dtype=torch.float64))[0]
+    spectrum = torch.logspace(0, -3, min(shape), dtype=torch.float64)
+    weight = (q_left[:, : len(spectrum)] * spectrum) @ q_right[:, : len(spectrum)].T
+    weight = weight.to(torch.float32)
+    rank = 7
+    first, second = _factors(weight, rank)
+    u, s, vh = torch.linalg.svd(weight.to(torch.float64), full_matrices=False)
+    signs = torch.sign((second.to(torch.float64) * u[:, :rank]).sum(dim=0))
+    torch.testing.assert_close(second * signs.to(torch.float32), u[:, :rank].to(torch.float32), atol=1e-6, rtol=0)
+    torch.testing.assert_close(first * signs[:, None].to(torch.float32),
+                               (s[:rank, None] * vh[:rank]).to(torch.float32), atol=1e-6, rtol=0)
+
+
+def test_zero_input_columns_stay_exactly_zero_in_the_first_factor() -> None:
+    # A layer whose inputs 0 and 3 were pruned away (an L0 model's first layer): the decomposed
+    # layer keeps those zeros, so the curve's density and sparse MACs count them.
+    torch.manual_seed(0)
+    layer = nn.Linear(8, 6)
+    with torch.no_grad():
+        layer.weight[:, [0, 3]] = 0.0
+    decomposed = lowrank_decompose(layer, 0.7)
+    assert isinstance(decomposed, LowRankLinear)
+    assert torch.count_nonzero(decomposed[0].weight[:, [0, 3]]) == 0
+    assert torch.count_nonzero(decomposed[0].weight[:, [1, 2, 4, 5, 6, 7]]) == decomposed.rank * 6

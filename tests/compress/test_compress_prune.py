@@ -11,11 +11,14 @@ from torch.nn.utils import prune as torch_prune
 
 from consparse.compress.count import nonzero_count, numel_count, sparsifiable_weights
 from consparse.compress.prune import (
+    _keep_mask,
     apply_masks,
     compute_masks,
+    compute_masks_for_amounts,
     filter_prunable_layers,
     filter_prune,
     magnitude_prune,
+    magnitude_prune_amounts,
     prune_to_density,
 )
 from consparse.errors import ConfigError
@@ -183,3 +186,29 @@ def test_filter_prune_keeps_at_least_one_filter() -> None:
     pruned = filter_prune(model, 0.9)
     assert nonzero_count([pruned[0].weight]) == 9
     assert nonzero_count([pruned[1].weight]) == 1
+
+
+@pytest.mark.parametrize("scope", ["global", "layer"])
+def test_masks_for_several_amounts_are_the_masks_of_each_amount(small_resnet, scope) -> None:
+    # Ties and zeros at the thresholds: rounded magnitudes, a quarter of them already zero.
+    with torch.no_grad():
+        for weight in sparsifiable_weights(small_resnet).values():
+            weight.copy_(torch.round(weight * 8) / 8)
+    amounts = [0.0, 0.25, 0.5, 0.9, 0.99]
+    weights = sparsifiable_weights(small_resnet)
+    together = compute_masks_for_amounts(small_resnet, amounts, scope)
+    for amount, masks in zip(amounts, together):
+        # Each amount on its own, with torch's kthvalue threshold.
+        if scope == "layer":
+            alone = {name: _keep_mask(w.abs(), round(amount * w.numel())) for name, w in weights.items()}
+        else:
+            scores = torch.cat([w.detach().abs().reshape(-1) for w in weights.values()])
+            flat = _keep_mask(scores, round(amount * scores.numel())).split([w.numel() for w in weights.values()])
+            alone = {name: part.reshape(w.shape) for (name, w), part in zip(weights.items(), flat)}
+        assert masks.keys() == alone.keys()
+        assert all(torch.equal(masks[name], alone[name]) for name in masks)
+        assert all(torch.equal(masks[name], mask) for name, mask in compute_masks(small_resnet, amount, scope).items())
+    pruned = magnitude_prune_amounts(small_resnet, amounts, scope)
+    for amount, model in zip(amounts, pruned):
+        reference = magnitude_prune(small_resnet, amount, scope)
+        assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), reference.state_dict().values()))

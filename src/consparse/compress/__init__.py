@@ -14,9 +14,14 @@ from consparse.compress.count import (
     per_layer_density,
     sparsifiable_weights,
 )
-from consparse.compress.evaluate import compression_curve, evaluate_accuracy, recalibrate_batchnorm
+from consparse.compress.evaluate import (
+    compression_curve,
+    evaluate_accuracies,
+    evaluate_accuracy,
+    recalibrate_batchnorm,
+)
 from consparse.compress.export import export_model, load_exported
-from consparse.compress.latency import measure_latency
+from consparse.compress.latency import compare_latency, measure_latency
 from consparse.compress.layers import ChannelScatter, IndexSelect, LowRankConv2d, LowRankLinear
 from consparse.compress.lowrank import lowrank_decompose
 from consparse.compress.prune import (
@@ -24,6 +29,7 @@ from consparse.compress.prune import (
     compute_masks,
     filter_prune,
     magnitude_prune,
+    magnitude_prune_amounts,
     prune_to_density,
 )
 
@@ -34,17 +40,20 @@ __all__ = [
     "LowRankLinear",
     "ModelStats",
     "apply_masks",
+    "compare_latency",
     "compression_curve",
     "compute_masks",
     "count_macs",
     "count_params",
     "density",
+    "evaluate_accuracies",
     "evaluate_accuracy",
     "export_model",
     "filter_prune",
     "load_exported",
     "lowrank_decompose",
     "magnitude_prune",
+    "magnitude_prune_amounts",
     "measure_latency",
     "model_stats",
     "nonzero_count",

