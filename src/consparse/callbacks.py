@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import logging
 import sys
 import time
 from typing import Any
 
 import pytorch_lightning as pl
+import torch
+import torch.distributed as dist
+from torch import nn
+
+log = logging.getLogger(__name__)
 
 
 class TrainTimer(pl.Callback):
@@ -55,3 +61,62 @@ class EpochSummary(pl.Callback):
                 parts.append(f"{key} {float(metrics[key]):.4f}")
         parts.append(f"{self.timer.elapsed:.1f}s")
         print("  ".join(parts), file=sys.stdout, flush=True)
+
+
+class RankAgreement(pl.Callback):
+    """After fit, whether every DDP rank holds the same trained state; ``disagreeing`` names what differs.
+
+    Compared: the module's parameters and persistent buffers (Lagrange multipliers, ...) except
+    BatchNorm statistics (DDP hands rank 0's to every rank before each forward, so after the last
+    step each rank holds its own update), and every optimiser's state (momenta, Frank-Wolfe step
+    counts, ...). Each tensor is compared through two float64 checksums (sum and sum of squares),
+    gathered in one collective; ranks that take the same steps agree exactly.
+    ``disagreeing`` stays None in a single process.
+    """
+
+    def __init__(self) -> None:
+        self.disagreeing: list[str] | None = None
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.world_size == 1:
+            return
+        names, values = [], []
+        for name, value in _trained_state(pl_module, trainer.optimizers):
+            names.append(name)
+            values.append(torch.stack([value.sum(), value.square().sum()]))
+        if not values:
+            self.disagreeing = []
+            return
+        local = torch.stack(values)
+        parts = [torch.empty_like(local) for _ in range(trainer.world_size)]
+        dist.all_gather(parts, local)
+        gathered = torch.stack(parts)
+        same = (gathered == gathered[0]) | (gathered.isnan() & gathered[0].isnan())
+        differs = (~same).any(dim=2).any(dim=0).tolist()
+        self.disagreeing = [name for name, different in zip(names, differs) if different]
+        if self.disagreeing and trainer.is_global_zero:
+            log.warning("DDP ranks ended the fit with different states: %s", ", ".join(self.disagreeing))
+
+
+def _trained_state(module: nn.Module, optimizers: list[torch.optim.Optimizer]) -> list[tuple[str, torch.Tensor]]:
+    """``(name, float64 values)`` of what every rank must agree on (see ``RankAgreement``)."""
+    statistics = {
+        f"{name}.{buffer}"
+        for name, child in module.named_modules()
+        if isinstance(child, nn.modules.batchnorm._BatchNorm)
+        for buffer, _ in child.named_buffers(recurse=False)
+    }
+    state = [(name, tensor.detach().double()) for name, tensor in module.state_dict().items() if name not in statistics]
+    device = next((tensor.device for _, tensor in state), torch.device("cpu"))
+    names = {id(parameter): name for name, parameter in module.named_parameters()}
+    for index, optimizer in enumerate(optimizers):
+        for parameter, entries in optimizer.state.items():
+            for key, value in entries.items():
+                if isinstance(value, torch.Tensor):
+                    value = value.detach().double()
+                elif isinstance(value, (int, float)) and not isinstance(value, bool):
+                    value = torch.tensor(float(value), dtype=torch.float64)
+                else:
+                    continue
+                state.append((f"optimizer{index}.{names.get(id(parameter), '?')}.{key}", value.to(device)))
+    return state

@@ -11,17 +11,19 @@ import os
 import sys
 import traceback
 import uuid
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import hydra
 import pytorch_lightning as pl
 import torch
+import torch.distributed as dist
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from consparse.callbacks import EpochSummary, TrainTimer
+from consparse.callbacks import EpochSummary, RankAgreement, TrainTimer
 from consparse.compress.count import model_stats
 from consparse.compress.evaluate import compression_curve, evaluate_accuracy
 from consparse.compress.export import export_model
@@ -30,6 +32,7 @@ from consparse.config import instantiate_node, node_name
 from consparse.data.base import ConsparseDataModule
 from consparse.errors import ConfigError, ConsparseError
 from consparse.evaluation import EvaluationSettings
+from consparse.gates.sync_batchnorm import SyncBatchNormKeepingGates
 from consparse.methods import SparseMethod, build_method
 from consparse.models import build_model
 from consparse.report.results import write_results
@@ -46,6 +49,8 @@ from consparse.summary import format_summary
 log = logging.getLogger(__name__)
 
 WANDB_ID_FILE = "wandb_id.txt"
+# How long ranks > 0 wait for rank 0 to measure and write the results.
+RESULTS_TIMEOUT = timedelta(hours=24)
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
@@ -112,21 +117,39 @@ def _train_and_measure(
     trainer.fit(method, datamodule=datamodule, ckpt_path=str(ckpt_path) if ckpt_path else None)
 
     deployed = method.finalize(datamodule)
+    # Measuring, the compression curve and the export run once, on rank 0; the other ranks wait.
+    waiting = _results_barrier_group()
     if not trainer.is_global_zero:
+        dist.barrier(group=waiting)
         return {}
-    results = _measure(cfg, method, deployed, datamodule, settings, run_dir)
-    results.update(identity)
-    results.update(
-        status="completed",
-        target_density=method.target_density,
-        train_seconds=round(timer.elapsed, 3),
-        epochs=int(trainer.current_epoch),
-    )
-    results["hardware"] = _hardware_record(trainer)
-    write_results(run_dir, results)
+    try:
+        results = _measure(cfg, method, deployed, datamodule, settings, run_dir)
+        results.update(identity)
+        results.update(
+            status="completed",
+            target_density=method.target_density,
+            train_seconds=round(timer.elapsed, 3),
+            epochs=int(trainer.current_epoch),
+        )
+        results["hardware"] = _hardware_record(trainer)
+        write_results(run_dir, results)
+    finally:
+        if waiting is not None:
+            dist.barrier(group=waiting)
     _log_final_metrics(trainer, results)
     print(format_summary(results, run_dir), flush=True)
     return results
+
+
+def _results_barrier_group() -> dist.ProcessGroup | None:
+    """Under DDP, a gloo group for ranks > 0 to wait on while rank 0 measures (None in one process).
+
+    Its own group, not the training one: waiting on gloo blocks in a socket rather than spinning on
+    a GPU stream, and its timeout allows for a measurement longer than the training group's.
+    """
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return None
+    return dist.new_group(backend="gloo", timeout=RESULTS_TIMEOUT)
 
 
 def _measure(
@@ -202,16 +225,19 @@ def _build_trainer(cfg: DictConfig, run_dir: Path, timer: TrainTimer) -> pl.Trai
         every_n_epochs=1,
         enable_version_counter=False,
     )
-    callbacks: list[pl.Callback] = [timer, checkpoint]
+    callbacks: list[pl.Callback] = [timer, checkpoint, RankAgreement()]
     if not trainer_cfg["enable_progress_bar"]:
         callbacks.append(EpochSummary(timer))
     loggers = [_instantiate_logger(node, run_dir) for node in (cfg.logger or {}).values() if node is not None]
+    # Lightning's own sync_batchnorm conversion would turn gated BatchNorms into plain ones.
+    plugins = [SyncBatchNormKeepingGates()] if trainer_cfg.get("sync_batchnorm") else None
     return pl.Trainer(
         **trainer_cfg,
         default_root_dir=str(run_dir),
         callbacks=callbacks,
         logger=loggers or False,
         enable_model_summary=False,
+        plugins=plugins,
     )
 
 
@@ -245,8 +271,10 @@ def _start_wandb(logger: Any) -> None:
 
 
 def _hardware_record(trainer: pl.Trainer) -> dict[str, Any]:
-    """Where the job ran: enough to tell a DDP or SLURM run from a single process."""
+    """Where the job ran: enough to tell a DDP or SLURM run from a single process, and whether its ranks
+    ended the fit in the same state (``ranks_agree``: null in one process)."""
     environment = getattr(trainer.strategy, "cluster_environment", None)
+    disagreeing = next(callback for callback in trainer.callbacks if isinstance(callback, RankAgreement)).disagreeing
     return {
         "accelerator": type(trainer.accelerator).__name__,
         "strategy": type(trainer.strategy).__name__,
@@ -254,6 +282,8 @@ def _hardware_record(trainer: pl.Trainer) -> dict[str, Any]:
         "num_nodes": trainer.num_nodes,
         "cluster_environment": type(environment).__name__ if environment is not None else None,
         "precision": str(trainer.precision),
+        "ranks_agree": None if disagreeing is None else not disagreeing,
+        **({"ranks_disagree_on": disagreeing} if disagreeing else {}),
     }
 
 

@@ -19,6 +19,7 @@ from consparse.gates.density import (
 )
 from consparse.gates.hard_concrete import HardConcreteGate
 from consparse.gates.layers import GatedConv2d, GatedLayer, GatedLinear
+from consparse.gates.noise import batch_noise_seed, seeded_gate_noise
 from consparse.gates.purge import purge
 
 __all__ = [
@@ -38,7 +39,9 @@ __all__ = [
     "gate_model",
     "gate_parameters",
     "gateable_layers",
+    "batch_noise_seed",
     "gated_layers",
     "purge",
+    "seeded_gate_noise",
     "weight_counts",
 ]
