@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import logging
+import random
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytorch_lightning as pl
 import torch
 import torch.distributed as dist
 from torch import nn
+
+from consparse.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -120,3 +125,47 @@ def _trained_state(module: nn.Module, optimizers: list[torch.optim.Optimizer]) -
                     continue
                 state.append((f"optimizer{index}.{names.get(id(parameter), '?')}.{key}", value.to(device)))
     return state
+
+
+class SharedRunDirectory(pl.Callback):
+    """Stops a DDP job, before it loads or trains anything, when its processes got different run directories.
+
+    Processes that a launcher starts (srun, torchrun) compose the config each on its own, so each
+    resolves a timestamped default ``hydra.run.dir`` to a directory of its own: rank 0 would resume
+    and write there while the others look elsewhere (and would not resume at all).
+    """
+
+    def __init__(self, run_dir: Path) -> None:
+        self.run_dir = str(Path(run_dir).resolve())
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if trainer.world_size == 1:
+            return
+        directories: list[str | None] = [None] * trainer.world_size
+        dist.all_gather_object(directories, self.run_dir)
+        if len(set(directories)) > 1:
+            raise ConfigError(
+                "hydra.run.dir",
+                f"the {trainer.world_size} processes of this DDP job have different run directories "
+                f"({', '.join(sorted(set(directories)))}); a launcher that starts them (srun, torchrun) needs one "
+                "directory given to all: hydra.run.dir=<path>",
+            )
+
+
+class DistinctRankStreams(pl.Callback):
+    """Gives every DDP rank but rank 0 a random stream of its own when the fit starts.
+
+    Every process seeds itself with the run's seed, so without this the ranks would draw the same
+    dropout masks (and any other per-sample noise) for their different samples: the samples at the
+    same position of each rank's share would be perturbed alike. Rank ``r``'s stream is hashed from
+    the run's seed and ``r``. What must be equal on every rank is drawn before the fit (the model,
+    broadcast by DDP anyway) or from its own keyed stream (the gates' noise, the data order).
+    """
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if trainer.world_size == 1 or trainer.global_rank == 0:
+            return
+        state = np.random.SeedSequence([torch.initial_seed(), trainer.global_rank]).generate_state(2, np.uint32)
+        torch.manual_seed(int(state[0]) << 32 | int(state[1]))
+        np.random.seed(int(state[0]))
+        random.seed(int(state[1]))

@@ -23,7 +23,14 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from consparse.callbacks import EpochSummary, RankAgreement, TrainTimer
+from consparse.callbacks import (
+    DistinctRankStreams,
+    EpochSummary,
+    RankAgreement,
+    SharedRunDirectory,
+    TrainTimer,
+)
+from consparse.cluster import adopt_submitit_local_tasks, launched_externally
 from consparse.compress.count import model_stats
 from consparse.compress.evaluate import compression_curve, evaluate_accuracy
 from consparse.compress.export import export_model
@@ -60,6 +67,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     run the error propagates (after it is recorded) so that the process exits non-zero. A directory
     that belongs to another run raises RunDirError before anything is written into it.
     """
+    adopt_submitit_local_tasks()
     run_dir = Path(cfg.paths.output_dir)
     identity = {
         "method": node_name(cfg.method),
@@ -225,7 +233,9 @@ def _build_trainer(cfg: DictConfig, run_dir: Path, timer: TrainTimer) -> pl.Trai
         every_n_epochs=1,
         enable_version_counter=False,
     )
-    callbacks: list[pl.Callback] = [timer, checkpoint, RankAgreement()]
+    callbacks: list[pl.Callback] = [
+        timer, checkpoint, SharedRunDirectory(run_dir), DistinctRankStreams(), RankAgreement(),
+    ]
     if not trainer_cfg["enable_progress_bar"]:
         callbacks.append(EpochSummary(timer))
     loggers = [_instantiate_logger(node, run_dir) for node in (cfg.logger or {}).values() if node is not None]
@@ -309,11 +319,13 @@ def _check_hardware(cfg: DictConfig) -> None:
     strategy = cfg.trainer.get("strategy")
     strategy_name = strategy.get("_target_", "") if isinstance(strategy, DictConfig) else str(strategy)
     spawns_itself = "ddp" in strategy_name.lower() and "spawn" not in strategy_name.lower()
-    if _is_multirun() and spawns_itself and "SLURM_NTASKS" not in os.environ:
+    if _is_multirun() and spawns_itself and not launched_externally():
         raise ConfigError(
             "trainer.strategy",
             "DDP that launches its own processes re-runs the whole sweep in every rank under a local multirun; "
-            "use hardware=slurm (one task per device), trainer.strategy=ddp_spawn, or run the jobs one at a time",
+            "use hardware=slurm (one task per device), hydra/launcher=submitit_local with "
+            "hydra.launcher.tasks_per_node=<devices> on one machine, trainer.strategy=ddp_spawn, or run the jobs "
+            "one at a time",
         )
 
 

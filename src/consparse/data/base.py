@@ -189,7 +189,7 @@ class ConsparseDataModule(pl.LightningDataModule, ABC):
         self.setup()
         rank, world = self._process()
         # Lightning's seed (seed_everything's), as its own distributed sampler takes it.
-        seed = int(os.environ.get("PL_GLOBAL_SEED", 0))
+        seed = int(os.environ.get("PL_GLOBAL_SEED", "0"))
         sampler = DistributedSampler(self.train_set, num_replicas=world, rank=rank, shuffle=True, seed=seed)
         return self._loader(self.train_set, self.per_device_batch_size, sampler)
 

@@ -32,8 +32,8 @@ from torch import nn
 from consparse.data.info import DatasetInfo
 from consparse.errors import ConfigError
 from consparse.gates import (
-    clamp_gates,
     batch_noise_seed,
+    clamp_gates,
     deterministic_gate_densities,
     expected_l2,
     expected_layer_densities,
