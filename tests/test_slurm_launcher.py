@@ -86,7 +86,10 @@ def test_a_single_submitit_task_is_left_alone(monkeypatch: pytest.MonkeyPatch) -
 @pytest.mark.slow
 @pytest.mark.ddp
 def test_submitit_launcher_runs_a_two_task_ddp_job(tmp_path: Path) -> None:
-    """``-m hydra/launcher=submitit_local`` with two tasks: the job runs as one DDP job, rank 0 writes the results."""
+    """``-m hydra/launcher=submitit_local`` with two tasks: the job runs as one DDP job, rank 0 writes the results.
+
+    submitit stops a job's tasks once one of them ends: results exist only if rank 1 waited for rank 0.
+    """
     sweep = tmp_path / "sweep"
     env = {**os.environ, "PYTHONPATH": f"{REPO / 'src'}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
            "OMP_NUM_THREADS": "1", "WANDB_MODE": "disabled"}

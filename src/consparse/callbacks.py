@@ -86,9 +86,10 @@ class RankAgreement(pl.Callback):
         if trainer.world_size == 1:
             return
         names, values = [], []
-        for name, value in _trained_state(pl_module, trainer.optimizers):
+        for name, tensor in _trained_state(pl_module, trainer.optimizers):
+            exact = tensor.double()  # one tensor at a time: never a float64 copy of the whole model
             names.append(name)
-            values.append(torch.stack([value.sum(), value.square().sum()]))
+            values.append(torch.stack([exact.sum(), exact.square().sum()]))
         if not values:
             self.disagreeing = []
             return
@@ -104,21 +105,21 @@ class RankAgreement(pl.Callback):
 
 
 def _trained_state(module: nn.Module, optimizers: list[torch.optim.Optimizer]) -> list[tuple[str, torch.Tensor]]:
-    """``(name, float64 values)`` of what every rank must agree on (see ``RankAgreement``)."""
+    """``(name, tensor)`` of what every rank must agree on (see ``RankAgreement``)."""
     statistics = {
         f"{name}.{buffer}"
         for name, child in module.named_modules()
         if isinstance(child, nn.modules.batchnorm._BatchNorm)
         for buffer, _ in child.named_buffers(recurse=False)
     }
-    state = [(name, tensor.detach().double()) for name, tensor in module.state_dict().items() if name not in statistics]
+    state = [(name, tensor.detach()) for name, tensor in module.state_dict().items() if name not in statistics]
     device = next((tensor.device for _, tensor in state), torch.device("cpu"))
     names = {id(parameter): name for name, parameter in module.named_parameters()}
     for index, optimizer in enumerate(optimizers):
         for parameter, entries in optimizer.state.items():
             for key, value in entries.items():
                 if isinstance(value, torch.Tensor):
-                    value = value.detach().double()
+                    value = value.detach()
                 elif isinstance(value, (int, float)) and not isinstance(value, bool):
                     value = torch.tensor(float(value), dtype=torch.float64)
                 else:

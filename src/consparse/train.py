@@ -128,7 +128,7 @@ def _train_and_measure(
     # Measuring, the compression curve and the export run once, on rank 0; the other ranks wait.
     waiting = _results_barrier_group()
     if not trainer.is_global_zero:
-        dist.barrier(group=waiting)
+        _wait(waiting)
         return {}
     try:
         results = _measure(cfg, method, deployed, datamodule, settings, run_dir)
@@ -143,7 +143,7 @@ def _train_and_measure(
         write_results(run_dir, results)
     finally:
         if waiting is not None:
-            dist.barrier(group=waiting)
+            _wait(waiting)
     _log_final_metrics(trainer, results)
     print(format_summary(results, run_dir), flush=True)
     return results
@@ -158,6 +158,11 @@ def _results_barrier_group() -> dist.ProcessGroup | None:
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
         return None
     return dist.new_group(backend="gloo", timeout=RESULTS_TIMEOUT)
+
+
+def _wait(group: dist.ProcessGroup) -> None:
+    dist.barrier(group=group)
+    dist.destroy_process_group(group)
 
 
 def _measure(
