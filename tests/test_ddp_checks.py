@@ -1,6 +1,6 @@
 """What a DDP run does to itself, each fed what the other rank would send (one process, no group): it
 names ranks that end the fit in different states, stops processes given different run directories,
-and gives each rank a random stream of its own."""
+gives each rank a random stream of its own, and synchronises BatchNorm with the gate-keeping plugin."""
 
 from __future__ import annotations
 
@@ -12,8 +12,10 @@ import torch
 from torch import nn
 
 from consparse import callbacks
-from consparse.callbacks import DistinctRankStreams, RankAgreement, SharedRunDirectory
+from consparse import train as train_module
+from consparse.callbacks import DistinctRankStreams, RankAgreement, SharedRunDirectory, TrainTimer
 from consparse.errors import ConfigError
+from consparse.gates.sync_batchnorm import SyncBatchNormKeepingGates
 
 
 def _trained() -> tuple[nn.Module, torch.optim.Optimizer]:
@@ -91,3 +93,12 @@ def test_ranks_draw_different_dropout_masks_and_rank_zero_keeps_the_run_stream()
     torch.manual_seed(5)
     DistinctRankStreams().setup(SimpleNamespace(world_size=3, global_rank=1), None, "fit")
     assert torch.equal(torch.rand(8), draws[1]), "a rank's stream is reproducible"
+
+
+@pytest.mark.parametrize("sync", [True, False])
+def test_sync_batchnorm_uses_the_plugin_that_keeps_gates(make_config, tmp_path: Path, sync: bool) -> None:
+    cfg = make_config("method=l0", "hardware=cpu_ddp", f"+trainer.sync_batchnorm={str(sync).lower()}")
+    trainer = train_module._build_trainer(cfg, tmp_path / "run", TrainTimer())
+    assert isinstance(trainer.strategy._layer_sync, SyncBatchNormKeepingGates) is sync
+    if not sync:
+        assert trainer.strategy._layer_sync is None
