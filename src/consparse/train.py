@@ -10,17 +10,26 @@ import logging
 import os
 import sys
 import traceback
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
 import torch
+import torch.distributed as dist
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from consparse.callbacks import EpochSummary, TrainTimer
+from consparse.callbacks import (
+    DistinctRankStreams,
+    EpochSummary,
+    RankAgreement,
+    SharedRunDirectory,
+    TrainTimer,
+)
 from consparse.checkpoint_io import SafeCheckpointIO
+from consparse.cluster import adopt_submitit_local_tasks, launched_externally
 from consparse.compress.count import model_stats
 from consparse.compress.evaluate import compression_curve, evaluate_accuracy
 from consparse.compress.export import export_model
@@ -30,6 +39,7 @@ from consparse.configured_callbacks import configured_callbacks, wants_progress_
 from consparse.data.base import ConsparseDataModule
 from consparse.errors import ConfigError, ConsparseError
 from consparse.evaluation import EvaluationSettings
+from consparse.gates.sync_batchnorm import SyncBatchNormKeepingGates
 from consparse.loggers import finish_wandb, instantiate_logger, log_results
 from consparse.methods import SparseMethod, build_method
 from consparse.models import build_model
@@ -49,6 +59,9 @@ from consparse.timing import PhaseTimer
 
 log = logging.getLogger(__name__)
 
+# How long ranks > 0 wait for rank 0 to measure and write the results.
+RESULTS_TIMEOUT = timedelta(hours=24)
+
 
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Train, finalize, measure and write ``results.json`` for one job; returns the results.
@@ -57,6 +70,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     run the error propagates (after it is recorded) so that the process exits non-zero. A directory
     that belongs to another run raises RunDirError before anything is written into it.
     """
+    adopt_submitit_local_tasks()
     run_dir = Path(cfg.paths.output_dir)
     identity = {
         "method": node_name(cfg.method),
@@ -127,23 +141,46 @@ def _train_and_measure(
 
     deployed = method.finalize(datamodule)
     phases.lap("finalize")
+    # Measuring, the compression curve and the export run once, on rank 0; the other ranks wait.
+    waiting = _results_barrier_group()
     if not trainer.is_global_zero:
+        _wait(waiting)
         return {}
-    results = _measure(cfg, method, deployed, datamodule, settings, run_dir, phases)
-    results.update(identity)
-    epochs, train_seconds = timer.fit_record(trainer)
-    results.update(
-        status="completed",
-        target_density=method.target_density,
-        train_seconds=round(train_seconds, 3),
-        epochs=epochs,
-    )
-    results["hardware"] = _hardware_record(trainer)
-    results["phase_seconds"] = phases.as_dict()
-    write_results(run_dir, results)
+    try:
+        results = _measure(cfg, method, deployed, datamodule, settings, run_dir, phases)
+        results.update(identity)
+        epochs, train_seconds = timer.fit_record(trainer)
+        results.update(
+            status="completed",
+            target_density=method.target_density,
+            train_seconds=round(train_seconds, 3),
+            epochs=epochs,
+        )
+        results["hardware"] = _hardware_record(trainer)
+        results["phase_seconds"] = phases.as_dict()
+        write_results(run_dir, results)
+    finally:
+        if waiting is not None:
+            _wait(waiting)
     log_results(trainer.loggers, results, run_dir, trainer.global_step, OmegaConf.select(cfg, "logger.wandb.log_model"))
     print(format_summary(results, run_dir), flush=True)
     return results
+
+
+def _results_barrier_group() -> dist.ProcessGroup | None:
+    """Under DDP, a gloo group for ranks > 0 to wait on while rank 0 measures (None in one process).
+
+    Its own group, not the training one: waiting on gloo blocks in a socket rather than spinning on
+    a GPU stream, and its timeout allows for a measurement longer than the training group's.
+    """
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return None
+    return dist.new_group(backend="gloo", timeout=RESULTS_TIMEOUT)
+
+
+def _wait(group: dist.ProcessGroup) -> None:
+    dist.barrier(group=group)
+    dist.destroy_process_group(group)
 
 
 def _measure(
@@ -235,24 +272,32 @@ def _build_trainer(cfg: DictConfig, run_dir: Path, timer: TrainTimer) -> pl.Trai
         every_n_epochs=1,
         enable_version_counter=False,
     )
-    callbacks: list[pl.Callback] = [timer, checkpoint]
+    callbacks: list[pl.Callback] = [
+        timer, checkpoint, SharedRunDirectory(run_dir), DistinctRankStreams(), RankAgreement(),
+    ]
     if not trainer_cfg["enable_progress_bar"]:
         callbacks.append(EpochSummary(timer))
     callbacks += extra_callbacks
     loggers = [instantiate_logger(node, cfg, run_dir) for node in (cfg.logger or {}).values() if node is not None]
+    # Lightning's own sync_batchnorm conversion would turn gated BatchNorms into plain ones.
+    plugins: list[Any] = [SafeCheckpointIO()]
+    if trainer_cfg.get("sync_batchnorm"):
+        plugins.append(SyncBatchNormKeepingGates())
     return pl.Trainer(
         **trainer_cfg,
         default_root_dir=str(run_dir),
         callbacks=callbacks,
         logger=loggers or False,
         enable_model_summary=False,
-        plugins=[SafeCheckpointIO()],
+        plugins=plugins,
     )
 
 
 def _hardware_record(trainer: pl.Trainer) -> dict[str, Any]:
-    """Where the job ran: enough to tell a DDP or SLURM run from a single process."""
+    """Where the job ran: enough to tell a DDP or SLURM run from a single process, and whether its ranks
+    ended the fit in the same state (``ranks_agree``: null in one process)."""
     environment = getattr(trainer.strategy, "cluster_environment", None)
+    disagreeing = next(callback for callback in trainer.callbacks if isinstance(callback, RankAgreement)).disagreeing
     return {
         "accelerator": type(trainer.accelerator).__name__,
         "strategy": type(trainer.strategy).__name__,
@@ -260,6 +305,8 @@ def _hardware_record(trainer: pl.Trainer) -> dict[str, Any]:
         "num_nodes": trainer.num_nodes,
         "cluster_environment": type(environment).__name__ if environment is not None else None,
         "precision": str(trainer.precision),
+        "ranks_agree": None if disagreeing is None else not disagreeing,
+        **({"ranks_disagree_on": disagreeing} if disagreeing else {}),
     }
 
 
@@ -274,11 +321,13 @@ def _check_hardware(cfg: DictConfig) -> None:
     strategy = cfg.trainer.get("strategy")
     strategy_name = strategy.get("_target_", "") if isinstance(strategy, DictConfig) else str(strategy)
     spawns_itself = "ddp" in strategy_name.lower() and "spawn" not in strategy_name.lower()
-    if _is_multirun() and spawns_itself and "SLURM_NTASKS" not in os.environ:
+    if _is_multirun() and spawns_itself and not launched_externally():
         raise ConfigError(
             "trainer.strategy",
             "DDP that launches its own processes re-runs the whole sweep in every rank under a local multirun; "
-            "use hardware=slurm (one task per device), trainer.strategy=ddp_spawn, or run the jobs one at a time",
+            "use hardware=slurm (one task per device), hydra/launcher=submitit_local with "
+            "hydra.launcher.tasks_per_node=<devices> on one machine, trainer.strategy=ddp_spawn, or run the jobs "
+            "one at a time",
         )
 
 

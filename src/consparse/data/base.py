@@ -9,6 +9,14 @@ Training batches come either from a DataLoader (``num_workers`` processes transf
 memory pinned for the copy to a GPU, workers kept between epochs) or, for datasets whose training
 split is one uint8 image tensor (``Splits.train_tensors``) and ``on_device`` allows it, from
 ``DeviceBatches``: the images kept on the trainer's device and augmented there in batches.
+
+The training order, on either path, is the same for any number of processes: one permutation per
+epoch, drawn from the run seed and the epoch (``DistributedSampler``'s), is cut into global batches,
+and rank ``r`` of ``W`` takes every ``W``-th sample of it, so the ranks' shares of a step together are the global batch
+one process would take (torch's ``RandomSampler``, which Lightning replaces only under DDP, draws a
+different order). The validation loader splits its samples over the ranks without the padding
+Lightning's sampler adds, so that metrics summed over ranks count every sample once. The test and
+train-eval loaders are never split: the final evaluation runs in one process on the whole split.
 """
 
 from __future__ import annotations
@@ -21,7 +29,8 @@ from typing import ClassVar
 
 import pytorch_lightning as pl
 import torch
-from torch.utils.data import DataLoader, Dataset, Subset
+from pytorch_lightning.overrides.distributed import UnrepeatedDistributedSampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
 from consparse.data.device_batches import DeviceBatches, EpochSampler, ImageTensors
 from consparse.data.info import DatasetInfo
@@ -191,11 +200,17 @@ class ConsparseDataModule(pl.LightningDataModule, ABC):
             )
         return self.batch_size // world
 
-    def _loader(self, dataset: Dataset, batch_size: int, shuffle: bool) -> DataLoader:
+    def _process(self) -> tuple[int, int]:
+        """``(rank, world size)`` of the trainer this datamodule serves, ``(0, 1)`` outside a fit."""
+        if self.trainer is None:
+            return 0, 1
+        return self.trainer.global_rank, self.trainer.world_size
+
+    def _loader(self, dataset: Dataset, batch_size: int, sampler: DistributedSampler | None = None) -> DataLoader:
         return DataLoader(
             dataset,
             batch_size=batch_size,
-            shuffle=shuffle,
+            sampler=sampler,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
             pin_memory=torch.cuda.is_available(),
@@ -236,15 +251,23 @@ class ConsparseDataModule(pl.LightningDataModule, ABC):
         device = self.batch_device()
         if device is not None:
             return self.device_batches(device)
-        return self._loader(self.train_set, self.per_device_batch_size, shuffle=True)
+        rank, world = self._process()
+        # Lightning's seed (seed_everything's), as its own distributed sampler takes it.
+        seed = int(os.environ.get("PL_GLOBAL_SEED", "0"))
+        sampler = DistributedSampler(self.train_set, num_replicas=world, rank=rank, shuffle=True, seed=seed)
+        return self._loader(self.train_set, self.per_device_batch_size, sampler)
 
     def val_dataloader(self) -> DataLoader:
         self.setup()
-        return self._loader(self.val_set, self.eval_batch_size, shuffle=False)
+        rank, world = self._process()
+        sampler = (
+            UnrepeatedDistributedSampler(self.val_set, num_replicas=world, rank=rank, shuffle=False) if world > 1 else None
+        )
+        return self._loader(self.val_set, self.eval_batch_size, sampler)
 
     def test_dataloader(self) -> DataLoader:
         self.setup()
-        return self._loader(self.test_set, self.eval_batch_size, shuffle=False)
+        return self._loader(self.test_set, self.eval_batch_size)
 
     def train_eval_dataloader(self, max_samples: int | None = None, batch_size: int | None = None) -> DataLoader:
         """Training samples without augmentation or shuffling (BN recalibration, state extraction)."""
@@ -252,4 +275,4 @@ class ConsparseDataModule(pl.LightningDataModule, ABC):
         dataset = self.train_eval_set
         if max_samples is not None and max_samples < len(dataset):
             dataset = Subset(dataset, list(range(max_samples)))
-        return self._loader(dataset, batch_size or self.eval_batch_size, shuffle=False)
+        return self._loader(dataset, batch_size or self.eval_batch_size)

@@ -19,6 +19,7 @@ from consparse.gates.density import (
 )
 from consparse.gates.hard_concrete import HardConcreteGate
 from consparse.gates.layers import GatedConv2d, GatedLayer, GatedLinear
+from consparse.gates.noise import batch_noise_seed, seeded_gate_noise
 from consparse.gates.purge import purge
 
 __all__ = [
@@ -28,6 +29,7 @@ __all__ = [
     "GatedLayer",
     "GatedLinear",
     "HardConcreteGate",
+    "batch_noise_seed",
     "clamp_gates",
     "deterministic_gate_densities",
     "expected_l2",
@@ -40,5 +42,6 @@ __all__ = [
     "gateable_layers",
     "gated_layers",
     "purge",
+    "seeded_gate_noise",
     "weight_counts",
 ]

@@ -43,9 +43,14 @@ def log_alpha_for_droprate(droprate: float) -> float:
     return math.log((1.0 - droprate) / droprate)
 
 
-def sample_gate(log_alpha: torch.Tensor) -> torch.Tensor:
-    """One differentiable training sample of the gates (reparameterised through ``log_alpha``)."""
-    u = torch.rand_like(log_alpha) * (1.0 - 2.0 * EPS) + EPS
+def sample_gate(log_alpha: torch.Tensor, uniform: torch.Tensor | None = None) -> torch.Tensor:
+    """One differentiable training sample of the gates (reparameterised through ``log_alpha``).
+
+    ``uniform``: the noise in [0, 1), shaped like ``log_alpha``; None draws it from torch's global stream.
+    """
+    if uniform is None:
+        uniform = torch.rand_like(log_alpha)
+    u = uniform * (1.0 - 2.0 * EPS) + EPS
     s = torch.sigmoid((torch.log(u) - torch.log1p(-u) + log_alpha) / BETA)
     return torch.clamp(s * (ZETA - GAMMA) + GAMMA, 0.0, 1.0)
 
@@ -65,7 +70,8 @@ class HardConcreteGate(nn.Module):
 
     Calling the module returns a training sample in train mode and the test gate in eval mode, and
     keeps it in ``current`` so that a module applying the same gate later in the forward pass (the
-    BatchNorm after a gated convolution) uses the same sample.
+    BatchNorm after a gated convolution) uses the same sample. A training sample uses the uniform
+    noise in ``noise`` when it is set (``consparse.gates.noise.seeded_gate_noise``), else draws it.
 
     Args:
         shape: shape of the gate tensor (one entry per gated group).
@@ -80,6 +86,7 @@ class HardConcreteGate(nn.Module):
         self.droprate_init = float(droprate_init)
         self.log_alpha = nn.Parameter(torch.empty(self.shape, device=device))
         self.current: torch.Tensor | None = None
+        self.noise: torch.Tensor | None = None
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -87,7 +94,7 @@ class HardConcreteGate(nn.Module):
             self.log_alpha.normal_(log_alpha_for_droprate(self.droprate_init), INIT_STD)
 
     def forward(self) -> torch.Tensor:
-        z = sample_gate(self.log_alpha) if self.training else deterministic_gate(self.log_alpha)
+        z = sample_gate(self.log_alpha, self.noise) if self.training else deterministic_gate(self.log_alpha)
         self.current = z
         return z
 

@@ -15,6 +15,7 @@ import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
 from consparse.compress.count import sparsifiable_weights
 from consparse.data.info import DatasetInfo
@@ -79,6 +80,8 @@ class SparseMethod(pl.LightningModule):
         # (benchmarks/train_overhead.py); the totals are summed over DDP ranks once per epoch.
         for stage in STAGES:
             self.register_buffer(_totals_name(stage), torch.zeros(3), persistent=False)
+        # DDP broadcasts rank 0's buffers at every training forward: each rank's totals must stay its own.
+        DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(self, [_totals_name(s) for s in STAGES])
         self._epoch_values: dict[str, dict[str, torch.Tensor]] = {}
 
     # ------------------------------------------------------------------ the method seam
@@ -161,7 +164,8 @@ class SparseMethod(pl.LightningModule):
     def _log_epoch(self, stage: str) -> None:
         values = self.epoch_metric_values(stage)
         if values:
-            self.log_dict(values, prog_bar=stage != "train")
+            # Already summed over ranks; sync_dist averages equal values, as Lightning asks of epoch logs.
+            self.log_dict(values, prog_bar=stage != "train", sync_dist=True)
         self._totals(stage).zero_()
         self._epoch_values.pop(stage, None)
 

@@ -6,7 +6,8 @@ implicit backward and report the same figures, so that their runs compare line b
 * well-posedness at every step: ``||A||_inf`` is read after every optimiser step and its maximum
   over training is reported next to ``model.kappa``;
 * fixed-point convergence of the training steps: forward and adjoint (backward) solves aggregated
-  over training (iterations, residuals, whether every solve converged) and per epoch;
+  over training (iterations, residuals, whether every solve converged) and per epoch; under DDP the
+  run's aggregate is the union of the ranks' (each solves its share of every batch);
 * the curve of validation accuracy against density over training: one point per validation epoch
   (density of A, B, C, D together and per matrix), logged as ``train/density*`` and kept in
   ``method_metrics["density_curve"]`` (saved in checkpoints, so a resumed run keeps its curve).
@@ -20,6 +21,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+import torch.distributed as dist
 from torch import nn
 
 from consparse.compress.count import nonzero_count, numel_count
@@ -102,6 +104,11 @@ class ImplicitTrainingMethod(SparseMethod):
                 self.solves[kind].add(stats)
                 self.epoch_solves[kind].add(stats)
 
+    def on_train_end(self) -> None:
+        super().on_train_end()
+        if self.trainer.world_size > 1:
+            self.solves = {kind: _union_over_ranks(summary) for kind, summary in self.solves.items()}
+
     def epoch_figures(self) -> dict[str, float]:
         """Scalars logged at the end of each training epoch."""
         figures = {"train/density": self.density(), "train/A_inf_norm": self.implicit.well_posedness()}
@@ -173,3 +180,21 @@ class ImplicitTrainingMethod(SparseMethod):
             },
             "density_curve": list(self.density_curve),
         }
+
+
+def _union_over_ranks(summary: FixedPointSummary) -> FixedPointSummary:
+    """The summary of every rank's solves together (a collective: every rank calls it).
+
+    ``forwards`` stays the number of training steps (each rank solved a part of every step's batch).
+    """
+    parts: list[dict[str, Any] | None] = [None] * dist.get_world_size()
+    dist.all_gather_object(parts, vars(summary))
+    union = FixedPointSummary()
+    union.forwards = max(part["forwards"] for part in parts)
+    union.samples = sum(part["samples"] for part in parts)
+    union.iteration_sum = sum(part["iteration_sum"] for part in parts)
+    union.max_iterations = max(part["max_iterations"] for part in parts)
+    union.max_residual = max(part["max_residual"] for part in parts)
+    union.max_relative_residual = max(part["max_relative_residual"] for part in parts)
+    union.all_converged = all(part["all_converged"] for part in parts)
+    return union

@@ -13,6 +13,10 @@ it without manual optimisation: ``training_step`` builds ``f + sum_j lambda_j g_
 multipliers held fixed and keeps the defects ``g_j`` (functions of the gate parameters only, so
 identical across gradient-accumulation micro-batches and DDP ranks); ``optimizer_step`` lets the
 optimiser step, then takes the dual step from those pre-step defects and clamps the gates.
+
+Under DDP a run takes the steps one process takes on the same global batch: the gate sample of a
+batch is drawn from a stream keyed by the run's seed, the epoch and the batch index
+(``consparse.gates.noise``), so every rank, and a single process, gates the batch alike.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from torch import nn
 from consparse.data.info import DatasetInfo
 from consparse.errors import ConfigError
 from consparse.gates import (
+    batch_noise_seed,
     clamp_gates,
     deterministic_gate_densities,
     expected_l2,
@@ -37,6 +42,7 @@ from consparse.gates import (
     gate_model,
     gate_parameters,
     purge,
+    seeded_gate_noise,
 )
 from consparse.methods.base import SparseMethod
 from consparse.optim.lagrangian import LagrangeMultipliers
@@ -106,6 +112,8 @@ class HardConcreteMethod(SparseMethod):
         self.gated_names = gate_model(model, structured=sparsity == "structured", droprate_init=droprate_init,
                                       layers=gated_layers)
         self.layerwise = False
+        # The run's seed (seed_everything's, the same on every DDP rank) keys the gate noise of each batch.
+        self.noise_key = torch.initial_seed()
 
     # ------------------------------------------------------------------ what subclasses decide
     def density_term(self, densities: torch.Tensor) -> torch.Tensor:
@@ -125,7 +133,8 @@ class HardConcreteMethod(SparseMethod):
     # ------------------------------------------------------------------ training
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         x, y = batch
-        logits = self(x)
+        with seeded_gate_noise(self.model, batch_noise_seed(self.noise_key, self.current_epoch, batch_idx)):
+            logits = self(x)
         data_loss = self.loss(logits, y)
         objective = data_loss
         if self.weight_decay:
@@ -136,8 +145,9 @@ class HardConcreteMethod(SparseMethod):
     def on_train_epoch_end(self) -> None:
         super().on_train_epoch_end()
         # Logged once per epoch (the state at its end): a self.log per step costs more than a small model's step.
+        # The figures are functions of parameters every rank shares: averaging them over ranks changes nothing.
         for name, value in self.epoch_figures().items():
-            self.log(name, value, prog_bar=name == "train/expected_density")
+            self.log(name, value, prog_bar=name == "train/expected_density", sync_dist=True)
 
     def epoch_figures(self) -> dict[str, float]:
         """Scalars logged at the end of each training epoch."""
