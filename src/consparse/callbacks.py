@@ -2,11 +2,22 @@
 
 from __future__ import annotations
 
+import logging
+import random
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytorch_lightning as pl
+import torch
+from pytorch_lightning.utilities.exceptions import SIGTERMException
+
+from consparse.errors import TrainingDiverged
+from consparse.run_dir import LAST_CHECKPOINT, rotate_checkpoints
+
+log = logging.getLogger(__name__)
 
 
 class TrainTimer(pl.Callback):
@@ -55,3 +66,122 @@ class EpochSummary(pl.Callback):
                 parts.append(f"{key} {float(metrics[key]):.4f}")
         parts.append(f"{self.timer.elapsed:.1f}s")
         print("  ".join(parts), file=sys.stdout, flush=True)
+
+
+class RandomState(pl.Callback):
+    """Saves every random generator in the checkpoint and restores it on resume, so a resumed run draws
+    the same shuffles, dropout masks and gate samples as an uninterrupted one.
+
+    Covered: Python's ``random``, NumPy's global generator, torch's CPU generator and the CUDA
+    generators. The training loader's shuffle order is drawn from torch's generator when its
+    iterator starts (``RandomSampler`` without a generator), and a ``DistributedSampler`` derives it
+    from the seed and the epoch, so restoring the generators restores the sampler too. Under DDP the
+    checkpoint holds rank 0's generators and every rank restores them, as ``seed_everything`` gives
+    every rank the same state at the start of a fresh run.
+
+    The state is applied in ``on_fit_start``, not when the checkpoint is read: building the
+    optimisers (between the two) may draw numbers, and nothing draws between ``on_fit_start`` and the
+    training loader's first iterator (Lightning isolates the sanity check's generators). The numpy
+    state is stored as a tensor so that the checkpoint loads with ``weights_only=True``.
+    """
+
+    def __init__(self) -> None:
+        self._loaded: dict[str, Any] | None = None
+
+    def state_dict(self) -> dict[str, Any]:
+        name, keys, position, has_gauss, cached_gaussian = np.random.get_state()
+        state: dict[str, Any] = {
+            "python": random.getstate(),
+            "numpy": {"name": name, "keys": torch.from_numpy(keys.astype(np.int64)), "position": int(position),
+                      "has_gauss": int(has_gauss), "cached_gaussian": float(cached_gaussian)},
+            "torch": torch.get_rng_state(),
+        }
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            state["cuda"] = torch.cuda.get_rng_state_all()
+        return state
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._loaded = state_dict
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        state, self._loaded = self._loaded, None
+        if state is None:
+            return
+        version, internal, gauss = state["python"]
+        random.setstate((version, tuple(internal), gauss))
+        saved = state["numpy"]
+        np.random.set_state((saved["name"], saved["keys"].numpy().astype(np.uint32), saved["position"],
+                             saved["has_gauss"], saved["cached_gaussian"]))
+        torch.set_rng_state(state["torch"])
+        if "cuda" in state and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda"][: torch.cuda.device_count()])
+
+
+class RunCheckpoint(pl.callbacks.Checkpoint):
+    """``checkpoints/last.ckpt`` and the one before it, ``checkpoints/previous.ckpt``.
+
+    Saved at the start of every epoch after the first (the previous epoch complete: validated,
+    logged and its learning-rate step taken, which a checkpoint written in ``on_train_epoch_end``
+    misses), at the end of training, and at the current step when a signal stops the run
+    (Lightning raises ``SIGTERMException`` at the end of the batch in progress; see
+    ``consparse.interruption``). A resumed run therefore repeats no epoch after ``kill -9`` and no
+    step after a signal.
+
+    A checkpoint is written beside the others and renamed over ``last.ckpt`` (a crash while
+    writing leaves the previous files whole), and never when a weight is not finite: the last
+    finite checkpoint is what a diverged run keeps.
+    """
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = Path(directory)
+        self.saved_step: int | None = None
+
+    def on_load_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]) -> None:
+        # Resuming from it: saving the same step again would push the one before out of previous.ckpt.
+        self.saved_step = int(checkpoint.get("global_step", -1))
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.current_epoch > 0:
+            self.save(trainer)
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.save(trainer)
+
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        if isinstance(exception, SIGTERMException):
+            self.save(trainer)
+
+    def save(self, trainer: pl.Trainer) -> Path | None:
+        """Write the trainer's state to ``last.ckpt`` (the old one becomes ``previous.ckpt``); None when skipped."""
+        if trainer.global_step == self.saved_step or trainer.sanity_checking:
+            return None
+        if not all(bool(torch.isfinite(p).all()) for p in trainer.lightning_module.parameters()):
+            log.warning("not saving a checkpoint at step %d: some weights are not finite", trainer.global_step)
+            return None
+        last = self.directory / LAST_CHECKPOINT
+        partial = self.directory / f".{LAST_CHECKPOINT}.partial"
+        trainer.save_checkpoint(partial)
+        if trainer.is_global_zero:
+            rotate_checkpoints(self.directory, partial)
+        trainer.strategy.barrier("consparse.RunCheckpoint.save")
+        self.saved_step = trainer.global_step
+        return last
+
+
+class DivergenceGuard(pl.Callback):
+    """Stops the run at the first non-finite training loss, before its backward pass and optimiser step.
+
+    The weights are still those of the last finite step, and no checkpoint is written after this
+    (``RunCheckpoint`` only saves finite weights), so ``last.ckpt`` stays the last good state.
+    """
+
+    def on_before_backward(self, trainer: pl.Trainer, pl_module: pl.LightningModule, loss: torch.Tensor) -> None:
+        if bool(torch.isfinite(loss.detach()).all()):
+            return
+        learning_rates = sorted({group["lr"] for optimizer in trainer.optimizers for group in optimizer.param_groups})
+        raise TrainingDiverged(
+            f"the training loss became {float(loss.detach().float().mean())} at step {trainer.global_step} "
+            f"(epoch {trainer.current_epoch}); the learning rate is the likely cause (now "
+            f"{', '.join(f'{lr:g}' for lr in learning_rates)}): lower method.optimizer.lr and start a new run dir. "
+            "The last finite checkpoint is kept"
+        )

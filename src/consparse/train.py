@@ -2,12 +2,20 @@
 
 seed -> datamodule -> model -> method -> Trainer.fit (resuming from ``last.ckpt``) ->
 method.finalize -> measure the deployed model against the dense reference -> results.json.
+
+What a run ends with: ``completed``; ``failed`` (an error, recorded with it); ``diverged`` (the
+training loss stopped being finite: the run stops at that step and keeps its last finite
+checkpoint); ``interrupted`` (SIGTERM, SIGUSR1 or SIGUSR2: the step is checkpointed and a rerun in
+the same directory continues from it; see ``consparse.interruption``). A completed run whose test
+accuracy is at chance level carries a warning in results.json (``warnings``).
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import os
+import signal
 import sys
 import traceback
 import uuid
@@ -20,40 +28,49 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.utilities.exceptions import SIGTERMException
 
-from consparse.callbacks import EpochSummary, TrainTimer
+from consparse.callbacks import DivergenceGuard, EpochSummary, RandomState, RunCheckpoint, TrainTimer
 from consparse.compress.count import model_stats
 from consparse.compress.evaluate import compression_curve, evaluate_accuracy
 from consparse.compress.export import export_model
 from consparse.compress.latency import compare_latency
 from consparse.config import instantiate_node, node_name
 from consparse.data.base import ConsparseDataModule
-from consparse.errors import ConfigError, ConsparseError
+from consparse.errors import ConfigError, ConsparseError, TrainingDiverged
 from consparse.evaluation import EvaluationSettings
+from consparse.interruption import RunInterrupted, SignalWatch
 from consparse.methods import SparseMethod, build_method
 from consparse.models import build_model
 from consparse.report.results import write_results
 from consparse.run_dir import (
     CHECKPOINT_DIR,
-    LAST_CHECKPOINT,
     check_run_dir,
     claim_run_dir,
     last_checkpoint,
+    lock_run_dir,
     process_rank,
+    unlock_run_dir,
 )
 from consparse.summary import format_summary
 
 log = logging.getLogger(__name__)
 
 WANDB_ID_FILE = "wandb_id.txt"
+# A test accuracy at most this multiple of 1 / classes is reported as chance level (with a warning):
+# a model that predicts one class, or noise, lands at or just above 1 / classes on balanced test sets.
+CHANCE_FACTOR = 1.5
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Train, finalize, measure and write ``results.json`` for one job; returns the results.
 
-    In a multirun a failing job is recorded as ``status: failed`` and the sweep goes on; in a single
-    run the error propagates (after it is recorded) so that the process exits non-zero. A directory
-    that belongs to another run raises RunDirError before anything is written into it.
+    In a multirun a failing or diverging job is recorded (``status: failed`` / ``diverged``) and the
+    sweep goes on; in a single run the error propagates (after it is recorded) so that the process
+    exits non-zero. A signal stops the run, and a multirun with it, as ``RunInterrupted`` (after the
+    record, and after handing the SLURM job back to the queue where the signal asks for it). A
+    directory that belongs to another run, or that another process is running in, raises
+    RunDirError before anything is written into it.
     """
     run_dir = Path(cfg.paths.output_dir)
     identity = {
@@ -63,34 +80,51 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         "seed": cfg.seed,
     }
     rank = process_rank()
+    locked = False
     # Rank 0 owns the directory; DDP processes started by Lightning share it and must not re-check it.
     if rank == 0:
         ckpt_path = check_run_dir(run_dir, cfg, resume=cfg.get("resume") is True)
+        locked = lock_run_dir(run_dir)
         claim_run_dir(run_dir, cfg)
     else:
         ckpt_path = _existing_checkpoint(run_dir)
+    watch = SignalWatch()
     try:
-        return _train_and_measure(cfg, run_dir, identity, ckpt_path)
+        with watch:
+            return _train_and_measure(cfg, run_dir, identity, ckpt_path, watch)
     except BaseException as exc:  # recorded, then re-raised below unless a sweep goes on
         failure = {
             **identity,
-            "status": "failed",
+            "status": _status(exc),
             "error": f"{type(exc).__name__}: {exc}",
             "traceback": None if isinstance(exc, ConsparseError) else traceback.format_exc(),
             "target_density": OmegaConf.select(cfg, "method.target_density"),
         }
         if rank == 0:
             write_results(run_dir, failure)
+        if isinstance(exc, RunInterrupted):
+            log.error("%s; recorded in %s", exc, run_dir / "results.json")
+            watch.requeue()
         if isinstance(exc, Exception) and _is_multirun():
             log.error("job failed and is recorded in %s: %s", run_dir / "results.json", exc)
             return failure
         raise
     finally:
+        if locked:
+            unlock_run_dir(run_dir)
         _finish_wandb()
 
 
+def _status(exc: BaseException) -> str:
+    if isinstance(exc, RunInterrupted):
+        return "interrupted"
+    if isinstance(exc, TrainingDiverged):
+        return "diverged"
+    return "failed"
+
+
 def _train_and_measure(
-    cfg: DictConfig, run_dir: Path, identity: dict[str, Any], ckpt_path: Path | None
+    cfg: DictConfig, run_dir: Path, identity: dict[str, Any], ckpt_path: Path | None, watch: SignalWatch
 ) -> dict[str, Any]:
     _check_hardware(cfg)
     _check_trainer(cfg)
@@ -109,15 +143,21 @@ def _train_and_measure(
     trainer = _build_trainer(cfg, run_dir, timer)
     if ckpt_path is not None:
         log.info("resuming from %s", ckpt_path)
-    trainer.fit(method, datamodule=datamodule, ckpt_path=str(ckpt_path) if ckpt_path else None)
+    try:
+        trainer.fit(method, datamodule=datamodule, ckpt_path=str(ckpt_path) if ckpt_path else None)
+    except SIGTERMException:
+        raise _interrupted(trainer, run_dir, watch.received or signal.SIGTERM) from None
 
     deployed = method.finalize(datamodule)
+    _check_finite(deployed)
     if not trainer.is_global_zero:
         return {}
     results = _measure(cfg, method, deployed, datamodule, settings, run_dir)
     results.update(identity)
+    warnings = _chance_warning(results["test_accuracy"], info.num_classes)
     results.update(
         status="completed",
+        warnings=warnings,
         target_density=method.target_density,
         train_seconds=round(timer.elapsed, 3),
         epochs=int(trainer.current_epoch),
@@ -126,7 +166,44 @@ def _train_and_measure(
     write_results(run_dir, results)
     _log_final_metrics(trainer, results)
     print(format_summary(results, run_dir), flush=True)
+    for warning in warnings:
+        log.warning(warning)
     return results
+
+
+def _interrupted(trainer: pl.Trainer, run_dir: Path, received: signal.Signals) -> RunInterrupted:
+    """The ``RunInterrupted`` for a fit that Lightning stopped on a signal, saying where and what was kept."""
+    checkpoint = trainer.checkpoint_callback
+    saved = isinstance(checkpoint, RunCheckpoint) and checkpoint.saved_step == trainer.global_step
+    kept = (f"its checkpoint is {last_checkpoint(run_dir)}" if saved
+            else f"the last checkpoint ({last_checkpoint(run_dir)}) is kept")
+    return RunInterrupted(
+        received,
+        f"stopped by {received.name} at step {trainer.global_step} (epoch {trainer.current_epoch}); {kept}; rerun the "
+        f"same command with hydra.run.dir={run_dir} to continue",
+    )
+
+
+def _check_finite(model: torch.nn.Module) -> None:
+    bad = [name for name, tensor in [*model.named_parameters(), *model.named_buffers()]
+           if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all())]
+    if bad:
+        raise TrainingDiverged(
+            f"the trained model has non-finite values in {', '.join(bad[:5])}{' ...' if len(bad) > 5 else ''}; the "
+            "learning rate is the likely cause: lower method.optimizer.lr and start a new run dir"
+        )
+
+
+def _chance_warning(accuracy: float, num_classes: int) -> list[str]:
+    """A warning when the final model is no better than guessing, which a diverged run ends at."""
+    chance = 1.0 / num_classes
+    if not math.isfinite(accuracy) or accuracy > CHANCE_FACTOR * chance:
+        return []
+    return [
+        f"test accuracy {accuracy:.4f} is at chance level for {num_classes} classes (1/{num_classes} = {chance:.4f}): "
+        "the training probably diverged or collapsed (a learning rate too high, every gate closed); "
+        "check train/loss in the metrics before using this result"
+    ]
 
 
 def _measure(
@@ -194,15 +271,7 @@ def _build_trainer(cfg: DictConfig, run_dir: Path, timer: TrainTimer) -> pl.Trai
         trainer_cfg["enable_progress_bar"] = sys.stdout.isatty() and "SLURM_JOB_ID" not in os.environ
     if isinstance(trainer_cfg.get("strategy"), dict):
         trainer_cfg["strategy"] = instantiate_node(trainer_cfg["strategy"])
-    checkpoint = pl.callbacks.ModelCheckpoint(
-        dirpath=run_dir / CHECKPOINT_DIR,
-        filename=Path(LAST_CHECKPOINT).stem,
-        save_last=False,
-        save_top_k=1,
-        every_n_epochs=1,
-        enable_version_counter=False,
-    )
-    callbacks: list[pl.Callback] = [timer, checkpoint]
+    callbacks: list[pl.Callback] = [timer, RandomState(), DivergenceGuard(), RunCheckpoint(run_dir / CHECKPOINT_DIR)]
     if not trainer_cfg["enable_progress_bar"]:
         callbacks.append(EpochSummary(timer))
     loggers = [_instantiate_logger(node, run_dir) for node in (cfg.logger or {}).values() if node is not None]
@@ -289,8 +358,11 @@ def _check_hardware(cfg: DictConfig) -> None:
 
 def _check_trainer(cfg: DictConfig) -> None:
     max_epochs = cfg.trainer.get("max_epochs")
-    if isinstance(max_epochs, bool) or not isinstance(max_epochs, int) or max_epochs < 0:
-        raise ConfigError("trainer.max_epochs", f"got {max_epochs!r}; allowed: an integer >= 0")
+    if isinstance(max_epochs, bool) or not isinstance(max_epochs, int) or max_epochs < 1:
+        raise ConfigError(
+            "trainer.max_epochs",
+            f"got {max_epochs!r}; allowed: an integer >= 1 (with 0 the untrained model would be measured and reported)",
+        )
     limit = cfg.trainer.get("limit_train_batches")
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, (int, float)) or limit <= 0):
         raise ConfigError("trainer.limit_train_batches", f"got {limit!r}; allowed: null, a fraction in (0, 1] or a batch count >= 1")
