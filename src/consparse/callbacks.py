@@ -79,14 +79,11 @@ class RandomState(pl.Callback):
     checkpoint holds rank 0's generators and every rank restores them, as ``seed_everything`` gives
     every rank the same state at the start of a fresh run.
 
-    The state is applied in ``on_fit_start``, not when the checkpoint is read: building the
-    optimisers (between the two) may draw numbers, and nothing draws between ``on_fit_start`` and the
-    training loader's first iterator (Lightning isolates the sanity check's generators). The numpy
-    state is stored as a tensor so that the checkpoint loads with ``weights_only=True``.
+    The state is applied as soon as Lightning reads the checkpoint, before it builds the optimisers:
+    a step-wise scheduler asks for ``estimated_stepping_batches`` there, which starts the training
+    loader's iterator (and draws its shuffle), as the epoch's start does in an uninterrupted run.
+    The numpy state is stored as a tensor so that the checkpoint loads with ``weights_only=True``.
     """
-
-    def __init__(self) -> None:
-        self._loaded: dict[str, Any] | None = None
 
     def state_dict(self) -> dict[str, Any]:
         name, keys, position, has_gauss, cached_gaussian = np.random.get_state()
@@ -100,13 +97,7 @@ class RandomState(pl.Callback):
             state["cuda"] = torch.cuda.get_rng_state_all()
         return state
 
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self._loaded = state_dict
-
-    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        state, self._loaded = self._loaded, None
-        if state is None:
-            return
+    def load_state_dict(self, state: dict[str, Any]) -> None:
         version, internal, gauss = state["python"]
         random.setstate((version, tuple(internal), gauss))
         saved = state["numpy"]
@@ -130,11 +121,17 @@ class RunCheckpoint(pl.callbacks.Checkpoint):
     A checkpoint is written beside the others and renamed over ``last.ckpt`` (a crash while
     writing leaves the previous files whole), and never when a weight is not finite: the last
     finite checkpoint is what a diverged run keeps.
+
+    At an epoch's start Lightning has already counted the epoch as ready; a checkpoint with that
+    count resumes as "restarted on epoch start" and skips the epoch. The saved count is therefore
+    set back by one, which makes the checkpoint the state at the end of the previous epoch (all it
+    differs in), from which Lightning starts the next epoch afresh.
     """
 
     def __init__(self, directory: Path) -> None:
         self.directory = Path(directory)
         self.saved_step: int | None = None
+        self._at_epoch_start = False
 
     def on_load_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]) -> None:
         # Resuming from it: saving the same step again would push the one before out of previous.ckpt.
@@ -142,7 +139,17 @@ class RunCheckpoint(pl.callbacks.Checkpoint):
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.current_epoch > 0:
-            self.save(trainer)
+            self._at_epoch_start = True
+            try:
+                self.save(trainer)
+            finally:
+                self._at_epoch_start = False
+
+    def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]) -> None:
+        if self._at_epoch_start:
+            progress = checkpoint["loops"]["fit_loop"]["epoch_progress"]
+            for counts in (progress["total"], progress["current"]):
+                counts["ready"] -= 1
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.save(trainer)

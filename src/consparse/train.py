@@ -57,9 +57,10 @@ from consparse.summary import format_summary
 log = logging.getLogger(__name__)
 
 WANDB_ID_FILE = "wandb_id.txt"
-# A test accuracy at most this multiple of 1 / classes is reported as chance level (with a warning):
-# a model that predicts one class, or noise, lands at or just above 1 / classes on balanced test sets.
-CHANCE_FACTOR = 1.5
+# A test accuracy within this fraction of the way from chance (1 / classes) to 1 is reported with a
+# warning: a diverged or collapsed model (one class predicted, every gate closed) lands at or just
+# above chance, e.g. 0.10-0.16 on 10 classes, and the margin still flags it on 2 or 1000 classes.
+CHANCE_MARGIN = 0.1
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
@@ -197,10 +198,10 @@ def _check_finite(model: torch.nn.Module) -> None:
 def _chance_warning(accuracy: float, num_classes: int) -> list[str]:
     """A warning when the final model is no better than guessing, which a diverged run ends at."""
     chance = 1.0 / num_classes
-    if not math.isfinite(accuracy) or accuracy > CHANCE_FACTOR * chance:
+    if not math.isfinite(accuracy) or accuracy > chance + CHANCE_MARGIN * (1.0 - chance):
         return []
     return [
-        f"test accuracy {accuracy:.4f} is at chance level for {num_classes} classes (1/{num_classes} = {chance:.4f}): "
+        f"test accuracy {accuracy:.4f} is close to chance level for {num_classes} classes (1/{num_classes} = {chance:.4f}): "
         "the training probably diverged or collapsed (a learning rate too high, every gate closed); "
         "check train/loss in the metrics before using this result"
     ]
