@@ -362,3 +362,29 @@ def test_kill_9_then_resume_matches_the_uninterrupted_run(tmp_path: Path) -> Non
     resumed = _train_process([*args, f"hydra.run.dir={killed_dir}"], tmp_path)
     assert resumed.wait(timeout=300) == 0, resumed.communicate()[1][-3000:]
     assert read_results(killed_dir)["test_accuracy"] == read_results(tmp_path / "whole")["test_accuracy"]
+
+
+@pytest.mark.slow
+def test_submitit_requeues_a_job_on_its_signal_and_the_requeued_job_completes(tmp_path: Path) -> None:
+    """hydra-submitit-launcher's local executor runs the job as SLURM would; SIGUSR2 is submitit's signal."""
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
+    sweep = tmp_path / "sweep"
+    job_dir = sweep / "0"
+    args = ["-m", "hydra/launcher=submitit_local", "hydra.launcher.timeout_min=30", "method=dense",
+            "model.hidden=[32]", "dataset.batch_size=8", "trainer.max_epochs=8", "evaluation.compression_grid={}",
+            "evaluation.latency.min_run_time=0.01", f"hydra.sweep.dir={sweep}"]
+    launcher = _train_process(args, tmp_path)
+    try:
+        _wait_for_epochs(job_dir, launcher, 2, timeout=300)
+        owner = (job_dir / LOCK_FILE).read_text().split()
+        os.kill(int(owner[owner.index("pid") + 1]), signal.SIGUSR2)
+        _, stderr = launcher.communicate(timeout=600)
+    finally:
+        launcher.kill()
+    assert launcher.returncode == 0, stderr[-3000:]
+    interrupted = read_results(job_dir / "results.previous-1.json")
+    assert interrupted["status"] == "interrupted" and "SIGUSR2" in interrupted["error"]
+    completed = read_results(job_dir)
+    assert completed["status"] == "completed" and completed["epochs"] == 8
+    logs = "".join(path.read_text() for path in sweep.glob(".submitit/*/*_log.*"))
+    assert "Requeued job" in logs

@@ -167,7 +167,7 @@ class RunCheckpoint(pl.callbacks.Checkpoint):
             return None
         last = self.directory / LAST_CHECKPOINT
         partial = self.directory / f".{LAST_CHECKPOINT}.partial"
-        trainer.save_checkpoint(partial)
+        trainer.save_checkpoint(partial, weights_only=False)
         if trainer.is_global_zero:
             rotate_checkpoints(self.directory, partial)
         trainer.strategy.barrier("consparse.RunCheckpoint.save")
@@ -179,11 +179,17 @@ class DivergenceGuard(pl.Callback):
     """Stops the run at the first non-finite training loss, before its backward pass and optimiser step.
 
     The weights are still those of the last finite step, and no checkpoint is written after this
-    (``RunCheckpoint`` only saves finite weights), so ``last.ckpt`` stays the last good state.
+    (``RunCheckpoint`` only saves finite weights), so ``last.ckpt`` stays the last good state. The
+    check reads the loss on the host once per step; under DDP the ranks also agree on it (one small
+    all-reduce per step).
     """
 
     def on_before_backward(self, trainer: pl.Trainer, pl_module: pl.LightningModule, loss: torch.Tensor) -> None:
-        if bool(torch.isfinite(loss.detach()).all()):
+        diverged = not bool(torch.isfinite(loss.detach()).all())
+        if trainer.world_size > 1:
+            # Every rank stops, not only one whose batch overflowed (the others would wait in all-reduce).
+            diverged = trainer.strategy.reduce_boolean_decision(diverged, all=False)
+        if not diverged:
             return
         learning_rates = sorted({group["lr"] for optimizer in trainer.optimizers for group in optimizer.param_groups})
         raise TrainingDiverged(

@@ -81,11 +81,10 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         "seed": cfg.seed,
     }
     rank = process_rank()
-    locked = False
     # Rank 0 owns the directory; DDP processes started by Lightning share it and must not re-check it.
     if rank == 0:
         ckpt_path = check_run_dir(run_dir, cfg, resume=cfg.get("resume") is True)
-        locked = lock_run_dir(run_dir)
+        lock_run_dir(run_dir)  # held already when RunDirGuard took it before Hydra wrote into the directory
         claim_run_dir(run_dir, cfg)
     else:
         ckpt_path = _existing_checkpoint(run_dir)
@@ -111,7 +110,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             return failure
         raise
     finally:
-        if locked:
+        if rank == 0:
             unlock_run_dir(run_dir)
         _finish_wandb()
 
@@ -178,10 +177,12 @@ def _interrupted(trainer: pl.Trainer, run_dir: Path, received: signal.Signals) -
     saved = isinstance(checkpoint, RunCheckpoint) and checkpoint.saved_step == trainer.global_step
     kept = (f"its checkpoint is {last_checkpoint(run_dir)}" if saved
             else f"the last checkpoint ({last_checkpoint(run_dir)}) is kept")
+    again = (f"rerun the same multirun with hydra.sweep.dir={HydraConfig.get().sweep.dir}" if _is_multirun()
+             else f"rerun the same command with hydra.run.dir={run_dir}")
     return RunInterrupted(
         received,
-        f"stopped by {received.name} at step {trainer.global_step} (epoch {trainer.current_epoch}); {kept}; rerun the "
-        f"same command with hydra.run.dir={run_dir} to continue",
+        f"stopped by {received.name} at step {trainer.global_step} (epoch {trainer.current_epoch}); {kept}; {again} "
+        "to continue",
     )
 
 
