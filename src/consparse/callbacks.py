@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import random
 import sys
 import time
@@ -191,10 +192,11 @@ class DivergenceGuard(pl.Callback):
             diverged = trainer.strategy.reduce_boolean_decision(diverged, all=False)
         if not diverged:
             return
+        value = float(loss.detach().float().mean())
+        where = f"{value}" if not math.isfinite(value) else "non-finite on another rank"
         learning_rates = sorted({group["lr"] for optimizer in trainer.optimizers for group in optimizer.param_groups})
         raise TrainingDiverged(
-            f"the training loss became {float(loss.detach().float().mean())} at step {trainer.global_step} "
-            f"(epoch {trainer.current_epoch}); the learning rate is the likely cause (now "
-            f"{', '.join(f'{lr:g}' for lr in learning_rates)}): lower method.optimizer.lr and start a new run dir. "
-            "The last finite checkpoint is kept"
+            f"the training loss became {where} at step {trainer.global_step} (epoch {trainer.current_epoch}); the "
+            f"learning rate is the likely cause (now {', '.join(f'{lr:g}' for lr in learning_rates)}): lower "
+            "method.optimizer.lr and start a new run dir. No checkpoint was written after the last finite step"
         )
