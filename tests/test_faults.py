@@ -230,9 +230,12 @@ def test_a_corrupt_checkpoint_without_a_previous_one_says_start_again(make_confi
 
 def test_a_second_process_is_refused_while_the_first_holds_the_directory(make_config, tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
+    holder_code = (
+        "import sys, time; from consparse.run_dir import lock_run_dir; "
+        "lock_run_dir(sys.argv[1]); print('locked', flush=True); time.sleep(60)"
+    )
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time; from consparse.run_dir import lock_run_dir; "
-         "lock_run_dir(sys.argv[1]); print('locked', flush=True); time.sleep(60)", str(run_dir)],
+        [sys.executable, "-c", holder_code, str(run_dir)],
         stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(REPO / "src")},
     )
     try:
@@ -256,10 +259,9 @@ def test_the_lock_is_released_after_a_run(make_config, tmp_path: Path) -> None:
 
 def test_a_signal_outside_training_interrupts_at_once() -> None:
     before = signal.getsignal(signal.SIGUSR2)
-    with SignalWatch() as watch:
-        with pytest.raises(RunInterrupted) as caught:
-            os.kill(os.getpid(), signal.SIGUSR2)
-            time.sleep(5)
+    with SignalWatch() as watch, pytest.raises(RunInterrupted) as caught:
+        os.kill(os.getpid(), signal.SIGUSR2)
+        time.sleep(5)
     assert watch.received == signal.SIGUSR2 and caught.value.code == 128 + signal.SIGUSR2
     assert signal.getsignal(signal.SIGUSR2) == before, "the handlers in place before are put back"
 

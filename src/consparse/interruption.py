@@ -29,7 +29,7 @@ import signal
 import subprocess
 import threading
 from types import FrameType, TracebackType
-from typing import Any
+from typing import Any, Self
 
 from consparse.run_dir import process_rank
 
@@ -65,7 +65,7 @@ class SignalWatch:
         self.received: signal.Signals | None = None
         self.previous: dict[signal.Signals, Any] = {}
 
-    def __enter__(self) -> SignalWatch:
+    def __enter__(self) -> Self:
         if threading.current_thread() is threading.main_thread():
             for signum in STOP_SIGNALS:
                 self.previous[signum] = signal.signal(signum, self._handle)

@@ -26,7 +26,6 @@ checkpoint that is truncated or corrupt is named in the error, with the previous
 from __future__ import annotations
 
 import fcntl
-import logging
 import os
 import shutil
 import socket
@@ -42,8 +41,6 @@ from omegaconf import DictConfig, OmegaConf
 
 from consparse.errors import RunDirError
 from consparse.report.results import RESULTS_FILE, read_results
-
-log = logging.getLogger(__name__)
 
 IDENTITY_FILE = "run_identity.yaml"
 SWEEP_IDENTITY_FILE = "sweep_identity.yaml"
@@ -256,9 +253,9 @@ def check_sweep_dir(sweep_dir: Path, config: DictConfig) -> None:
     """Raise RunDirError, writing nothing, when ``sweep_dir`` holds runs of another sweep (or of an unknown one)."""
     if not sweep_dir.is_dir():
         return
-    holding = sorted({path.parent for pattern in (RESULTS_FILE, LAST_CHECKPOINT) for path in sweep_dir.rglob(pattern)
-                      if holds_a_run(path.parent if pattern == RESULTS_FILE else path.parent.parent)})
-    if not holding:
+    job_dirs = {path.parent for path in sweep_dir.rglob(RESULTS_FILE)}
+    job_dirs |= {path.parent.parent for path in sweep_dir.rglob(f"{CHECKPOINT_DIR}/{LAST_CHECKPOINT}")}
+    if not any(holds_a_run(job_dir) for job_dir in job_dirs):
         return
     identity_file = sweep_dir / SWEEP_IDENTITY_FILE
     if not identity_file.exists():

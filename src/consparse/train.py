@@ -201,11 +201,12 @@ def _chance_warning(accuracy: float, num_classes: int) -> list[str]:
     chance = 1.0 / num_classes
     if not math.isfinite(accuracy) or accuracy > chance + CHANCE_MARGIN * (1.0 - chance):
         return []
-    return [
-        f"test accuracy {accuracy:.4f} is close to chance level for {num_classes} classes (1/{num_classes} = {chance:.4f}): "
-        "the training probably diverged or collapsed (a learning rate too high, every gate closed); "
-        "check train/loss in the metrics before using this result"
-    ]
+    warning = (
+        f"test accuracy {accuracy:.4f} is close to chance level for {num_classes} classes (1/{num_classes} = "
+        f"{chance:.4f}): the training probably diverged or collapsed (a learning rate too high, every gate "
+        "closed); check train/loss in the metrics before using this result"
+    )
+    return [warning]
 
 
 def _measure(
