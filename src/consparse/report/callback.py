@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from consparse.report.aggregate import DEFAULT_TOLERANCE, NoResultsError, collect_results, write_report
 from consparse.validation import check_range
@@ -59,7 +59,11 @@ class ReportCallback(Callback):
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         # The jobs have finished whatever happens here: a report that cannot be written is a
         # warning, never an error that would make a sweep whose jobs all completed look failed.
-        sweep_dir = Path(str(config.hydra.sweep.dir))
+        selected = OmegaConf.select(config, "hydra.sweep.dir")
+        if selected is None:
+            log.warning("could not write the sweep report: the config has no hydra.sweep.dir")
+            return
+        sweep_dir = Path(str(selected))
         report: Path | None = None
         try:
             report = write_report(sweep_dir, self.out_dir, group_by=self.group_by, tolerance=self.tolerance)["markdown"]
