@@ -323,7 +323,7 @@ def test_a_signal_checkpoints_the_step_records_interrupted_and_a_rerun_completes
     signum: signal.Signals, tmp_path: Path
 ) -> None:
     run_dir = tmp_path / "run"
-    # Long enough to be caught in the middle of an epoch (1,293 digits at batch 8: 162 steps an epoch).
+    # Long enough to be caught while training (1,293 digits at batch 8: 162 steps an epoch).
     args = ["method=dense", "model.hidden=[32]", "dataset.batch_size=8", "trainer.max_epochs=1000",
             "evaluation.compression_grid={}", "evaluation.latency.min_run_time=0.01", f"hydra.run.dir={run_dir}"]
     process = _train_process(args, tmp_path)
@@ -336,10 +336,10 @@ def test_a_signal_checkpoints_the_step_records_interrupted_and_a_rerun_completes
     results = read_results(run_dir)
     validate_results(results)
     assert results["status"] == "interrupted" and signal.Signals(signum).name in results["error"]
-    checkpoint = torch.load(last_checkpoint(run_dir), weights_only=True)
-    step = checkpoint["global_step"]
-    assert f"at step {step} " in results["error"]
-    assert step % 162 != 0, "the checkpoint is of the step the signal stopped, not of an epoch's start"
+    # last.ckpt is of the step the signal stopped (named in the error), newer than the epoch-start one.
+    step = torch.load(last_checkpoint(run_dir), weights_only=True)["global_step"]
+    assert f"at step {step} " in results["error"] and f"its checkpoint is {last_checkpoint(run_dir)}" in results["error"]
+    assert step > torch.load(previous_checkpoint(run_dir), weights_only=True)["global_step"]
 
     rerun = _train_process([*args[:-2], "trainer.max_epochs=4", *args[-2:]], tmp_path)
     _, stderr = rerun.communicate(timeout=300)
@@ -364,6 +364,10 @@ def test_kill_9_then_resume_matches_the_uninterrupted_run(tmp_path: Path) -> Non
     resumed = _train_process([*args, f"hydra.run.dir={killed_dir}"], tmp_path)
     assert resumed.wait(timeout=300) == 0, resumed.communicate()[1][-3000:]
     assert read_results(killed_dir)["test_accuracy"] == read_results(tmp_path / "whole")["test_accuracy"]
+    # Every epoch value written by the killed and the resumed process is the uninterrupted run's.
+    whole_metrics, killed_metrics = _epoch_metrics(tmp_path / "whole"), _epoch_metrics(killed_dir)
+    assert {epoch for epoch, _ in killed_metrics} >= {2, 3, 4, 5}
+    assert killed_metrics == {key: whole_metrics[key] for key in killed_metrics}
 
 
 @pytest.mark.slow
