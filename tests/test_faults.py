@@ -160,6 +160,7 @@ def test_non_finite_weights_are_never_checkpointed_and_the_run_is_diverged(
     assert results["status"] == "diverged" and "step 8" in results["error"]
 
 
+@pytest.mark.slow
 def test_a_huge_learning_rate_is_reported_diverged_with_exit_status_3(tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
     result = subprocess.run(
