@@ -74,11 +74,16 @@ class RandomState(pl.Callback):
     the same shuffles, dropout masks and gate samples as an uninterrupted one.
 
     Covered: Python's ``random``, NumPy's global generator, torch's CPU generator and the CUDA
-    generators. The training loader's shuffle order is drawn from torch's generator when its
-    iterator starts (``RandomSampler`` without a generator), and a ``DistributedSampler`` derives it
-    from the seed and the epoch, so restoring the generators restores the sampler too. Under DDP the
-    checkpoint holds rank 0's generators and every rank restores them, as ``seed_everything`` gives
-    every rank the same state at the start of a fresh run.
+    generator of the process's device. The training loader's shuffle order is drawn from torch's
+    generator when its iterator starts (``RandomSampler`` without a generator), and a
+    ``DistributedSampler`` derives it from the seed and the epoch, so restoring the generators
+    restores the sampler too. Under DDP the checkpoint holds rank 0's generators and every rank
+    restores them on its own device: ``seed_everything`` gives every rank the same state, and the
+    ranks draw alike, so rank 0's state is every rank's.
+
+    Not covered: with loader worker processes (``dataset.num_workers > 0``) the workers persist
+    across epochs and draw their seed once, when they start; a resumed run starts them again, so
+    its next epochs are shuffled (and augmented) differently from an uninterrupted run.
 
     The state is applied as soon as Lightning reads the checkpoint, before it builds the optimisers:
     a step-wise scheduler asks for ``estimated_stepping_batches`` there, which starts the training
@@ -95,7 +100,7 @@ class RandomState(pl.Callback):
             "torch": torch.get_rng_state(),
         }
         if torch.cuda.is_available() and torch.cuda.is_initialized():
-            state["cuda"] = torch.cuda.get_rng_state_all()
+            state["cuda"] = torch.cuda.get_rng_state()
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -106,7 +111,7 @@ class RandomState(pl.Callback):
                              saved["has_gauss"], saved["cached_gaussian"]))
         torch.set_rng_state(state["torch"])
         if "cuda" in state and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(state["cuda"][: torch.cuda.device_count()])
+            torch.cuda.set_rng_state(state["cuda"])
 
 
 class RunCheckpoint(pl.callbacks.Checkpoint):
