@@ -25,7 +25,6 @@ from consparse.optim import FrankWolfe
 from consparse.optim.constraints import ConstrainedGroup, ConstraintSpec, build_model_constraints
 from consparse.validation import check_range
 
-
 # Checkpoint key of the number of groups the start rescaled into their sets (a method metric).
 INFEASIBLE_KEY = "sfw_initially_infeasible_groups"
 
