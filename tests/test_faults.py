@@ -397,3 +397,22 @@ def test_submitit_requeues_a_job_on_its_signal_and_the_requeued_job_completes(tm
     assert completed["status"] == "completed" and completed["epochs"] == 8
     logs = "".join(path.read_text() for path in sweep.glob(".submitit/*/*_log.*"))
     assert "Requeued job" in logs
+
+
+def test_a_second_sweep_started_in_a_busy_sweep_dir_is_refused(tmp_path: Path, capsys) -> None:
+    from hydra import compose, initialize_config_dir
+
+    from consparse.run_dir import SWEEP_IDENTITY_FILE, RunDirGuard
+
+    sweep = tmp_path / "sweep"
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        config = compose("config", overrides=["method=dense", f"hydra.sweep.dir={sweep}"], return_hydra_config=True)
+    guard = RunDirGuard()
+    guard.on_multirun_start(config)
+    assert (sweep / LOCK_FILE).exists() and (sweep / SWEEP_IDENTITY_FILE).exists()
+    holder_code = "import sys; from consparse.run_dir import lock_run_dir; lock_run_dir(sys.argv[1])"
+    second = subprocess.run([sys.executable, "-c", holder_code, str(sweep)], capture_output=True, text=True,
+                            env={**os.environ, "PYTHONPATH": str(REPO / "src")}, check=False)
+    assert second.returncode != 0 and f"run directory {sweep} is in use by pid {os.getpid()}" in second.stderr
+    guard.on_multirun_end(config)
+    assert not (sweep / LOCK_FILE).exists()

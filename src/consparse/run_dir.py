@@ -14,10 +14,10 @@ One process at a time: a run holds an exclusive ``flock`` on ``run.lock`` (which
 host) while it runs, so a second run started in the same directory is refused. The kernel drops the
 lock when the process ends, however it ends (``kill -9`` included), so a lock is never stale.
 
-A multirun's sweep directory gets the same guard: ``sweep_identity.yaml`` records what the sweep
+A multirun's sweep directory gets the same guards: ``sweep_identity.yaml`` records what the sweep
 runs (the identity of its base config, the overrides and sweeper settings that choose method,
-model, dataset and seed), and a multirun pointed at a sweep directory of another sweep is refused
-before Hydra writes into any job directory.
+model, dataset and seed), and a multirun pointed at a sweep directory of another sweep, or of a
+sweep still running (its lock), is refused before Hydra writes into any job directory.
 
 Checkpoints: ``checkpoints/last.ckpt`` and the one before it, ``checkpoints/previous.ckpt``. A
 checkpoint that is truncated or corrupt is named in the error, with the previous one offered.
@@ -299,8 +299,12 @@ class RunDirGuard(Callback):
         sweep_dir = Path(os.path.abspath(str(config.hydra.sweep.dir)))
         try:
             check_sweep_dir(sweep_dir, config)
+            lock_run_dir(sweep_dir)  # two sweeps started at once in one directory: the second stops here
         except RunDirError as error:
             print(f"consparse: error: {error}", file=sys.stderr)
             sys.exit(2)
-        sweep_dir.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(OmegaConf.create(sweep_identity(config)), sweep_dir / SWEEP_IDENTITY_FILE)
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        if process_rank() == 0:
+            unlock_run_dir(Path(os.path.abspath(str(config.hydra.sweep.dir))))
