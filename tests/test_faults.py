@@ -416,3 +416,9 @@ def test_a_second_sweep_started_in_a_busy_sweep_dir_is_refused(tmp_path: Path, c
     assert second.returncode != 0 and f"run directory {sweep} is in use by pid {os.getpid()}" in second.stderr
     guard.on_multirun_end(config)
     assert not (sweep / LOCK_FILE).exists()
+
+
+def test_a_run_dir_that_cannot_be_created_is_one_line(tmp_path: Path) -> None:
+    (tmp_path / "a-file").write_text("")
+    with pytest.raises(RunDirError, match="cannot create .*run.lock .*choose a writable hydra.run.dir"):
+        lock_run_dir(tmp_path / "a-file" / "run")

@@ -169,10 +169,15 @@ def lock_run_dir(run_dir: Path) -> bool:
     run_dir = Path(os.path.abspath(run_dir))
     if run_dir in _HELD_LOCKS:
         return False
-    run_dir.mkdir(parents=True, exist_ok=True)
     path = run_dir / LOCK_FILE
     while True:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as error:
+            raise RunDirError(
+                f"cannot create {path} ({error.strerror or error}); choose a writable hydra.run.dir"
+            ) from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
