@@ -85,7 +85,9 @@ def test_multirun_records_a_failed_job_and_goes_on(tmp_path: Path) -> None:
     sweep = tmp_path / "sweep"
     result = train(["-m", "method=dense", "method.target_density=0.5,7", f"hydra.sweep.dir={sweep}", *TINY], tmp_path,
                    timeout=600)
-    assert result.returncode == 0, result.stderr[-3000:]
+    # The sweep goes on past the failed job, writes its report, then exits non-zero for SLURM and CI.
+    assert result.returncode == 1, result.stderr[-3000:]
+    assert "consparse: error: 1 of 2 jobs did not complete (1 failed); see" in result.stderr
     assert read_results(sweep / "0")["status"] == "completed"
     failed = read_results(sweep / "1")
     assert failed["status"] == "failed" and "method.target_density" in failed["error"]
@@ -151,3 +153,32 @@ def test_wandb_offline_needs_no_account(tmp_path: Path) -> None:
     assert "Run summary" in output and "final/test_accuracy" in output
     # The W&B run id is kept in the run directory, so a resumed run continues the same W&B run.
     assert (run_dir / "wandb_id.txt").read_text().strip() in offline_runs[0].name
+
+
+def test_a_multirun_into_a_sweep_dir_of_unknown_runs_is_refused_before_writing(tmp_path: Path) -> None:
+    sweep = tmp_path / "sweep"
+    (sweep / "0").mkdir(parents=True)
+    (sweep / "0" / "results.json").write_text('{"status": "completed"}')
+    result = train(["-m", "method=dense", "seed=0,1", f"hydra.sweep.dir={sweep}", *TINY], tmp_path)
+    assert result.returncode == 2
+    assert "holds runs of an unknown sweep (sweep_identity.yaml is missing)" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert sorted(path.name for path in sweep.rglob("*")) == ["0", "results.json"]
+
+
+@pytest.mark.slow
+def test_a_multirun_into_another_sweeps_dir_is_refused_and_the_same_sweep_continues(tmp_path: Path) -> None:
+    sweep = tmp_path / "sweep"
+    first = train(["-m", "method=dense", "seed=0", f"hydra.sweep.dir={sweep}", *TINY], tmp_path)
+    assert first.returncode == 0, first.stderr[-3000:]
+    before = {path: path.read_bytes() for path in sweep.rglob("*") if path.is_file()}
+    other = train(["-m", "method=magnitude", "method.target_density=0.5", "seed=0", f"hydra.sweep.dir={sweep}", *TINY],
+                  tmp_path)
+    assert other.returncode == 2 and "Traceback" not in other.stderr
+    assert "holds another sweep (it differs in: identity, overrides)" in other.stderr
+    assert {path: path.read_bytes() for path in sweep.rglob("*") if path.is_file()} == before
+    # The same sweep with more epochs continues its job from the checkpoint.
+    again = train(["-m", "method=dense", "seed=0", f"hydra.sweep.dir={sweep}", *TINY[1:], "trainer.max_epochs=2"],
+                  tmp_path)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert read_results(sweep / "0")["epochs"] == 2

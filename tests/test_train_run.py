@@ -130,7 +130,8 @@ def test_resume_after_interrupted_run(make_config, tmp_path: Path, monkeypatch: 
         run(cfg)
     run_dir = tmp_path / "run"
     assert (run_dir / "checkpoints" / "last.ckpt").exists()
-    assert torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)["epoch"] == 0
+    # Written as epoch 1 started: one epoch complete.
+    assert torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)["epoch"] == 1
     monkeypatch.setattr(train_module, "_build_trainer", original)
 
     results = run(make_config("method=dense", "trainer.max_epochs=3", "resume=true"))

@@ -21,3 +21,7 @@ class DataNotFoundError(ConsparseError, FileNotFoundError):
 
 class RunDirError(ConsparseError):
     """The run directory belongs to another run or cannot be resumed."""
+
+
+class TrainingDiverged(ConsparseError):
+    """The training loss stopped being finite; the message names the step and the likely cause."""

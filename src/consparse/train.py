@@ -2,12 +2,20 @@
 
 seed -> datamodule -> model -> method -> Trainer.fit (resuming from ``last.ckpt``) ->
 method.finalize -> measure the deployed model against the dense reference -> results.json.
+
+What a run ends with: ``completed``; ``failed`` (an error, recorded with it); ``diverged`` (the
+training loss stopped being finite: the run stops at that step and keeps its last finite
+checkpoint); ``interrupted`` (SIGTERM, SIGUSR1 or SIGUSR2: the step is checkpointed and a rerun in
+the same directory continues from it; see ``consparse.interruption``). A completed run whose test
+accuracy is at chance level carries a warning in results.json (``warnings``).
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import os
+import signal
 import sys
 import traceback
 from datetime import timedelta
@@ -20,11 +28,15 @@ import torch.distributed as dist
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from consparse.callbacks import (
     DistinctRankStreams,
+    DivergenceGuard,
     EpochSummary,
+    RandomState,
     RankAgreement,
+    RunCheckpoint,
     SharedRunDirectory,
     TrainTimer,
 )
@@ -37,9 +49,10 @@ from consparse.compress.latency import compare_latency
 from consparse.config import instantiate_node, node_name
 from consparse.configured_callbacks import configured_callbacks, wants_progress_bar
 from consparse.data.base import ConsparseDataModule
-from consparse.errors import ConfigError, ConsparseError
+from consparse.errors import ConfigError, ConsparseError, TrainingDiverged
 from consparse.evaluation import EvaluationSettings
 from consparse.gates.sync_batchnorm import SyncBatchNormKeepingGates
+from consparse.interruption import RunInterrupted, SignalWatch
 from consparse.loggers import finish_wandb, instantiate_logger, log_results
 from consparse.methods import SparseMethod, build_method
 from consparse.models import build_model
@@ -47,11 +60,12 @@ from consparse.report.results import write_results
 from consparse.run_config import check_run_config
 from consparse.run_dir import (
     CHECKPOINT_DIR,
-    LAST_CHECKPOINT,
     check_run_dir,
     claim_run_dir,
     last_checkpoint,
+    lock_run_dir,
     process_rank,
+    unlock_run_dir,
 )
 from consparse.start_checkpoint import check_checkpoint_fits, start_checkpoint
 from consparse.summary import format_summary
@@ -62,13 +76,21 @@ log = logging.getLogger(__name__)
 # How long ranks > 0 wait for rank 0 to measure and write the results.
 RESULTS_TIMEOUT = timedelta(hours=24)
 
+# A test accuracy within this fraction of the way from chance (1 / classes) to 1 is reported with a
+# warning: a diverged or collapsed model (one class predicted, every gate closed) lands at or just
+# above chance, e.g. 0.10-0.16 on 10 classes, and the margin still flags it on 2 or 1000 classes.
+CHANCE_MARGIN = 0.1
+
 
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Train, finalize, measure and write ``results.json`` for one job; returns the results.
 
-    In a multirun a failing job is recorded as ``status: failed`` and the sweep goes on; in a single
-    run the error propagates (after it is recorded) so that the process exits non-zero. A directory
-    that belongs to another run raises RunDirError before anything is written into it.
+    In a multirun a failing or diverging job is recorded (``status: failed`` / ``diverged``) and the
+    sweep goes on; in a single run the error propagates (after it is recorded) so that the process
+    exits non-zero. A signal stops the run, and a multirun with it, as ``RunInterrupted`` (after the
+    record, and after handing the SLURM job back to the queue where the signal asks for it). A
+    directory that belongs to another run, or that another process is running in, raises
+    RunDirError before anything is written into it.
     """
     adopt_submitit_local_tasks()
     run_dir = Path(cfg.paths.output_dir)
@@ -82,16 +104,19 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     # Rank 0 owns the directory; DDP processes started by Lightning share it and must not re-check it.
     if rank == 0:
         ckpt_path = check_run_dir(run_dir, cfg, resume=cfg.get("resume") is True)
+        lock_run_dir(run_dir)  # held already when RunDirGuard took it before Hydra wrote into the directory
         claim_run_dir(run_dir, cfg)
     else:
         ckpt_path = _existing_checkpoint(run_dir)
+    watch = SignalWatch()
     try:
-        return _train_and_measure(cfg, run_dir, identity, ckpt_path)
+        with watch:
+            return _train_and_measure(cfg, run_dir, identity, ckpt_path, watch)
     except BaseException as exc:  # recorded, then re-raised below unless a sweep goes on
         target = OmegaConf.select(cfg, "method.target_density")
         failure = {
             **identity,
-            "status": "failed",
+            "status": _status(exc),
             "error": f"{type(exc).__name__}: {exc}",
             "traceback": None if isinstance(exc, ConsparseError) else traceback.format_exc(),
             # A layer-wise target is a ListConfig, which JSON cannot hold.
@@ -100,16 +125,29 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         if rank == 0:
             write_results(run_dir, failure)
         finish_wandb(failure)
+        if isinstance(exc, RunInterrupted):
+            log.error("%s; recorded in %s", exc, run_dir / "results.json")
+            watch.requeue()
         if isinstance(exc, Exception) and _is_multirun():
             log.error("job failed and is recorded in %s: %s", run_dir / "results.json", exc)
             return failure
         raise
     finally:
+        if rank == 0:
+            unlock_run_dir(run_dir)
         finish_wandb()
 
 
+def _status(exc: BaseException) -> str:
+    if isinstance(exc, RunInterrupted):
+        return "interrupted"
+    if isinstance(exc, TrainingDiverged):
+        return "diverged"
+    return "failed"
+
+
 def _train_and_measure(
-    cfg: DictConfig, run_dir: Path, identity: dict[str, Any], ckpt_path: Path | None
+    cfg: DictConfig, run_dir: Path, identity: dict[str, Any], ckpt_path: Path | None, watch: SignalWatch
 ) -> dict[str, Any]:
     phases = PhaseTimer()
     check_run_config(cfg)
@@ -136,10 +174,14 @@ def _train_and_measure(
     if ckpt_path is not None:
         log.info("resuming from %s", ckpt_path)
     phases.lap("setup")
-    trainer.fit(method, datamodule=datamodule, ckpt_path=str(ckpt_path) if ckpt_path else None)
+    try:
+        trainer.fit(method, datamodule=datamodule, ckpt_path=str(ckpt_path) if ckpt_path else None)
+    except SIGTERMException:
+        raise _interrupted(trainer, run_dir, watch.received or signal.SIGTERM) from None
     phases.lap("fit")
 
     deployed = method.finalize(datamodule)
+    _check_finite(deployed)
     phases.lap("finalize")
     # Measuring, the compression curve and the export run once, on rank 0; the other ranks wait.
     waiting = _results_barrier_group()
@@ -149,9 +191,11 @@ def _train_and_measure(
     try:
         results = _measure(cfg, method, deployed, datamodule, settings, run_dir, phases)
         results.update(identity)
+        warnings = _chance_warning(results["test_accuracy"], info.num_classes)
         epochs, train_seconds = timer.fit_record(trainer)
         results.update(
             status="completed",
+            warnings=warnings,
             target_density=method.target_density,
             train_seconds=round(train_seconds, 3),
             epochs=epochs,
@@ -164,6 +208,8 @@ def _train_and_measure(
             _wait(waiting)
     log_results(trainer.loggers, results, run_dir, trainer.global_step, OmegaConf.select(cfg, "logger.wandb.log_model"))
     print(format_summary(results, run_dir), flush=True)
+    for warning in warnings:
+        log.warning(warning)
     return results
 
 
@@ -181,6 +227,44 @@ def _results_barrier_group() -> dist.ProcessGroup | None:
 def _wait(group: dist.ProcessGroup) -> None:
     dist.barrier(group=group)
     dist.destroy_process_group(group)
+
+
+def _interrupted(trainer: pl.Trainer, run_dir: Path, received: signal.Signals) -> RunInterrupted:
+    """The ``RunInterrupted`` for a fit that Lightning stopped on a signal, saying where and what was kept."""
+    checkpoint = trainer.checkpoint_callback
+    saved = isinstance(checkpoint, RunCheckpoint) and checkpoint.saved_step == trainer.global_step
+    kept = (f"its checkpoint is {last_checkpoint(run_dir)}" if saved
+            else f"the last checkpoint ({last_checkpoint(run_dir)}) is kept")
+    again = (f"rerun the same multirun with hydra.sweep.dir={HydraConfig.get().sweep.dir}" if _is_multirun()
+             else f"rerun the same command with hydra.run.dir={run_dir}")
+    return RunInterrupted(
+        received,
+        f"stopped by {received.name} at step {trainer.global_step} (epoch {trainer.current_epoch}); {kept}; {again} "
+        "to continue",
+    )
+
+
+def _check_finite(model: torch.nn.Module) -> None:
+    bad = [name for name, tensor in [*model.named_parameters(), *model.named_buffers()]
+           if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all())]
+    if bad:
+        raise TrainingDiverged(
+            f"the trained model has non-finite values in {', '.join(bad[:5])}{' ...' if len(bad) > 5 else ''}; the "
+            "learning rate is the likely cause: lower method.optimizer.lr and start a new run dir"
+        )
+
+
+def _chance_warning(accuracy: float, num_classes: int) -> list[str]:
+    """A warning when the final model is no better than guessing, which a diverged run ends at."""
+    chance = 1.0 / num_classes
+    if not math.isfinite(accuracy) or accuracy > chance + CHANCE_MARGIN * (1.0 - chance):
+        return []
+    warning = (
+        f"test accuracy {accuracy:.4f} is close to chance level for {num_classes} classes (1/{num_classes} = "
+        f"{chance:.4f}): the training probably diverged or collapsed (a learning rate too high, every gate "
+        "closed); check train/loss in the metrics before using this result"
+    )
+    return [warning]
 
 
 def _measure(
@@ -264,16 +348,9 @@ def _build_trainer(cfg: DictConfig, run_dir: Path, timer: TrainTimer) -> pl.Trai
         trainer_cfg["enable_progress_bar"] = sys.stdout.isatty() and "SLURM_JOB_ID" not in os.environ
     if isinstance(trainer_cfg.get("strategy"), dict):
         trainer_cfg["strategy"] = instantiate_node(trainer_cfg["strategy"])
-    checkpoint = pl.callbacks.ModelCheckpoint(
-        dirpath=run_dir / CHECKPOINT_DIR,
-        filename=Path(LAST_CHECKPOINT).stem,
-        save_last=False,
-        save_top_k=1,
-        every_n_epochs=1,
-        enable_version_counter=False,
-    )
     callbacks: list[pl.Callback] = [
-        timer, checkpoint, SharedRunDirectory(run_dir), DistinctRankStreams(), RankAgreement(),
+        timer, RandomState(), DivergenceGuard(), RunCheckpoint(run_dir / CHECKPOINT_DIR),
+        SharedRunDirectory(run_dir), DistinctRankStreams(), RankAgreement(),
     ]
     if not trainer_cfg["enable_progress_bar"]:
         callbacks.append(EpochSummary(timer))
@@ -333,8 +410,11 @@ def _check_hardware(cfg: DictConfig) -> None:
 
 def _check_trainer(cfg: DictConfig) -> None:
     max_epochs = cfg.trainer.get("max_epochs")
-    if isinstance(max_epochs, bool) or not isinstance(max_epochs, int) or max_epochs < 0:
-        raise ConfigError("trainer.max_epochs", f"got {max_epochs!r}; allowed: an integer >= 0")
+    if isinstance(max_epochs, bool) or not isinstance(max_epochs, int) or max_epochs < 1:
+        raise ConfigError(
+            "trainer.max_epochs",
+            f"got {max_epochs!r}; allowed: an integer >= 1 (with 0 the untrained model would be measured and reported)",
+        )
     limit = cfg.trainer.get("limit_train_batches")
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, (int, float)) or limit <= 0):
         raise ConfigError("trainer.limit_train_batches", f"got {limit!r}; allowed: null, a fraction in (0, 1] or a batch count >= 1")

@@ -48,17 +48,35 @@ def test_cli_rejects_a_negative_tolerance(sweep: Path) -> None:
     assert done.returncode == 2 and "report.tolerance" in done.stderr
 
 
-def test_callback_reports_the_sweep_dir(sweep: Path) -> None:
+def test_callback_reports_the_sweep_dir_then_exits_1_for_its_failed_job(sweep: Path, capsys) -> None:
     config = OmegaConf.create({"hydra": {"sweep": {"dir": str(sweep)}}})
-    ReportCallback().on_multirun_end(config)
+    with pytest.raises(SystemExit) as exited:
+        ReportCallback().on_multirun_end(config)
+    assert exited.value.code == 1
     assert "| sfw |" in (sweep / "results.md").read_text()
     assert (sweep / "pareto.png").read_bytes()[:4] == b"\x89PNG"
+    assert f"jobs did not complete (1 failed); see {sweep / 'results.md'}" in capsys.readouterr().err
 
 
-def test_callback_never_raises(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+def test_callback_returns_when_every_job_completed(sweep: Path) -> None:
+    for path in sweep.rglob("results.json"):
+        if '"failed"' in path.read_text():
+            path.unlink()
+            for hydra_record in path.parent.glob(".hydra"):
+                for file in hydra_record.iterdir():
+                    file.unlink()
+                hydra_record.rmdir()
+    ReportCallback().on_multirun_end(OmegaConf.create({"hydra": {"sweep": {"dir": str(sweep)}}}))
+    assert "| sfw |" in (sweep / "results.md").read_text()
+
+
+def test_callback_never_raises_an_exception(tmp_path: Path, caplog: pytest.LogCaptureFixture, capsys) -> None:
     with caplog.at_level(logging.WARNING, logger="consparse.report.callback"):
-        ReportCallback().on_multirun_end(OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path)}}}))
+        # No job wrote results: the report cannot be written (a warning) and the sweep failed (exit 1).
+        with pytest.raises(SystemExit) as exited:
+            ReportCallback().on_multirun_end(OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path)}}}))
         ReportCallback().on_multirun_end(OmegaConf.create({"seed": 0}))
+    assert exited.value.code == 1 and "no job of the sweep completed" in capsys.readouterr().err
     messages = [record.getMessage() for record in caplog.records]
     assert len(messages) == 2
     assert f"no results.json found below {tmp_path}" in messages[0]
@@ -110,7 +128,9 @@ def test_callback_runs_at_the_end_of_a_real_multirun(tmp_path: Path) -> None:
         )
     )
     done = run_python("app.py", "-m", "seed=0,1", cwd=tmp_path)
-    assert done.returncode == 0, done.stderr
+    # Both jobs failed: the report is written, then the sweep exits 1.
+    assert done.returncode == 1, done.stderr
+    assert "consparse: error: 2 of 2 jobs did not complete (2 failed)" in done.stderr
     (sweep_dir,) = sweeps.iterdir()
     with open(sweep_dir / "results.csv", newline="") as handle:
         rows = list(csv.DictReader(handle))

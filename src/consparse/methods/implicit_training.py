@@ -63,7 +63,7 @@ class ImplicitTrainingMethod(SparseMethod):
         self.max_well_posedness = implicit.well_posedness()
         self.steps_checked = 0
         self.density_curve: list[dict[str, Any]] = []
-        # Solves of the training steps (this invocation's fit), over the run and over the current epoch.
+        # Solves of the training steps, over the run (kept in checkpoints) and over the current epoch.
         self.solves = {"forward": FixedPointSummary(), "backward": FixedPointSummary()}
         self.epoch_solves = {"forward": FixedPointSummary(), "backward": FixedPointSummary()}
         self._train_record: SolveRecord | None = None
@@ -142,6 +142,7 @@ class ImplicitTrainingMethod(SparseMethod):
             "curve": self.density_curve,
             "max_well_posedness": self.max_well_posedness,
             "steps_checked": self.steps_checked,
+            "solves": {kind: vars(summary) for kind, summary in self.solves.items()},
         }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -150,6 +151,8 @@ class ImplicitTrainingMethod(SparseMethod):
             self.density_curve = list(saved["curve"])
             self.max_well_posedness = float(saved["max_well_posedness"])
             self.steps_checked = int(saved["steps_checked"])
+            for kind, summary in saved.get("solves", {}).items():
+                vars(self.solves[kind]).update(summary)
 
     # ------------------------------------------------------------------ the method seam
     def reference_model(self) -> nn.Module:

@@ -25,6 +25,9 @@ from consparse.optim import FrankWolfe
 from consparse.optim.constraints import ConstrainedGroup, ConstraintSpec, build_model_constraints
 from consparse.validation import check_range
 
+# Checkpoint key of the number of groups the start rescaled into their sets (a method metric).
+INFEASIBLE_KEY = "sfw_initially_infeasible_groups"
+
 
 class SFWMethod(SparseMethod):
     """Frank-Wolfe training in constraint sets; pruning / decomposition afterwards without retraining.
@@ -76,9 +79,18 @@ class SFWMethod(SparseMethod):
         configured = super().configure_optimizers()
         optimizer = configured["optimizer"] if isinstance(configured, dict) else configured
         # Runs after the weights are restored on resumption and after DDP's broadcast, so the
-        # rescaling is the same on every rank and a no-op on an already feasible iterate.
-        self.initially_infeasible = optimizer.make_feasible_()
+        # rescaling is the same on every rank and a no-op on an already feasible iterate: a resumed
+        # run adds nothing to the count its checkpoint restored.
+        self.initially_infeasible += optimizer.make_feasible_()
         return configured
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_save_checkpoint(checkpoint)
+        checkpoint[INFEASIBLE_KEY] = self.initially_infeasible
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_load_checkpoint(checkpoint)
+        self.initially_infeasible = int(checkpoint.get(INFEASIBLE_KEY, 0))
 
     def frank_wolfe(self) -> FrankWolfe:
         """The optimiser the trainer drives (unwrapped from Lightning's ``LightningOptimizer``)."""

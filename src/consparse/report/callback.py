@@ -9,22 +9,31 @@ Register it in the primary config::
 
 Hydra calls ``on_multirun_end`` in the launching process after every job has returned, also with
 remote launchers (submitit), so the report sees all the jobs' ``results.json``.
+
+A sweep in which any job did not complete (failed, diverged, interrupted, or left no results.json)
+exits with status 1 once its report is written, so that SLURM and CI notice; Hydra itself would
+exit 0, since each job's failure is recorded rather than raised.
 """
 
 from __future__ import annotations
 
 import logging
+import sys
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
-from consparse.report.aggregate import DEFAULT_TOLERANCE, write_report
+from consparse.report.aggregate import DEFAULT_TOLERANCE, NoResultsError, collect_results, write_report
 from consparse.validation import check_range
 
 log = logging.getLogger(__name__)
+
+# Exit status of a multirun in which some job did not complete.
+UNSUCCESSFUL_SWEEP_EXIT = 1
 
 
 class ReportCallback(Callback):
@@ -48,12 +57,35 @@ class ReportCallback(Callback):
         self.tolerance = tolerance
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        # The sweep has finished whatever happens here: a report that cannot be written is a
-        # warning, never an error that would make the finished sweep look failed.
+        # The jobs have finished whatever happens here: a report that cannot be written is a
+        # warning, never an error that would make a sweep whose jobs all completed look failed.
+        selected = OmegaConf.select(config, "hydra.sweep.dir")
+        if selected is None:
+            log.warning("could not write the sweep report: the config has no hydra.sweep.dir")
+            return
+        sweep_dir = Path(str(selected))
+        report: Path | None = None
         try:
-            sweep_dir = Path(str(config.hydra.sweep.dir))
-            paths = write_report(sweep_dir, self.out_dir, group_by=self.group_by, tolerance=self.tolerance)
+            report = write_report(sweep_dir, self.out_dir, group_by=self.group_by, tolerance=self.tolerance)["markdown"]
         except Exception as exc:  # noqa: BLE001 (see above)
             log.warning("could not write the sweep report: %s: %s", type(exc).__name__, exc)
-            return
-        log.info("sweep report: %s", paths["markdown"])
+        else:
+            log.info("sweep report: %s", report)
+        problem = unsuccessful_jobs(sweep_dir)
+        if problem:
+            print(f"consparse: error: {problem}; see {report or sweep_dir}", file=sys.stderr)
+            sys.exit(UNSUCCESSFUL_SWEEP_EXIT)
+
+
+def unsuccessful_jobs(sweep_dir: Path) -> str:
+    """How many of the sweep's jobs did not complete, by status ("" when every job completed)."""
+    try:
+        statuses = Counter(str(row.get("status")) for row in collect_results(sweep_dir))
+    except NoResultsError as exc:
+        return f"no job of the sweep completed ({exc})"
+    total = sum(statuses.values())
+    statuses.pop("completed", None)
+    if not statuses:
+        return ""
+    counts = ", ".join(f"{count} {status}" for status, count in sorted(statuses.items()))
+    return f"{sum(statuses.values())} of {total} jobs did not complete ({counts})"

@@ -46,7 +46,9 @@ COMPLETED_KEYS = (
 )
 CURVE_KEYS = ("kind", "amount", "test_accuracy", "density", "params", "macs")
 CURVE_KINDS = ("unstructured", "filter", "lowrank")
-STATUSES = ("completed", "failed")
+# failed: an error; diverged: the training loss stopped being finite; interrupted: stopped by a signal
+# (a rerun in the same directory continues). All three say why in ``error``.
+STATUSES = ("completed", "failed", "diverged", "interrupted")
 
 
 class ResultsSchemaError(ValueError):
@@ -59,8 +61,8 @@ def validate_results(results: Mapping[str, Any]) -> None:
     status = results.get("status")
     if status not in STATUSES:
         problems.append(f"status must be one of {STATUSES}, got {status!r}")
-    if status == "failed" and not results.get("error"):
-        problems.append("a failed run must say why in 'error'")
+    if status not in ("completed", None) and not results.get("error"):
+        problems.append(f"a {status} run must say why in 'error'")
     if status == "completed":
         problems += [f"missing key '{key}'" for key in COMPLETED_KEYS if key not in results]
         for key in ("test_accuracy", "density"):
