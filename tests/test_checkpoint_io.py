@@ -85,7 +85,7 @@ def test_a_resume_reads_the_checkpoint_weights_only(
     first = consparse.train.run(make_config("method=dense", "trainer.limit_train_batches=2"))
     assert first["status"] == "completed"
     checkpoint = tmp_path / "run" / "checkpoints" / "last.ckpt"
-    assert load_checkpoint(checkpoint)["epoch"] == 0
+    assert load_checkpoint(checkpoint)["epoch"] == 1  # saved when the fit ends
     read: list[Path] = []
 
     def spy(path: Path, map_location: object = "cpu") -> dict:

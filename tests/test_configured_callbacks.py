@@ -28,15 +28,15 @@ def _types(trainer: pl.Trainer) -> set[str]:
 
 def test_group_callbacks_are_added_to_the_platforms(make_config, tmp_path: Path) -> None:
     trainer = _trainer(make_config("callbacks=[early_stopping,lr_monitor]"), tmp_path)
-    assert {"EarlyStopping", "LearningRateMonitor", "ModelCheckpoint", "TrainTimer"} <= _types(trainer)
+    assert {"EarlyStopping", "LearningRateMonitor", "RunCheckpoint", "TrainTimer"} <= _types(trainer)
 
 
 def test_trainer_callbacks_merge_instead_of_clashing(make_config, tmp_path: Path) -> None:
     """``+trainer.callbacks=[]`` used to reach Trainer twice (a TypeError)."""
-    assert {"ModelCheckpoint", "TrainTimer"} <= _types(_trainer(make_config("+trainer.callbacks=[]"), tmp_path))
+    assert {"RunCheckpoint", "TrainTimer"} <= _types(_trainer(make_config("+trainer.callbacks=[]"), tmp_path))
     cfg = make_config("callbacks=early_stopping",
                       "+trainer.callbacks=[{_target_:pytorch_lightning.callbacks.LearningRateMonitor}]")
-    assert {"EarlyStopping", "LearningRateMonitor", "ModelCheckpoint"} <= _types(_trainer(cfg, tmp_path))
+    assert {"EarlyStopping", "LearningRateMonitor", "RunCheckpoint"} <= _types(_trainer(cfg, tmp_path))
 
 
 @pytest.mark.parametrize(

@@ -58,7 +58,7 @@ def load_checkpoint(path: str | os.PathLike[str], map_location: Any = "cpu") -> 
             f"{path} was refused: it holds objects a checkpoint may not hold ({_reason(error)}); nothing in it "
             "was run. Load only checkpoints written by consparse"
         ) from None
-    except (RuntimeError, EOFError, OSError, ValueError) as error:
+    except Exception as error:  # noqa: BLE001 - damaged bytes raise anything (KeyError, struct.error, ...)
         raise CheckpointError(f"{path} is not a readable checkpoint ({type(error).__name__}: {_reason(error)})") from None
 
 

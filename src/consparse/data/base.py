@@ -218,9 +218,9 @@ class ConsparseDataModule(pl.LightningDataModule, ABC):
 
     def batch_device(self) -> torch.device | None:
         """The device training batches are made on by ``DeviceBatches``; None for the DataLoader."""
-        device = self.trainer.strategy.root_device if self.trainer is not None else torch.device("cpu")
         if self.on_device is False or self.train_tensors is None:
             return None
+        device = self.trainer.strategy.root_device if self.trainer is not None else torch.device("cpu")
         if self.on_device == "auto" and device.type != "cuda":
             return None
         return device
