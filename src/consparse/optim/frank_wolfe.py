@@ -26,7 +26,9 @@ Lightning: automatic optimisation calls ``step(closure)``. Under DDP the gradien
 during backward, before ``step``, so every rank computes the same LMO and takes the same step. Under
 AMP (16-mixed) Lightning's precision plugin unscales the gradients (``GradScaler.unscale_``) before
 ``step`` because this optimiser does not claim to handle scaling itself
-(``_step_supports_amp_scaling`` is not set), and skips the step on inf/NaN gradients.
+(``_step_supports_amp_scaling`` is not set), and skips the step on inf/NaN gradients. The step itself
+(momenta, oracles, step sizes) runs in full precision even when called inside ``torch.autocast``
+(bf16-mixed with manual optimisation): see ``consparse.precision``.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ import torch
 
 from consparse.errors import ConfigError
 from consparse.optim.constraints.base import ConstraintSet, safe_ratio
+from consparse.precision import full_precision
 from consparse.validation import check_choice, check_int, check_range
 
 MOMENTUM_FORMS = ("ema", "sum")
@@ -153,6 +156,11 @@ class FrankWolfe(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        self._step_groups(evaluate)
+        return loss
+
+    @full_precision
+    def _step_groups(self, evaluate: Callable[[], torch.Tensor | float] | None) -> None:
         short: list[_Move] = []
         for group in self.param_groups:
             move = self._prepare(group)
@@ -169,7 +177,6 @@ class FrankWolfe(torch.optim.Optimizer):
                     "with f() the loss on the same batch"
                 )
             self._short_step(short, evaluate)
-        return loss
 
     def _prepare(self, group: dict[str, Any]) -> _Move | None:
         """The group's momentum, vertex and direction (unconstrained groups step right away: None)."""

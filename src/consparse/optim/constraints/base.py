@@ -20,6 +20,10 @@ models; it only calls:
 
 Each set converts between its radius and its L2 diameter (``radius_for_diameter``), which is how a
 radius is sized from the norm of the initial weights (``D = 2 * value * E||theta_init||``).
+
+Every set's oracles and norms run in full precision even inside ``torch.autocast``
+(``consparse.precision``): each subclass's definitions of the methods in ``FULL_PRECISION_METHODS``
+are wrapped when the class is created, so a new set cannot forget it.
 """
 
 from __future__ import annotations
@@ -32,6 +36,11 @@ from typing import Any
 import torch
 
 from consparse.errors import ConfigError
+from consparse.precision import full_precision
+
+
+# The seam's computations that select (top-k), iterate (power iterations) or compare (norms).
+FULL_PRECISION_METHODS = ("lmo", "lmo_at", "away_vertex", "norm", "make_feasible")
 
 
 def resolve_k(k: float, size: int, field: str = "method.constraint.k") -> int:
@@ -75,6 +84,12 @@ class ConstraintSet(ABC):
     kind: str = ""
     #: Whether ``away_vertex`` exists (the set reads its active atoms off the iterate).
     supports_away_steps: bool = False
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        for name in FULL_PRECISION_METHODS:
+            if name in cls.__dict__ and not getattr(cls.__dict__[name], "__isabstractmethod__", False):
+                setattr(cls, name, full_precision(cls.__dict__[name]))
 
     def __init__(self, shape: Sequence[int], radius: float) -> None:
         self.shape = torch.Size(int(d) for d in shape)
