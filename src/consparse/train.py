@@ -21,6 +21,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
+from consparse.accelerate import HardwareSettings, prepare_model, release_model
 from consparse.callbacks import EpochSummary, TrainTimer
 from consparse.compress.count import model_stats
 from consparse.compress.evaluate import compression_curve, evaluate_accuracy
@@ -96,6 +97,7 @@ def _train_and_measure(
     _check_trainer(cfg)
     _check_resume(cfg)
     settings = EvaluationSettings.from_config(cfg.evaluation)
+    hardware = HardwareSettings.from_config(cfg.get("hardware"))
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
 
     # Constructors validate their config values: all of them run before any data is read.
@@ -104,12 +106,14 @@ def _train_and_measure(
     model = build_model(cfg.model, info)
     method = build_method(cfg.method, model, info)
     datamodule.check_available()
+    prepare_model(method.model, hardware)
 
     timer = TrainTimer()
     trainer = _build_trainer(cfg, run_dir, timer)
     if ckpt_path is not None:
         log.info("resuming from %s", ckpt_path)
     trainer.fit(method, datamodule=datamodule, ckpt_path=str(ckpt_path) if ckpt_path else None)
+    release_model(method.model)
 
     deployed = method.finalize(datamodule)
     if not trainer.is_global_zero:
@@ -122,7 +126,8 @@ def _train_and_measure(
         train_seconds=round(timer.elapsed, 3),
         epochs=int(trainer.current_epoch),
     )
-    results["hardware"] = _hardware_record(trainer)
+    results["hardware"] = {**_hardware_record(trainer), "compile": hardware.compile,
+                           "channels_last": hardware.channels_last}
     write_results(run_dir, results)
     _log_final_metrics(trainer, results)
     print(format_summary(results, run_dir), flush=True)
