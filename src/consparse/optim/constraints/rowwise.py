@@ -58,15 +58,15 @@ class _RowwiseSet(ConstraintSet):
         support = self._matrix(x) != 0
         budget = torch.as_tensor(self.support_budget, device=g.device).reshape(-1, 1)
         room = (budget - support.sum(dim=1, keepdim=True)).clamp_min(0)
-        allowed = support
-        widest = int(room.max())
-        if widest > 0:
-            # Off-support entries rank first (support entries get -1 < |g|); the top `room` of them are allowed.
-            outside = torch.where(support, torch.full_like(g, -1.0), g.abs())
-            top = torch.topk(outside, min(widest, self.cols), dim=1).indices
-            ranks = torch.arange(top.shape[1], device=g.device).expand_as(top)
-            extra = torch.zeros_like(support).scatter_(1, top, ranks < room)
-            allowed = support | extra
+        # A vertex has at most atoms_per_row entries, so allowing more than that many entries outside
+        # the support changes nothing: the width of the search is fixed (no read-back of `room`).
+        widest = min(self.atoms_per_row, self.cols)
+        # Off-support entries rank first (support entries get -1 < |g|); the top `room` of them are allowed.
+        outside = torch.where(support, torch.full_like(g, -1.0), g.abs())
+        top = torch.topk(outside, widest, dim=1).indices
+        ranks = torch.arange(widest, device=g.device).expand_as(top)
+        extra = torch.zeros_like(support).scatter_(1, top, ranks < room)
+        allowed = support | extra
         return self.lmo(torch.where(allowed, g, torch.zeros_like(g)).reshape(self.shape))
 
     @property
