@@ -7,7 +7,7 @@ a top-k on bfloat16 magnitudes ties thousands of entries, a power iteration or a
 stalls at a residual of ~1e-2, and a LASSO path's knots (closed-form crossings) come out in the
 wrong order. ``full_precision`` runs such a function with autocast switched off on every device
 type where it is on and its low-precision floating tensor arguments promoted to float32; float64
-stays float64. Outside autocast it only checks the arguments' dtypes, so the CPU path pays nothing.
+stays float64. Outside autocast it only checks the arguments' dtypes (about a microsecond).
 
 Used by the Frank-Wolfe optimiser and its LMOs, the hard-concrete gate probabilities and expected
 densities, the Lagrange multipliers, the implicit model's fixed point and adjoint, and the LASSO
@@ -30,6 +30,15 @@ _LOW_PRECISION = (torch.float16, torch.bfloat16)
 _AUTOCAST_DEVICES = ("cuda", "cpu")
 
 
+def _any_autocast_enabled_by_device() -> bool:
+    return any(torch.is_autocast_enabled(device) for device in _AUTOCAST_DEVICES)
+
+
+# One call for every device type; torch.is_autocast_enabled(device) parses its argument each time,
+# which costs more than the functions it guards on small tensors. Private, hence the fallback.
+_any_autocast_enabled = getattr(torch._C, "_is_any_autocast_enabled", _any_autocast_enabled_by_device)
+
+
 @contextmanager
 def autocast_disabled() -> Iterator[None]:
     """A region where autocast is off on every device type where it was on."""
@@ -40,11 +49,24 @@ def autocast_disabled() -> Iterator[None]:
         yield
 
 
+def _is_low_precision(value: Any) -> bool:
+    return isinstance(value, torch.Tensor) and value.dtype in _LOW_PRECISION
+
+
+def _holds_low_precision(args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
+    # Plain loops: a generator expression costs more than the rest of the check.
+    for value in args:
+        if isinstance(value, torch.Tensor) and value.dtype in _LOW_PRECISION:
+            return True
+    for value in kwargs.values():
+        if isinstance(value, torch.Tensor) and value.dtype in _LOW_PRECISION:
+            return True
+    return False
+
+
 def as_full_precision(value: Any) -> Any:
     """``value`` with float16 / bfloat16 tensors promoted to float32 (other values unchanged)."""
-    if isinstance(value, torch.Tensor) and value.dtype in _LOW_PRECISION:
-        return value.float()
-    return value
+    return value.float() if _is_low_precision(value) else value
 
 
 def full_precision(function: F) -> F:
@@ -52,6 +74,10 @@ def full_precision(function: F) -> F:
 
     @functools.wraps(function)
     def wrapped(*args: Any, **kwargs: Any) -> Any:
+        # The common case (called outside autocast with float32 tensors, or from inside another
+        # island) returns at once: the optimiser calls these once per parameter group and step.
+        if not _any_autocast_enabled() and not _holds_low_precision(args, kwargs):
+            return function(*args, **kwargs)
         args = tuple(as_full_precision(a) for a in args)
         kwargs = {k: as_full_precision(v) for k, v in kwargs.items()}
         with autocast_disabled():

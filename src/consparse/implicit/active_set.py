@@ -34,7 +34,14 @@ from dataclasses import dataclass
 import torch
 
 from consparse.implicit.bisection import ConstrainedLassoSolution, SearchSettings, constrained_lasso
-from consparse.implicit.lasso import VIOLATION, LassoPath, LassoProblem, PathSettings, kkt_violation, ridge_delta
+from consparse.implicit.lasso import (
+    VIOLATION,
+    LassoPath,
+    LassoProblem,
+    PathSettings,
+    kkt_violation,
+    ridge_delta,
+)
 from consparse.precision import full_precision
 from consparse.validation import check_int, check_range
 
