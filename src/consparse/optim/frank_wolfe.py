@@ -169,7 +169,7 @@ class FrankWolfe(torch.optim.Optimizer):
             if group["step_rule"] == "short":
                 short.append(move)
             else:
-                move.apply(self._step_size(group, move.m, move.direction, move.constraint, move.step))
+                move.step_in_place(self._step_size(group, move.m, move.direction, move.constraint, move.step))
         if short:
             if evaluate is None:
                 raise RuntimeError(
@@ -353,6 +353,16 @@ class _Move:
     def gradient(self) -> torch.Tensor:
         """The raw gradient in the constraint's shape (the short step's decrease test is on the batch loss)."""
         return _joined([p.grad if p.grad is not None else torch.zeros_like(p) for p in self.params], self.constraint)
+
+    def step_in_place(self, eta: float | torch.Tensor) -> None:
+        """``apply`` without returning the step taken: a Frank-Wolfe step on a single tensor (the usual
+        group) is one in-place ``lerp_`` on it, not a new tensor copied back; the optimiser takes one
+        such step per group and iteration, and on a GPU each extra kernel launch costs as much as the step."""
+        theta = _joined(self.params, self.constraint)
+        if self.away is None and len(self.params) == 1 and theta.data_ptr() == self.params[0].data_ptr():
+            theta.lerp_(self.vertex, eta)
+        else:
+            self.apply(eta)
 
     def apply(self, eta: float | torch.Tensor) -> torch.Tensor:
         """Take the step in place; returns the step taken (new minus old, in the constraint's shape)."""

@@ -69,9 +69,9 @@ def check_radius(radius: float, field: str = "method.constraint.value") -> float
 def safe_ratio(numerator: torch.Tensor, denominator: torch.Tensor) -> torch.Tensor:
     """``numerator / denominator`` with 0 where the denominator is 0 (zero in, zero out)."""
     nonzero = denominator > 0
-    return torch.where(
-        nonzero, numerator / torch.where(nonzero, denominator, torch.ones_like(denominator)), 0.0
-    )
+    # Scalars, not filled tensors: the optimiser calls this twice per group and step, and on a GPU
+    # every extra kernel launch counts.
+    return torch.where(nonzero, numerator / torch.where(nonzero, denominator, 1.0), 0.0)
 
 
 class ConstraintSet(ABC):
