@@ -142,7 +142,9 @@ class ConstraintSet(ABC):
     # ------------------------------------------------------------------ shared behaviour
     def radius_tensor(self, like: torch.Tensor) -> torch.Tensor:
         """The radius as a tensor that broadcasts against ``norm(x)``."""
-        return torch.as_tensor(self.radius, dtype=like.dtype, device=like.device)
+        # Filled on the device: a tensor made from a Python number would be copied from the host,
+        # which on a GPU waits for the queued work, once per oracle call.
+        return torch.full((), self.radius, dtype=like.dtype, device=like.device)
 
     def make_feasible(self, x: torch.Tensor) -> torch.Tensor:
         """``x`` scaled by ``min(1, radius / norm(x))``: unchanged when feasible, on the boundary otherwise."""

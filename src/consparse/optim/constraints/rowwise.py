@@ -42,6 +42,7 @@ class _RowwiseSet(ConstraintSet):
             )
         self.rows = shape[0]
         self.cols = int(shape.numel() // self.rows)
+        self._device_radius: torch.Tensor | None = None
         super().__init__(shape, radius)
         #: Most nonzeros per row: None (no budget), one count, or one count per row (a tensor).
         self.support_budget: int | torch.Tensor | None = (
@@ -56,7 +57,9 @@ class _RowwiseSet(ConstraintSet):
             return self.lmo(grad)
         g = self._matrix(grad)
         support = self._matrix(x) != 0
-        budget = torch.as_tensor(self.support_budget, device=g.device).reshape(-1, 1)
+        budget = self.support_budget
+        if isinstance(budget, torch.Tensor):
+            budget = budget.to(g.device).reshape(-1, 1)
         room = (budget - support.sum(dim=1, keepdim=True)).clamp_min(0)
         # A vertex has at most atoms_per_row entries, so allowing more than that many entries outside
         # the support changes nothing: the width of the search is fixed (no read-back of `room`).
@@ -88,7 +91,12 @@ class _RowwiseSet(ConstraintSet):
         return radii
 
     def radius_tensor(self, like: torch.Tensor) -> torch.Tensor:
-        return self.radius.to(device=like.device, dtype=like.dtype)
+        # Kept on the device after the first call: copying the host radii every step would wait for
+        # the GPU's queue each time.
+        cached = self._device_radius
+        if cached is None or cached.device != like.device or cached.dtype != like.dtype:
+            cached = self._device_radius = self.radius.to(device=like.device, dtype=like.dtype)
+        return cached
 
     def _radius_column(self, like: torch.Tensor) -> torch.Tensor:
         return self.radius_tensor(like).reshape(-1, 1)
