@@ -362,7 +362,11 @@ def environment(device: torch.device) -> dict[str, Any]:
 def run_tests(timeout: float) -> dict[str, Any]:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "src"), os.environ.get("PYTHONPATH", "")]),
            "WANDB_MODE": "disabled"}
-    command = [sys.executable, "-m", "pytest", "-m", "gpu", "-q", "-p", "no:cacheprovider", str(REPO / "tests")]
+    # Only the files that mark tests gpu: an import error in an unrelated test file (a package the
+    # GPU machine lacks) must not stop the collection.
+    files = sorted(str(path) for path in (REPO / "tests").rglob("test_*.py") if "mark.gpu" in path.read_text())
+    command = [sys.executable, "-m", "pytest", "-m", "gpu", "-q", "-p", "no:cacheprovider",
+               "--continue-on-collection-errors", *(files or [str(REPO / "tests")])]
     started = time.perf_counter()
     try:
         done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout, check=False)
