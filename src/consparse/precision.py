@@ -7,7 +7,7 @@ a top-k on bfloat16 magnitudes ties thousands of entries, a power iteration or a
 stalls at a residual of ~1e-2, and a LASSO path's knots (closed-form crossings) come out in the
 wrong order. ``full_precision`` runs such a function with autocast switched off on every device
 type where it is on and its low-precision floating tensor arguments promoted to float32; float64
-stays float64. Outside autocast it only checks the arguments' dtypes (about a microsecond).
+stays float64. Outside autocast it only checks the arguments' dtypes.
 
 Used by the Frank-Wolfe optimiser and its LMOs, the hard-concrete gate probabilities and expected
 densities, the Lagrange multipliers, the implicit model's fixed point and adjoint, and the LASSO
