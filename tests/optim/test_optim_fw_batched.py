@@ -1,5 +1,6 @@
-"""Frank-Wolfe takes the steps of its L2-ball groups together (few kernels for many groups): the same
-iterates and gaps as stepping each group on its own, for every step-size rule and momentum form."""
+"""On a GPU, Frank-Wolfe takes the steps of its L2-ball and k-support groups together (few kernels for
+many groups): the same iterates and gaps as stepping each group on its own, for every step-size rule
+and momentum form. On the CPU (no launches to save) the batching is switched on for the test."""
 
 from __future__ import annotations
 
@@ -12,16 +13,35 @@ from consparse.optim.constraints import KSupportNormBall, LpBall
 SHAPES = [(7,), (3, 5), (4, 2, 3, 3), (11,)]
 
 
-def make_groups(seed: int) -> list[dict]:
+DEVICES = ["cpu", pytest.param("cuda", marks=[pytest.mark.gpu, pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs a CUDA device")])]
+
+
+@pytest.fixture(autouse=True)
+def batch_on_the_cpu_too(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(FrankWolfe, "batched_device_types", frozenset({"cpu", "cuda"}))
+
+
+def make_groups(seed: int, device: str = "cpu") -> list[dict]:
     generator = torch.Generator().manual_seed(seed)
     params = [torch.nn.Parameter(torch.randn(shape, generator=generator)) for shape in SHAPES]
     params[2].data = params[2].data.to(memory_format=torch.channels_last)
     extra = [torch.nn.Parameter(torch.randn(6, generator=generator)), torch.nn.Parameter(torch.randn(2, 2, generator=generator))]
     groups = [{"params": [p], "constraint": LpBall(p.shape, 0.5 + i, p=2), "name": f"g{i}"} for i, p in enumerate(params)]
     groups.append({"params": extra, "constraint": LpBall((10,), 1.5, p=2), "name": "global"})
-    # A group that is never batched, between them: the batched groups keep their own step counts.
-    ksupport = torch.nn.Parameter(torch.randn(5, 4, generator=generator))
-    groups.insert(2, {"params": [ksupport], "constraint": KSupportNormBall((5, 4), 2.0, k=0.3), "name": "k"})
+    # k-support balls (batched among themselves), one of them over two tensors and one channels_last.
+    conv = torch.nn.Parameter(torch.randn(6, 3, 3, 3, generator=generator).to(memory_format=torch.channels_last))
+    pair = [torch.nn.Parameter(torch.randn(5, 4, generator=generator)), torch.nn.Parameter(torch.randn(9, generator=generator))]
+    linear = torch.nn.Parameter(torch.randn(5, 4, generator=generator))
+    groups.insert(2, {"params": [linear], "constraint": KSupportNormBall((5, 4), 2.0, k=0.3), "name": "k0"})
+    groups.append({"params": [conv], "constraint": KSupportNormBall((6, 3, 3, 3), 3.0, k=0.1), "name": "k1"})
+    groups.append({"params": pair, "constraint": KSupportNormBall((29,), 1.0, k=4), "name": "k2"})
+    # A set that is never batched, between them: the batched groups keep their own step counts.
+    odd = torch.nn.Parameter(torch.randn(8, generator=generator))
+    groups.insert(4, {"params": [odd], "constraint": LpBall((8,), 1.0, p=1), "name": "l1"})
+    for group in groups:
+        for p in group["params"]:
+            p.data = p.data.to(device)
     return groups
 
 
@@ -35,10 +55,11 @@ OPTIONS = [
 ]
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("options", OPTIONS, ids=[str(o) for o in OPTIONS])
-def test_batched_l2_groups_step_like_separate_groups(options: dict) -> None:
+def test_batched_groups_step_like_separate_groups(options: dict, device: str) -> None:
     settings = {"lr": 0.5, "momentum": 0.9, **options}
-    together_groups, separate_groups = make_groups(0), make_groups(0)
+    together_groups, separate_groups = make_groups(0, device), make_groups(0, device)
     together = FrankWolfe(together_groups, **settings)
     separate = [FrankWolfe([group], **settings) for group in separate_groups]
     together.make_feasible_()
@@ -48,12 +69,12 @@ def test_batched_l2_groups_step_like_separate_groups(options: dict) -> None:
     for _ in range(4):
         for a, b in zip(together_groups, separate_groups):
             for p, q in zip(a["params"], b["params"]):
-                p.grad = torch.randn(p.shape, generator=generator)
+                p.grad = torch.randn(p.shape, generator=generator).to(device)
                 q.grad = p.grad.clone()
         together.step()
         for optimizer in separate:
             optimizer.step()
-    assert together._l2_layouts, "the L2-ball groups were not batched"
+    assert len(together._batch_layouts) == 2, "the L2-ball and the k-support groups were not batched"
     for a, b in zip(together_groups, separate_groups):
         for p, q in zip(a["params"], b["params"]):
             torch.testing.assert_close(p.detach(), q.detach(), rtol=1e-5, atol=1e-6)
