@@ -262,20 +262,21 @@ class FrankWolfe(torch.optim.Optimizer):
 
         m_norm = group_norms(m)
         if layout.ks is None:
-            vertex = -layout.radii[layout.segments] * safe_ratio(m, m_norm[layout.segments])
+            per_entry = layout.segments
+            vertex = -layout.radii.index_select(0, per_entry) * safe_ratio(m, m_norm.index_select(0, per_entry))
         else:
             # Per group: keep the k largest |m|, V = -r m_k / ||m_k|| (KSupportNormBall.lmo).
             index = torch.cat([top_k_indices_rows(m[start:start + n].reshape(1, -1), k)[0] + start
                                for start, n, k in zip(layout.starts, layout.numels, layout.ks)])
-            values = m[index]
-            scale = safe_ratio(layout.radii, group_norms(values, layout.ks))[layout.kept_segments]
-            vertex = torch.zeros_like(m).index_put_((index,), -scale * values)
+            values = m.gather(0, index)
+            scale = safe_ratio(layout.radii, group_norms(values, layout.ks)).index_select(0, layout.kept_segments)
+            vertex = torch.zeros_like(m).scatter_(0, index, -scale * values)
         difference = theta - vertex
         gaps = group_dots(m, difference)
-        for index, group in enumerate(groups):
+        for number, group in enumerate(groups):
             state = self.state[group["params"][0]]
             state["step"] = state.get("step", 0) + 1
-            state["fw_gap"] = gaps[index]
+            state["fw_gap"] = gaps[number]
         lr, rescale = float(first["lr"]), first["rescale"]
         eta: float | torch.Tensor
         if first["step_rule"] == "sublinear":
@@ -283,13 +284,13 @@ class FrankWolfe(torch.optim.Optimizer):
         elif rescale == "none":
             eta = min(lr, 1.0)
         elif rescale == "diameter":
-            eta = torch.clamp(lr / layout.diameters, max=1.0)[layout.segments]
+            eta = torch.clamp(lr / layout.diameters, max=1.0).index_select(0, layout.segments)
         else:
             if rescale == "gradient":
                 factor = safe_ratio(m_norm, group_norms(difference))
             else:
                 factor = m_norm / (layout.diameters / 2.0)
-            eta = torch.clamp(factor * lr, 0.0, 1.0)[layout.segments]
+            eta = torch.clamp(factor * lr, 0.0, 1.0).index_select(0, layout.segments)
         stepped = torch.lerp(theta, vertex, eta)
         torch._foreach_copy_(params, [v.view(p.shape) for v, p in zip(torch.split(stepped, layout.sizes), params)])
 
