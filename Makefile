@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed
 TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
 ARGS   ?=
 
-.PHONY: setup train test test-fast bench report clean
+.PHONY: setup train test test-fast bench gpu-check report clean
 
 setup: $(STAMP)
 
@@ -36,6 +36,14 @@ test-fast: setup
 BENCHMARKS ?= $(sort $(wildcard benchmarks/*.py))
 bench: setup
 	@for script in $(BENCHMARKS); do echo "== $$script"; $(PY) $$script $(ARGS) || exit 1; done
+
+# One short run on one GPU (at most a few minutes): the platform's epoch time against a bare loop,
+# FLOP/s, WRN-28-10 steps, the LASSO rows/s, and pytest -m gpu; all of it in $(GPU_CHECK_OUT)/gpu_check.json.
+# Without a GPU the same code runs at a tiny size on the CPU. On a machine without the venv:
+#   python3 benchmarks/gpu_check.py --out outputs/gpu_check
+GPU_CHECK_OUT ?= outputs/gpu_check
+gpu-check: setup
+	WANDB_MODE=disabled $(PY) benchmarks/gpu_check.py --out $(GPU_CHECK_OUT) $(ARGS)
 
 # Tables and plots of a sweep: make report DIR=outputs/multiruns/<date>/<time>
 report: setup

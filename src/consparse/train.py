@@ -30,6 +30,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
+from consparse.accelerate import HardwareSettings, prepare_model, release_model
 from consparse.callbacks import (
     DistinctRankStreams,
     DivergenceGuard,
@@ -156,6 +157,7 @@ def _train_and_measure(
     _check_resume(cfg)
     start = start_checkpoint(cfg)
     settings = EvaluationSettings.from_config(cfg.evaluation)
+    hardware = HardwareSettings.from_config(cfg.get("hardware"))
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
 
     # Constructors validate their config values: all of them run before any data is read.
@@ -168,6 +170,7 @@ def _train_and_measure(
         check_checkpoint_fits(start, method)
         log.info("starting from %s", start)
         ckpt_path = start
+    prepare_model(method.model, hardware)
 
     timer = TrainTimer()
     trainer = _build_trainer(cfg, run_dir, timer)
@@ -178,6 +181,7 @@ def _train_and_measure(
         trainer.fit(method, datamodule=datamodule, ckpt_path=str(ckpt_path) if ckpt_path else None)
     except SIGTERMException:
         raise _interrupted(trainer, run_dir, watch.received or signal.SIGTERM) from None
+    release_model(method.model)
     phases.lap("fit")
 
     deployed = method.finalize(datamodule)
@@ -200,7 +204,8 @@ def _train_and_measure(
             train_seconds=round(train_seconds, 3),
             epochs=epochs,
         )
-        results["hardware"] = _hardware_record(trainer)
+        results["hardware"] = {**_hardware_record(trainer), "compile": hardware.compile,
+                               "channels_last": hardware.channels_last}
         results["phase_seconds"] = phases.as_dict()
         write_results(run_dir, results)
     finally:

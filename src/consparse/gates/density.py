@@ -9,6 +9,8 @@ These expected densities ignore cascading removal (a column of a Linear whose in
 previous layer no longer produces, a filter whose channel the next layer does not read): the
 purged model can be smaller than they say. The platform's ``density`` is measured on the purged
 model and shows the cascade.
+
+All of them are computed in full precision inside ``torch.autocast`` (``consparse.precision``).
 """
 
 from __future__ import annotations
@@ -17,8 +19,10 @@ import torch
 from torch import nn
 
 from consparse.gates.convert import gated_layers
+from consparse.precision import full_precision
 
 
+@full_precision
 def expected_layer_densities(model: nn.Module) -> torch.Tensor:
     """``rho_l`` of every gated layer (module order), differentiable."""
     layers = gated_layers(model)
@@ -27,6 +31,7 @@ def expected_layer_densities(model: nn.Module) -> torch.Tensor:
     return torch.stack([layer.expected_active_weights() / layer.weight.numel() for _, layer in layers])
 
 
+@full_precision
 def expected_model_density(model: nn.Module) -> torch.Tensor:
     """``rho_model``: expected active weights over all weights of the gated layers, differentiable."""
     layers = gated_layers(model)
@@ -51,6 +56,7 @@ def deterministic_gate_densities(model: nn.Module) -> dict[str, float]:
     return densities
 
 
+@full_precision
 def expected_l2(model: nn.Module) -> torch.Tensor:
     """``sum ||w||^2`` over every parameter except gates, gated weights weighted by detached ``P(z != 0)``.
 

@@ -13,6 +13,10 @@ exactly 0 for ``log_alpha <= -1.5986`` and exactly 1 for ``log_alpha >= +1.5986`
 
 The probability that a gate is non-zero, the quantity expected-L0 bookkeeping sums, has the closed
 form ``P(z != 0) = sigmoid(log_alpha - BETA * log(-GAMMA / ZETA))``.
+
+Gates, their probabilities and the noise are computed in full precision even inside ``torch.autocast``
+(``consparse.precision``): in bfloat16 a probability near 1 rounds to 1 and a log-odds of 8 bits
+moves the expected density the constraint holds.
 """
 
 from __future__ import annotations
@@ -22,6 +26,8 @@ from collections.abc import Sequence
 
 import torch
 from torch import nn
+
+from consparse.precision import full_precision
 
 BETA = 2.0 / 3.0
 GAMMA = -0.1
@@ -43,6 +49,7 @@ def log_alpha_for_droprate(droprate: float) -> float:
     return math.log((1.0 - droprate) / droprate)
 
 
+@full_precision
 def sample_gate(log_alpha: torch.Tensor, uniform: torch.Tensor | None = None) -> torch.Tensor:
     """One differentiable training sample of the gates (reparameterised through ``log_alpha``).
 
@@ -55,11 +62,13 @@ def sample_gate(log_alpha: torch.Tensor, uniform: torch.Tensor | None = None) ->
     return torch.clamp(s * (ZETA - GAMMA) + GAMMA, 0.0, 1.0)
 
 
+@full_precision
 def deterministic_gate(log_alpha: torch.Tensor) -> torch.Tensor:
     """The deterministic test-time gate (possibly fractional)."""
     return torch.clamp(torch.sigmoid(log_alpha / BETA) * (ZETA - GAMMA) + GAMMA, 0.0, 1.0)
 
 
+@full_precision
 def prob_active(log_alpha: torch.Tensor) -> torch.Tensor:
     """``P(z != 0)`` of each gate, differentiable in ``log_alpha``."""
     return torch.sigmoid(log_alpha + ACTIVE_SHIFT)

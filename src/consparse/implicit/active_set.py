@@ -23,7 +23,8 @@ A row whose conditions hold is exact (to rounding) and leaves the batch. The ite
 primal-dual active-set scheme without a convergence guarantee, so a row that is not resolved within
 ``max_rounds`` (or whose ``G_SS`` is numerically singular) is solved on the exact path instead; the
 solution reports it (``fallback``). Warm starts: a new solve starts from the previous solution's
-support, which is what the outer search over radii reuses.
+support, which is what the outer search over radii reuses. Solves run with autocast off, in the
+statistics' dtype (``consparse.precision``).
 """
 
 from __future__ import annotations
@@ -33,7 +34,15 @@ from dataclasses import dataclass
 import torch
 
 from consparse.implicit.bisection import ConstrainedLassoSolution, SearchSettings, constrained_lasso
-from consparse.implicit.lasso import VIOLATION, LassoPath, LassoProblem, PathSettings, kkt_violation, ridge_delta
+from consparse.implicit.lasso import (
+    VIOLATION,
+    LassoPath,
+    LassoProblem,
+    PathSettings,
+    kkt_violation,
+    ridge_delta,
+)
+from consparse.precision import full_precision
 from consparse.validation import check_int, check_range
 
 # Coordinates a round may add to a row at least (the first round of a cold start adds this many).
@@ -80,6 +89,7 @@ class ActiveSet:
         self.lam_max = problem.lambda_max()
         self.previous: torch.Tensor | None = None
 
+    @full_precision
     def solve(self, radius: float | torch.Tensor, search: SearchSettings = SearchSettings()) -> ConstrainedLassoSolution:
         """Every row's exact constrained solution for its radius (a number or one per row, > 0).
 

@@ -6,7 +6,8 @@ With ``Z = X A^T + U B^T``, ``D = 1[Z > 0]`` and the upstream gradient ``G = dL/
 ``v = D (A^T v + g)``), solved by the same per-sample fixed-point solver; then
 ``dL/dA = V^T X``, ``dL/dB = V^T U`` and ``dL/dU = V B``. With ``||A||_inf <= kappa < 1`` both the
 forward and the adjoint iterations contract (``||D (A^T v)||_1 <= ||A||_inf ||v||_1``), so memory
-is that of one batch of states, not of an unrolled graph.
+is that of one batch of states, not of an unrolled graph. Forward and adjoint run in full precision
+inside ``torch.autocast`` (``consparse.precision``); the readout after the states may not.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from consparse.implicit.solvers import FixedPointSettings, FixedPointStats, solve_fixed_point
+from consparse.precision import autocast_disabled, full_precision
 
 
 @dataclass
@@ -29,6 +31,7 @@ class SolveRecord:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+@full_precision
 def solve_equilibrium(
     A: torch.Tensor, B: torch.Tensor, U: torch.Tensor, settings: FixedPointSettings
 ) -> tuple[torch.Tensor, FixedPointStats]:
@@ -63,19 +66,21 @@ class ImplicitFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, grad_states: torch.Tensor) -> tuple[torch.Tensor | None, ...]:  # type: ignore[override]
         A, B, U, states = ctx.saved_tensors
-        with torch.no_grad():
+        grad_states = grad_states.to(states.dtype)
+        with torch.no_grad(), autocast_disabled():
             active = ((states @ A.T + U @ B.T) > 0).to(grad_states.dtype)
             driven = active * grad_states
             adjoint, stats = solve_fixed_point(
                 lambda v: active * (v @ A) + driven, torch.zeros_like(grad_states), ctx.backward_settings
             )
+            grad_A = adjoint.T @ states if ctx.needs_input_grad[0] else None
+            grad_B = adjoint.T @ U if ctx.needs_input_grad[1] else None
+            grad_U = adjoint @ B if ctx.needs_input_grad[2] else None
         ctx.record.backward = stats
-        grad_A = adjoint.T @ states if ctx.needs_input_grad[0] else None
-        grad_B = adjoint.T @ U if ctx.needs_input_grad[1] else None
-        grad_U = adjoint @ B if ctx.needs_input_grad[2] else None
         return grad_A, grad_B, grad_U, None, None, None
 
 
+@full_precision
 def equilibrium(
     A: torch.Tensor,
     B: torch.Tensor,

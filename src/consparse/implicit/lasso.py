@@ -30,6 +30,9 @@ conditions hold to ~1e-12, with no tolerance to tune. A tiny ridge ``delta`` (re
 diagonal of ``G``) keeps ``G_SS + delta I`` positive definite on rank-deficient designs (more
 features than samples, duplicated or dead states); the path solved is that of
 ``1/2 w^T (G + delta I) w - c^T w + lam ||w||_1``.
+
+Moves and solves run in the statistics' own dtype with autocast off (``consparse.precision``):
+inside ``torch.autocast`` the knots' closed forms would otherwise come from bfloat16 products.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ from dataclasses import dataclass
 
 import torch
 
+from consparse.precision import full_precision
 from consparse.validation import check_int, check_range
 
 # Relative size (of lam) under which a knot counts as "here": it is handled without moving.
@@ -281,6 +285,7 @@ class LassoPath:
         return torch.arange(self.rows, device=self.device) if rows is None else rows.to(device=self.device, dtype=torch.long)
 
     # ------------------------------------------------------------------ moving
+    @full_precision
     def move(self, rows: torch.Tensor, target: torch.Tensor, radius: torch.Tensor | None = None) -> MoveStats:
         """Move ``rows`` along their paths towards the penalties ``target`` (clamped to ``[0, lam_max]``).
 
@@ -697,6 +702,7 @@ def _scatter(index: torch.Tensor, valid: torch.Tensor, values: torch.Tensor, fea
     return full.scatter_add(1, index, torch.where(valid, values, 0.0))
 
 
+@full_precision
 def solve_lasso(
     problem: LassoProblem, lam: torch.Tensor, settings: PathSettings = PathSettings()
 ) -> tuple[torch.Tensor, MoveStats]:

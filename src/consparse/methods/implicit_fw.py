@@ -63,6 +63,7 @@ SEED_MATRICES = ("B", "none")
 CAPACITIES = ("model", "row")
 FIELD = "method.constraints"
 COUNTERS_KEY = "implicit_fw_counters"
+ATOM_COUNTS = ("added", "removed", "max_row_growth")
 
 
 @dataclass(frozen=True)
@@ -173,16 +174,28 @@ class ImplicitFWMethod(ImplicitTrainingMethod):
         self.max_growth = sum(s.rows * s.atoms_per_row for s in self.sets.values())
         self.frozen_steps = 0
         self.first_frozen_step: int | None = None
+        # Atoms added, removed, and the most one row gained in a step: counted on the device, read
+        # back only when reported.
+        self.register_buffer("_atom_counts", torch.zeros(3, dtype=torch.long), persistent=False)
         # Fails here, before any data is read, on a bad optimiser setting (the real one is built by Lightning).
         self.optimizer_factory(self.parameter_groups())
         self._start_from_seed()
-        self.atoms = {"added": 0, "removed": 0, "max_row_growth": 0}
         self._support_before: dict[str, torch.Tensor] = {}
         self._gap_sum: torch.Tensor | None = None
         self._gap_steps = 0
         self._evaluations = 0.0
         self._line_searches = 0
         self._batch: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    # ------------------------------------------------------------------ counters
+    @property
+    def atoms(self) -> dict[str, int]:
+        """Atoms added and removed over training, and the most any row gained in one step."""
+        return dict(zip(ATOM_COUNTS, self._atom_counts.tolist()))
+
+    @atoms.setter
+    def atoms(self, counts: dict[str, int]) -> None:
+        self._atom_counts.copy_(torch.tensor([int(counts[name]) for name in ATOM_COUNTS]))
 
     # ------------------------------------------------------------------ start
     @torch.no_grad()
@@ -238,9 +251,15 @@ class ImplicitFWMethod(ImplicitTrainingMethod):
 
     @torch.no_grad()
     def _allocate_budget(self) -> None:
-        """Per-row budgets for this step under ``capacity: model`` (module docstring)."""
+        """Per-row budgets for this step under ``capacity: model`` (module docstring).
+
+        Reads one number back per step, the room left: while it is at least what one step can add,
+        the allocation is skipped. Deciding on the device instead (granting every row its full width
+        then) costs a top-k and a sort over every row at every step, a large part of a small model's
+        step on the CPU; on a GPU the step reads back each fixed-point iteration's convergence anyway.
+        """
         supports = self._support_before
-        room = self.budget - sum(int(support.sum()) for support in supports.values())
+        room = int(self.budget - torch.stack([support.sum() for support in supports.values()]).sum())
         if room >= self.max_growth:
             for constraint in self.sets.values():
                 constraint.support_budget = None
@@ -287,12 +306,13 @@ class ImplicitFWMethod(ImplicitTrainingMethod):
             self._line_searches += 1
 
     def _count_atoms(self) -> None:
+        counts = self._atom_counts
         for name, before in self._support_before.items():
             now = self.matrix(name).detach() != 0
             new = now & ~before
-            self.atoms["added"] += int(new.sum())
-            self.atoms["removed"] += int((before & ~now).sum())
-            self.atoms["max_row_growth"] = max(self.atoms["max_row_growth"], int(new.sum(dim=1).max()))
+            counts[0] += new.sum()
+            counts[1] += (before & ~now).sum()
+            counts[2] = torch.maximum(counts[2], new.sum(dim=1).max())
         self._support_before = {}
 
     def epoch_figures(self) -> dict[str, float]:
@@ -315,7 +335,7 @@ class ImplicitFWMethod(ImplicitTrainingMethod):
         super().on_load_checkpoint(checkpoint)
         saved = checkpoint.get(COUNTERS_KEY)
         if saved is not None:
-            self.atoms = dict(saved["atoms"])
+            self.atoms = saved["atoms"]
             self.frozen_steps = int(saved["frozen_steps"])
             self.first_frozen_step = saved["first_frozen_step"]
 

@@ -29,6 +29,7 @@ from consparse.data.info import DatasetInfo
 from consparse.errors import ConfigError
 from consparse.implicit.function import SolveRecord
 from consparse.implicit.model import FixedPointSummary, ImplicitModel
+from consparse.implicit.projection import row_l1_norms
 from consparse.methods.base import SparseMethod
 
 MATRICES = ("A", "B", "C", "D")
@@ -60,13 +61,25 @@ class ImplicitTrainingMethod(SparseMethod):
         implicit = require_implicit_model(model, method_name)
         super().__init__(implicit, info, **kwargs)
         self.implicit: ImplicitModel = implicit
-        self.max_well_posedness = implicit.well_posedness()
+        # The largest ||A||_inf seen after a step, kept on the device (read back only when reported).
+        self.register_buffer(
+            "_well_posedness_peak", torch.tensor(implicit.well_posedness(), dtype=torch.float64), persistent=False
+        )
         self.steps_checked = 0
         self.density_curve: list[dict[str, Any]] = []
         # Solves of the training steps, over the run (kept in checkpoints) and over the current epoch.
         self.solves = {"forward": FixedPointSummary(), "backward": FixedPointSummary()}
         self.epoch_solves = {"forward": FixedPointSummary(), "backward": FixedPointSummary()}
         self._train_record: SolveRecord | None = None
+
+    @property
+    def max_well_posedness(self) -> float:
+        """The largest ``||A||_inf`` after any training step so far (and at the start)."""
+        return float(self._well_posedness_peak)
+
+    @max_well_posedness.setter
+    def max_well_posedness(self, value: float) -> None:
+        self._well_posedness_peak.fill_(value)
 
     # ------------------------------------------------------------------ densities
     def matrix_densities(self) -> dict[str, float]:
@@ -94,7 +107,9 @@ class ImplicitTrainingMethod(SparseMethod):
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         super().on_train_batch_end(outputs, batch, batch_idx)
-        self.max_well_posedness = max(self.max_well_posedness, self.implicit.well_posedness())
+        if self.implicit.state_size:
+            peak = row_l1_norms(self.implicit.A.detach()).max().to(self._well_posedness_peak)
+            torch.maximum(self._well_posedness_peak, peak, out=self._well_posedness_peak)
         self.steps_checked += 1
         record = self._train_record
         if record is None:

@@ -17,7 +17,9 @@ owns. The update is three tensor operations.
 
 The multipliers are buffers, so they are saved in checkpoints and resumed exactly. Under DDP the
 defects are computed from parameters that DDP keeps identical, so every rank takes the same
-dual step and the multipliers stay equal without communication.
+dual step and the multipliers stay equal without communication. The term and the dual step run in
+full precision inside ``torch.autocast`` (``consparse.precision``): the defects are small differences
+of densities that bfloat16 would round away.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from consparse.precision import full_precision
 from consparse.validation import check_int, check_range
 
 
@@ -47,12 +50,14 @@ class LagrangeMultipliers(nn.Module):
         self.restarts = restarts
         self.register_buffer("values", torch.zeros(num_constraints))
 
+    @full_precision
     def lagrangian_term(self, defects: torch.Tensor) -> torch.Tensor:
         """``sum_j lambda_j g_j`` with ``lambda`` held fixed: its gradient is the primal gradient of the constraints."""
         self._check(defects)
         return (self.values.detach() * defects).sum()
 
     @torch.no_grad()
+    @full_precision
     def update(self, defects: torch.Tensor) -> None:
         """One projected ascent step from the defects ``g`` measured before the primal step."""
         self._check(defects)

@@ -20,6 +20,10 @@ models; it only calls:
 
 Each set converts between its radius and its L2 diameter (``radius_for_diameter``), which is how a
 radius is sized from the norm of the initial weights (``D = 2 * value * E||theta_init||``).
+
+Every set's oracles and norms run in full precision even inside ``torch.autocast``
+(``consparse.precision``): each subclass's definitions of the methods in ``FULL_PRECISION_METHODS``
+are wrapped when the class is created, so a new set cannot forget it.
 """
 
 from __future__ import annotations
@@ -32,6 +36,11 @@ from typing import Any
 import torch
 
 from consparse.errors import ConfigError
+from consparse.precision import full_precision
+
+
+# The seam's computations that select (top-k), iterate (power iterations) or compare (norms).
+FULL_PRECISION_METHODS = ("lmo", "lmo_at", "away_vertex", "norm", "make_feasible")
 
 
 def resolve_k(k: float, size: int, field: str = "method.constraint.k") -> int:
@@ -60,9 +69,9 @@ def check_radius(radius: float, field: str = "method.constraint.value") -> float
 def safe_ratio(numerator: torch.Tensor, denominator: torch.Tensor) -> torch.Tensor:
     """``numerator / denominator`` with 0 where the denominator is 0 (zero in, zero out)."""
     nonzero = denominator > 0
-    return torch.where(
-        nonzero, numerator / torch.where(nonzero, denominator, torch.ones_like(denominator)), 0.0
-    )
+    # Scalars, not filled tensors: the optimiser calls this twice per group and step, and on a GPU
+    # every extra kernel launch counts.
+    return torch.where(nonzero, numerator / torch.where(nonzero, denominator, 1.0), 0.0)
 
 
 class ConstraintSet(ABC):
@@ -75,6 +84,12 @@ class ConstraintSet(ABC):
     kind: str = ""
     #: Whether ``away_vertex`` exists (the set reads its active atoms off the iterate).
     supports_away_steps: bool = False
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        for name in FULL_PRECISION_METHODS:
+            if name in cls.__dict__ and not getattr(cls.__dict__[name], "__isabstractmethod__", False):
+                setattr(cls, name, full_precision(cls.__dict__[name]))
 
     def __init__(self, shape: Sequence[int], radius: float) -> None:
         self.shape = torch.Size(int(d) for d in shape)
@@ -127,7 +142,9 @@ class ConstraintSet(ABC):
     # ------------------------------------------------------------------ shared behaviour
     def radius_tensor(self, like: torch.Tensor) -> torch.Tensor:
         """The radius as a tensor that broadcasts against ``norm(x)``."""
-        return torch.as_tensor(self.radius, dtype=like.dtype, device=like.device)
+        # Filled on the device: a tensor made from a Python number would be copied from the host,
+        # which on a GPU waits for the queued work, once per oracle call.
+        return torch.full((), self.radius, dtype=like.dtype, device=like.device)
 
     def make_feasible(self, x: torch.Tensor) -> torch.Tensor:
         """``x`` scaled by ``min(1, radius / norm(x))``: unchanged when feasible, on the boundary otherwise."""

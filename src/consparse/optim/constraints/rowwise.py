@@ -42,6 +42,7 @@ class _RowwiseSet(ConstraintSet):
             )
         self.rows = shape[0]
         self.cols = int(shape.numel() // self.rows)
+        self._device_radius: torch.Tensor | None = None
         super().__init__(shape, radius)
         #: Most nonzeros per row: None (no budget), one count, or one count per row (a tensor).
         self.support_budget: int | torch.Tensor | None = (
@@ -56,17 +57,19 @@ class _RowwiseSet(ConstraintSet):
             return self.lmo(grad)
         g = self._matrix(grad)
         support = self._matrix(x) != 0
-        budget = torch.as_tensor(self.support_budget, device=g.device).reshape(-1, 1)
+        budget = self.support_budget
+        if isinstance(budget, torch.Tensor):
+            budget = budget.to(g.device).reshape(-1, 1)
         room = (budget - support.sum(dim=1, keepdim=True)).clamp_min(0)
-        allowed = support
-        widest = int(room.max())
-        if widest > 0:
-            # Off-support entries rank first (support entries get -1 < |g|); the top `room` of them are allowed.
-            outside = torch.where(support, torch.full_like(g, -1.0), g.abs())
-            top = torch.topk(outside, min(widest, self.cols), dim=1).indices
-            ranks = torch.arange(top.shape[1], device=g.device).expand_as(top)
-            extra = torch.zeros_like(support).scatter_(1, top, ranks < room)
-            allowed = support | extra
+        # A vertex has at most atoms_per_row entries, so allowing more than that many entries outside
+        # the support changes nothing: the width of the search is fixed (no read-back of `room`).
+        widest = min(self.atoms_per_row, self.cols)
+        # Off-support entries rank first (support entries get -1 < |g|); the top `room` of them are allowed.
+        outside = torch.where(support, torch.full_like(g, -1.0), g.abs())
+        top = torch.topk(outside, widest, dim=1).indices
+        ranks = torch.arange(widest, device=g.device).expand_as(top)
+        extra = torch.zeros_like(support).scatter_(1, top, ranks < room)
+        allowed = support | extra
         return self.lmo(torch.where(allowed, g, torch.zeros_like(g)).reshape(self.shape))
 
     @property
@@ -88,7 +91,12 @@ class _RowwiseSet(ConstraintSet):
         return radii
 
     def radius_tensor(self, like: torch.Tensor) -> torch.Tensor:
-        return self.radius.to(device=like.device, dtype=like.dtype)
+        # Kept on the device after the first call: copying the host radii every step would wait for
+        # the GPU's queue each time.
+        cached = self._device_radius
+        if cached is None or cached.device != like.device or cached.dtype != like.dtype:
+            cached = self._device_radius = self.radius.to(device=like.device, dtype=like.dtype)
+        return cached
 
     def _radius_column(self, like: torch.Tensor) -> torch.Tensor:
         return self.radius_tensor(like).reshape(-1, 1)
