@@ -39,7 +39,7 @@ import sys
 import tempfile
 import time
 import traceback
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -47,6 +47,8 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 # The check belongs to this checkout: its own sources, whatever consparse an environment may hold.
 sys.path.insert(0, str(REPO / "src"))
+# Its sibling benchmarks (data_loader) import as modules, also when this file is loaded by path.
+sys.path.insert(0, str(REPO / "benchmarks"))
 
 import pytorch_lightning as pl
 import torch
@@ -57,6 +59,8 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from consparse.accelerate import HardwareSettings, prepare_model, release_model
 from consparse.callbacks import TrainTimer
+from consparse.data.cifar import CROP_PADDING, CIFAR10DataModule
+from consparse.data.device_batches import DeviceBatches, EpochSampler, ImageTensors
 from consparse.data.info import DatasetInfo
 from consparse.implicit.bisection import SearchSettings
 from consparse.implicit.lasso import LassoProblem
@@ -65,6 +69,7 @@ from consparse.methods import build_method
 from consparse.models import build_model
 from consparse.quiet import silence_known_noise
 from consparse.train import _build_trainer
+from data_loader import measure_loader  # benchmarks/data_loader.py, beside this script
 
 CONF = REPO / "conf"
 # Dense (no sparsity) bf16 tensor-core peaks, FLOP/s, by a fragment of torch.cuda.get_device_name().
@@ -73,9 +78,6 @@ BF16_PEAKS = {
     "H100": (989.4e12, "NVIDIA H100/H200 SXM: 989 TFLOP/s dense BF16 (no structured sparsity)"),
     "A100": (312e12, "NVIDIA A100: 312 TFLOP/s dense BF16"),
 }
-CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
-CIFAR_STD = (0.2470, 0.2435, 0.2616)
-CROP_PADDING = 4
 # Methods of the ResNet-18 table: overrides beyond method=<name>.
 METHODS: dict[str, tuple[str, ...]] = {
     "dense": (),
@@ -90,6 +92,8 @@ GOALS = {
     "l0_over_dense_step": 1.20,
 }
 PAPER_EPOCHS = 200
+# The data pipeline must deliver at least this many times the images/s the model consumes.
+LOADER_GOAL = 5.0
 # Seconds the optional compiled-dense row needs (compilation of ResNet-18 forward and backward plus
 # three epochs); it runs only when the budget leaves this much after the tests.
 COMPILE_RESERVE_SECONDS = 120.0
@@ -123,46 +127,16 @@ TINY = Sizes(images=64, side=8, batch=32, epochs=1, model="resnet20", wrn_batch=
 
 
 # ---------------------------------------------------------------------------------------------- data
-class DeviceBatches:
-    """Uint8 images on the device, served shuffled in batches with a random crop and flip done there.
-
-    The crop pads by ``CROP_PADDING`` zeros and cuts a window at a random offset, per image, and
-    half of the images are mirrored: torchvision's ``RandomCrop(32, padding=4)`` and
-    ``RandomHorizontalFlip()``, as batched gathers. Then scaling to [0, 1] and CIFAR normalisation.
-    """
-
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor, batch_size: int, seed: int = 0,
-                 limit_batches: int | None = None) -> None:
-        self.images, self.labels, self.batch_size = images, labels, batch_size
-        self.limit_batches = limit_batches
-        self.generator = torch.Generator(device=images.device).manual_seed(seed)
-        shape = (1, -1, 1, 1)
-        self.mean = torch.tensor(CIFAR_MEAN, device=images.device).reshape(shape) * 255
-        self.std = torch.tensor(CIFAR_STD, device=images.device).reshape(shape) * 255
-
-    def __len__(self) -> int:
-        batches = math.ceil(self.images.shape[0] / self.batch_size)
-        return batches if self.limit_batches is None else min(batches, self.limit_batches)
-
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        order = torch.randperm(self.images.shape[0], device=self.images.device, generator=self.generator)
-        for number in range(len(self)):
-            index = order[number * self.batch_size:(number + 1) * self.batch_size]
-            yield self.augment(self.images[index]), self.labels[index]
-
-    def augment(self, batch: torch.Tensor) -> torch.Tensor:
-        count, _, height, width = batch.shape
-        device = batch.device
-        padded = F.pad(batch, (CROP_PADDING,) * 4)
-        offsets = torch.randint(0, 2 * CROP_PADDING + 1, (2, count), device=device, generator=self.generator)
-        rows = offsets[0, :, None] + torch.arange(height, device=device)
-        cols = offsets[1, :, None] + torch.arange(width, device=device)
-        flip = torch.rand(count, device=device, generator=self.generator) < 0.5
-        cols = torch.where(flip[:, None], cols.flip(1), cols)
-        samples = torch.arange(count, device=device)[:, None, None, None]
-        channels = torch.arange(batch.shape[1], device=device)[None, :, None, None]
-        cropped = padded[samples, channels, rows[:, None, :, None], cols[:, None, None, :]]
-        return (cropped.float() - self.mean) / self.std
+def device_batches(images: torch.Tensor, labels: torch.Tensor, batch_size: int,
+                   limit_batches: int | None = None) -> DeviceBatches:
+    """The platform's on-device CIFAR pipeline (``dataset.on_device``): random crop with 4 pixels of
+    padding, horizontal flip and normalisation as batched tensor operations on the images' device."""
+    if limit_batches is not None:
+        images, labels = images[:batch_size * limit_batches], labels[:batch_size * limit_batches]
+    tensors = ImageTensors(images, labels, CIFAR10DataModule.mean, CIFAR10DataModule.std, padding=CROP_PADDING,
+                           flip=True)
+    sampler = EpochSampler(labels.shape[0], padding=CROP_PADDING, flip=True)
+    return DeviceBatches(tensors, batch_size, images.device, sampler)
 
 
 def synthetic_images(sizes: Sizes, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -420,7 +394,7 @@ def main() -> None:
     run_root = Path(tempfile.mkdtemp(prefix="gpu_check_"))
     info = DatasetInfo("synthetic", (3, sizes.side, sizes.side), sizes.classes, "image")
     images, labels = synthetic_images(sizes, device)
-    loader = DeviceBatches(images, labels, sizes.batch)
+    loader = device_batches(images, labels, sizes.batch)
     base = [f"model={sizes.model}", "dataset=synthetic", f"dataset.batch_size={sizes.batch}", f"hardware={hardware}"]
     epochs = sizes.warmup_epochs + sizes.epochs
 
@@ -467,9 +441,15 @@ def main() -> None:
 
     report.item("implicit_lasso_rows", "active_set", lasso)
 
+    # --- the data pipelines alone against what ResNet-18 consumes (goal on a GPU: the on-device one >= 5x)
+    report.item("data_loader", "cifar", lambda: measure_loader(
+        device=device, batch_size=sizes.batch, num_images=sizes.images,
+        num_workers=0 if tiny else min(8, os.cpu_count() or 1), cpu_loader_batches=None if tiny else 40,
+        model_steps=2 if tiny else 10))
+
     # --- WRN-28-10 steps: dense and the L0 paper's CIFAR-10 preset
     wrn_info = DatasetInfo("synthetic", (3, sizes.side, sizes.side), 10, "image")
-    wrn_loader = DeviceBatches(images, labels, sizes.wrn_batch, limit_batches=sizes.wrn_warmup_steps + sizes.wrn_steps)
+    wrn_loader = device_batches(images, labels, sizes.wrn_batch, limit_batches=sizes.wrn_warmup_steps + sizes.wrn_steps)
     wrn_common = [f"dataset.batch_size={sizes.wrn_batch}", f"hardware={hardware}", *sizes.wrn_overrides]
     wrn_runs = {
         "dense": ["method=dense", "model=wrn28_10", "dataset=synthetic", *wrn_common],
@@ -498,6 +478,9 @@ def main() -> None:
     report.record["goal_results"] = {key: {"measured": value, "goal": GOALS[key],
                                            "met": None if value is None else value <= GOALS[key]}
                                      for key, value in met.items()}
+    delivered = (report.record.get("data_loader", {}).get("cifar") or {}).get("device_loader_to_model")
+    report.record["goal_results"]["device_loader_over_model"] = {
+        "measured": delivered, "goal": f">= {LOADER_GOAL}", "met": None if delivered is None else delivered >= LOADER_GOAL}
     report.record["bare_seconds_per_epoch"] = bare_row.get("seconds_per_epoch")
     report.write()
 
@@ -555,8 +538,14 @@ def print_table(record: dict[str, Any]) -> None:
     if "speedup" in lasso:
         print(f"implicit_lasso rows: {lasso['device']['rows_per_second']:.0f} rows/s on {record['environment']['device']}, "
               f"{lasso['cpu_1_thread']['rows_per_second']:.0f} rows/s on one CPU thread ({lasso['speedup']:.1f}x)")
+    loaders = record.get("data_loader", {}).get("cifar", {})
+    if "device_loader_to_model" in loaders:
+        print(f"loaders: on-device {loaders['device_loader_images_per_s']:.0f} images/s "
+              f"({loaders['device_loader_to_model']:.1f}x the model), CPU {loaders['cpu_loader_images_per_s']:.0f} "
+              f"images/s ({loaders['cpu_loader_to_model']:.2f}x), model {loaders['model_images_per_s']:.0f} images/s")
     for key, result in record.get("goal_results", {}).items():
-        print(f"goal {key}: {number(result['measured'], '%.3f')} (<= {result['goal']}) met={result['met']}")
+        goal = result["goal"] if isinstance(result["goal"], str) else f"<= {result['goal']}"
+        print(f"goal {key}: {number(result['measured'], '%.3f')} ({goal}) met={result['met']}")
     tests = record.get("tests", {}).get("pytest -m gpu", {})
     if tests:
         print(f"pytest -m gpu: {tests.get('summary', tests.get('error', 'timed out' if tests.get('timed_out') else ''))}")

@@ -36,7 +36,10 @@ def test_the_tiny_check_measures_every_item(tmp_path: Path) -> None:
     assert lasso["device"]["rows_per_second"] > 0 and lasso["cpu_1_thread"]["rows_per_second"] > 0
     assert lasso["device"]["rows_fallback"] == 0
     assert set(record["goal_results"]) == {"dense_epoch_seconds", "platform_over_bare", "sfw_over_dense_step",
-                                           "l0_over_dense_step"}
+                                           "l0_over_dense_step", "device_loader_over_model"}
+    loaders = record["data_loader"]["cifar"]
+    assert "error" not in loaders, loaders.get("traceback")
+    assert loaders["device_loader_to_model"] > 0 and loaders["cpu_loader_to_model"] > 0
     assert "sfw" in done.stdout and "goal platform_over_bare" in done.stdout
 
 
