@@ -16,6 +16,7 @@ import pytorch_lightning as pl
 import torch
 
 import consparse.train as train_module
+from consparse.callbacks import DivergenceGuard
 from consparse.errors import ConfigError, RunDirError, TrainingDiverged
 from consparse.interruption import RunInterrupted, SignalWatch
 from consparse.report.results import read_results, validate_results
@@ -160,6 +161,31 @@ def test_non_finite_weights_are_never_checkpointed_and_the_run_is_diverged(
     results = read_results(run_dir)
     validate_results(results)
     assert results["status"] == "diverged" and "step 8" in results["error"]
+
+
+@pytest.mark.parametrize("lag", [2, 10])
+def test_a_deferred_loss_check_names_the_step_whose_loss_was_not_finite(
+    make_config, lag: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On a GPU the guard reads each step's flag a few steps later (no host sync per step): the run still
+    stops, within the lag or at the epoch's end, naming the step whose loss was not finite."""
+    original = train_module._build_trainer
+    seen: list[int] = []
+
+    class _Steps(pl.Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx: int) -> None:
+            seen.append(trainer.global_step)
+
+    def build(cfg, run_dir, timer):
+        trainer = original(cfg, run_dir, timer)
+        next(c for c in trainer.callbacks if isinstance(c, DivergenceGuard)).lag = lag
+        trainer.callbacks += [_PoisonWeights(1), _Steps()]
+        return trainer
+
+    monkeypatch.setattr(train_module, "_build_trainer", build)
+    with pytest.raises(TrainingDiverged, match=r"became nan at step 8 \(epoch 2\)"):
+        run(make_config("method=dense", "model.hidden=[8]", *QUICK, "trainer.max_epochs=3"))
+    assert max(seen) == (10 if lag == 2 else 11), "stopped within the lag, or at the end of the epoch"
 
 
 @pytest.mark.slow
