@@ -48,7 +48,7 @@ def make_config(args: argparse.Namespace, output_dir: Path):
         f"dataset.batch_size={args.batch_size}",
         f"trainer.max_epochs={args.epochs}",
         "trainer.enable_progress_bar=false",
-        "evaluation.compression_grid={}",
+        "evaluation.compression_grid=null",
         "evaluation.export=false",
         "evaluation.latency.min_run_time=0.01",
         "evaluation.latency.rounds=1",

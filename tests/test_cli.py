@@ -20,7 +20,7 @@ TINY = [
     "trainer.max_epochs=1",
     "evaluation.latency.min_run_time=0.02",
     "evaluation.latency.rounds=1",
-    "evaluation.compression_grid={}",
+    "evaluation.compression_grid=null",
 ]
 
 

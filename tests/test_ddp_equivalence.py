@@ -73,6 +73,7 @@ def _launch(tmp_path: Path, hardware: str, processes: int) -> Path:
     completed = subprocess.run(command, check=False, env=env, capture_output=True, text=True, timeout=1200,
                                cwd=tmp_path)
     assert completed.returncode == 0, completed.stderr[-4000:]
+    (out / "stderr.txt").write_text(completed.stderr)
     return out
 
 
@@ -108,6 +109,13 @@ def test_two_processes_train_what_one_process_trains(runs: dict[str, Path], meth
         [point["test_accuracy"] for point in single["compression_curve"]]
     )
     _same_method_metrics(method, single["method_metrics"], ddp["method_metrics"])
+
+
+@pytest.mark.ddp
+@pytest.mark.slow
+def test_metrics_are_reduced_over_ranks_without_lightning_warning(runs: dict[str, Path]) -> None:
+    """Lightning warns "use sync_dist=True" for every epoch metric logged unreduced under DDP."""
+    assert "sync_dist" not in (runs["ddp"] / "stderr.txt").read_text()
 
 
 def _same_method_metrics(method: str, single: dict, ddp: dict) -> None:

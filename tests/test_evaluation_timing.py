@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from consparse.errors import ConfigError
+from consparse.evaluation import EvaluationSettings
 from consparse.report.results import read_results
 from consparse.summary import format_summary
 from consparse.timing import EVALUATION_PHASES, PhaseTimer, evaluation_seconds
@@ -36,6 +37,13 @@ def test_the_default_evaluation_keeps_the_previous_values(make_config) -> None:
         else:
             assert evaluation[key] == value
     assert evaluation.latency.budget_s > 0 and evaluation.latency.min_repeats >= 1
+
+
+def test_a_null_grid_switches_the_curve_off_and_an_empty_mapping_does_not(make_config) -> None:
+    assert EvaluationSettings.from_config(make_config("evaluation.compression_grid=null").evaluation).compression_grid == {}
+    # Hydra merges a mapping into the existing one: every kind of the default grid stays.
+    merged = EvaluationSettings.from_config(make_config("evaluation.compression_grid={}").evaluation).compression_grid
+    assert set(merged) == {"unstructured", "filter", "lowrank"}
 
 
 def test_a_run_records_its_phases_and_they_add_up_to_its_wall_time(make_config, tmp_path: Path, capsys) -> None:
@@ -104,7 +112,7 @@ def test_a_ddp_spawn_run_records_its_epochs_and_fit_seconds(tmp_path: Path) -> N
     env = {**os.environ, "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1"}
     result = subprocess.run(
         [sys.executable, str(REPO / "train.py"), "method=dense", "hardware=cpu_ddp", "trainer.strategy=ddp_spawn",
-         "trainer.max_epochs=1", "evaluation=quick", "evaluation.compression_grid={}", f"hydra.run.dir={run_dir}"],
+         "trainer.max_epochs=1", "evaluation=quick", "evaluation.compression_grid=null", f"hydra.run.dir={run_dir}"],
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600, check=False,
     )
     assert result.returncode == 0, result.stderr[-3000:]

@@ -35,7 +35,7 @@ TRAIN = str(REPO / "train.py")
 # Small and quick: a few batches per epoch, no compression curve, no export, a short latency.
 QUICK = (
     "trainer.limit_train_batches=4",
-    "evaluation.compression_grid={}",
+    "evaluation.compression_grid=null",
     "evaluation.export=false",
     "evaluation.latency.min_run_time=0.01",
 )
@@ -354,7 +354,7 @@ def test_a_signal_checkpoints_the_step_records_interrupted_and_a_rerun_completes
     run_dir = tmp_path / "run"
     # Long enough to be caught while training (1,293 digits at batch 8: 162 steps an epoch).
     args = ["method=dense", "model.hidden=[32]", "dataset.batch_size=8", "trainer.max_epochs=1000",
-            "evaluation.compression_grid={}", "evaluation.latency.min_run_time=0.01", f"hydra.run.dir={run_dir}"]
+            "evaluation.compression_grid=null", "evaluation.latency.min_run_time=0.01", f"hydra.run.dir={run_dir}"]
     process = _train_process(args, tmp_path)
     _wait_for_epochs(run_dir, process, 2)
     process.send_signal(signum)
@@ -381,7 +381,7 @@ def test_a_signal_checkpoints_the_step_records_interrupted_and_a_rerun_completes
 @pytest.mark.slow
 def test_kill_9_then_resume_matches_the_uninterrupted_run(tmp_path: Path) -> None:
     args = ["method=dense", "model.hidden=[16]", "dataset.batch_size=16", "trainer.max_epochs=6",
-            "scheduler@method.scheduler=constant", "evaluation.compression_grid={}", "evaluation.export=false",
+            "scheduler@method.scheduler=constant", "evaluation.compression_grid=null", "evaluation.export=false",
             "evaluation.latency.min_run_time=0.01"]
     whole = _train_process([*args, f"hydra.run.dir={tmp_path / 'whole'}"], tmp_path)
     assert whole.wait(timeout=300) == 0, whole.communicate()[1][-3000:]
@@ -406,7 +406,7 @@ def test_submitit_requeues_a_job_on_its_signal_and_the_requeued_job_completes(tm
     sweep = tmp_path / "sweep"
     job_dir = sweep / "0"
     args = ["-m", "hydra/launcher=submitit_local", "hydra.launcher.timeout_min=30", "method=dense",
-            "model.hidden=[32]", "dataset.batch_size=8", "trainer.max_epochs=8", "evaluation.compression_grid={}",
+            "model.hidden=[32]", "dataset.batch_size=8", "trainer.max_epochs=8", "evaluation.compression_grid=null",
             "evaluation.latency.min_run_time=0.01", f"hydra.sweep.dir={sweep}"]
     launcher = _train_process(args, tmp_path)
     try:

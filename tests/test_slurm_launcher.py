@@ -95,7 +95,7 @@ def test_submitit_launcher_runs_a_two_task_ddp_job(tmp_path: Path) -> None:
            "OMP_NUM_THREADS": "1", "WANDB_MODE": "disabled"}
     args = ["-m", "hydra/launcher=submitit_local", "hardware=cpu_ddp", "hydra.launcher.tasks_per_node=${trainer.devices}",
             "hydra.launcher.timeout_min=10", "method=dense", "trainer.max_epochs=1", "trainer.enable_progress_bar=false",
-            "evaluation.compression_grid={}", "evaluation.latency.min_run_time=0.02", "evaluation.latency.rounds=1",
+            "evaluation.compression_grid=null", "evaluation.latency.min_run_time=0.02", "evaluation.latency.rounds=1",
             f"hydra.sweep.dir={sweep}"]
     completed = subprocess.run([sys.executable, str(REPO / "train.py"), *args], cwd=tmp_path, env=env,
                                capture_output=True, text=True, timeout=900, check=False)

@@ -10,7 +10,7 @@ from consparse.errors import ConfigError
 from consparse.report.results import read_results
 from consparse.train import run
 
-# `evaluation.compression_grid={}` would merge into the grid, not replace it: each kind is emptied.
+# `evaluation.compression_grid=null` would merge into the grid, not replace it: each kind is emptied.
 NO_CURVE = tuple(f"evaluation.compression_grid.{kind}=[]" for kind in ("unstructured", "filter", "lowrank"))
 
 

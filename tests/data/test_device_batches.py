@@ -242,7 +242,7 @@ def test_two_processes_train_the_same_weights_as_one(tmp_path):
     common = [
         "method=dense", "model=mlp", "dataset=mnist", f"dataset.root={tmp_path / 'data'}", "dataset.on_device=true",
         "dataset.batch_size=10", "dataset.max_train_samples=40", "trainer.max_epochs=2",
-        "evaluation.compression_grid={}", "evaluation.export=false", "evaluation.latency.min_run_time=0.01",
+        "evaluation.compression_grid=null", "evaluation.export=false", "evaluation.latency.min_run_time=0.01",
         "evaluation.latency.rounds=1",
     ]
     run_train([*common, f"hydra.run.dir={tmp_path / 'one'}"], tmp_path)

@@ -25,7 +25,7 @@ from consparse.report.results import read_results, validate_results
 from consparse.train import run
 
 REPO = Path(__file__).resolve().parents[2]
-SMALL_MLP = ("model=mlp", "model.hidden=[24,12]", "dataset=digits", "evaluation.compression_grid={}")
+SMALL_MLP = ("model=mlp", "model.hidden=[24,12]", "dataset=digits", "evaluation.compression_grid=null")
 
 
 def _method(make_config, *overrides: str) -> ImplicitLassoMethod:
@@ -139,7 +139,7 @@ def test_a_lenet_is_matched_layer_by_layer_to_a_density_target(make_config, tmp_
     # joining them in finalize ("Sizes of tensors must match") on compare_mnist_lenet5 with a target.
     cfg = make_config("method=implicit_lasso", "model=lenet5", "model.conv_channels=[4,6]", "model.hidden=[16]",
                       "dataset=digits", "dataset.image_size=28", "trainer.max_epochs=2", "method.kappa=0.05",
-                      "method.target_density=0.3", "method.data_fraction=0.3", "evaluation.compression_grid={}")
+                      "method.target_density=0.3", "method.data_fraction=0.3", "evaluation.compression_grid=null")
     run(cfg)
     on_disk = read_results(tmp_path / "run")
     metrics = on_disk["method_metrics"]
@@ -172,7 +172,7 @@ def test_the_gpu_preset_composes_and_trains_one_batch(make_config) -> None:
 # ----------------------------------------------------------------------------- DDP
 DDP_OVERRIDES = ["method=implicit_lasso", "model=mlp", "model.hidden=[24,12]", "dataset=digits", "trainer.max_epochs=1",
                  "trainer.enable_progress_bar=false", "method.kappa=0.1", "method.solver.row_batch=8",
-                 "method.data_fraction=0.5", "evaluation.compression_grid={}", "evaluation.latency.min_run_time=0.02",
+                 "method.data_fraction=0.5", "evaluation.compression_grid=null", "evaluation.latency.min_run_time=0.02",
                  "evaluation.latency.rounds=1"]
 DDP_SCRIPT = textwrap.dedent(
     """

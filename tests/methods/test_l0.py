@@ -227,7 +227,7 @@ DDP_SCRIPT = textwrap.dedent(
     L0Method.finalize = finalize
     cfg = compose_config(["method=l0", "method.target_density=[0.2,0.3,0.4]", "method.dual_lr=0.05",
                           "hardware=cpu_ddp", "trainer.max_epochs=1", "trainer.enable_progress_bar=false",
-                          "evaluation.compression_grid={}", "evaluation.latency.min_run_time=0.02"], out / "run")
+                          "evaluation.compression_grid=null", "evaluation.latency.min_run_time=0.02"], out / "run")
     consparse.train.run(cfg)
     """
 )
