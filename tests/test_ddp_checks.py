@@ -11,9 +11,8 @@ import pytest
 import torch
 from torch import nn
 
-from consparse import callbacks
 from consparse import train as train_module
-from consparse.callbacks import DistinctRankStreams, RankAgreement, SharedRunDirectory, TrainTimer
+from consparse.callbacks import DistinctRankStreams, RankAgreement, SharedRunDirectory, TrainTimer, ranks
 from consparse.errors import ConfigError
 from consparse.gates.sync_batchnorm import SyncBatchNormKeepingGates
 
@@ -32,7 +31,7 @@ def _other_rank_sends(monkeypatch: pytest.MonkeyPatch, change) -> None:
         parts[0].copy_(local)
         parts[1].copy_(change(local.clone()))
 
-    monkeypatch.setattr(callbacks.dist, "all_gather", all_gather)
+    monkeypatch.setattr(ranks.dist, "all_gather", all_gather)
 
 
 def _agreement(model: nn.Module, optimizer: torch.optim.Optimizer) -> list[str] | None:
@@ -49,7 +48,7 @@ def test_ranks_in_the_same_state_agree(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_a_rank_with_another_weight_or_momentum_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
     model, optimizer = _trained()
-    names = [name for name, _ in callbacks._trained_state(model, [optimizer])]
+    names = [name for name, _ in ranks._trained_state(model, [optimizer])]
     # BatchNorm statistics are rank 0's before every forward and each rank's own after the last one.
     assert "1.running_mean" not in names and "1.num_batches_tracked" not in names
     weight, momentum = names.index("0.weight"), names.index("optimizer0.0.bias.momentum_buffer")
@@ -73,11 +72,11 @@ def test_processes_with_different_run_directories_stop(tmp_path: Path, monkeypat
     def all_gather_object(parts: list, local: str, other: str = str(tmp_path / "elsewhere")) -> None:
         parts[:] = [local, other]
 
-    monkeypatch.setattr(callbacks.dist, "all_gather_object", all_gather_object)
+    monkeypatch.setattr(ranks.dist, "all_gather_object", all_gather_object)
     check = SharedRunDirectory(tmp_path / "run")
     with pytest.raises(ConfigError, match="hydra.run.dir"):
         check.setup(SimpleNamespace(world_size=2), None, "fit")
-    monkeypatch.setattr(callbacks.dist, "all_gather_object", lambda parts, local: parts.__setitem__(slice(None), [local] * 2))
+    monkeypatch.setattr(ranks.dist, "all_gather_object", lambda parts, local: parts.__setitem__(slice(None), [local] * 2))
     check.setup(SimpleNamespace(world_size=2), None, "fit")
 
 
