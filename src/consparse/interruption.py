@@ -29,7 +29,9 @@ import signal
 import subprocess
 import threading
 from types import FrameType, TracebackType
-from typing import Any, Self
+from typing import Any
+
+from typing_extensions import Self  # typing.Self is Python 3.11+; torch depends on typing_extensions
 
 from consparse.run_dir import process_rank
 
