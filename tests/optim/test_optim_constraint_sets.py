@@ -422,3 +422,11 @@ def test_candidate_top_k_selects_the_same_entries_as_topk(case: str) -> None:
         torch.testing.assert_close(
             values.abs()[chosen].sort().values, torch.topk(values.abs(), k).values.sort().values
         )
+
+
+def test_rowwise_radius_on_the_device_follows_a_new_radius() -> None:
+    ball = RowwiseL1Ball((2, 3), [1.0, 2.0])
+    like = torch.zeros(2, 3)
+    torch.testing.assert_close(ball.radius_tensor(like), torch.tensor([1.0, 2.0]))
+    ball.radius = ball._validated_radius([3.0, 4.0])
+    torch.testing.assert_close(ball.radius_tensor(like), torch.tensor([3.0, 4.0]))

@@ -42,7 +42,7 @@ class _RowwiseSet(ConstraintSet):
             )
         self.rows = shape[0]
         self.cols = int(shape.numel() // self.rows)
-        self._device_radius: torch.Tensor | None = None
+        self._device_radius: tuple[torch.Tensor, torch.Tensor] | None = None
         super().__init__(shape, radius)
         #: Most nonzeros per row: None (no budget), one count, or one count per row (a tensor).
         self.support_budget: int | torch.Tensor | None = (
@@ -92,11 +92,12 @@ class _RowwiseSet(ConstraintSet):
 
     def radius_tensor(self, like: torch.Tensor) -> torch.Tensor:
         # Kept on the device after the first call: copying the host radii every step would wait for
-        # the GPU's queue each time.
+        # the GPU's queue each time. Keyed by the radius object, so a radius assigned later is seen.
         cached = self._device_radius
-        if cached is None or cached.device != like.device or cached.dtype != like.dtype:
-            cached = self._device_radius = self.radius.to(device=like.device, dtype=like.dtype)
-        return cached
+        if (cached is None or cached[0] is not self.radius or cached[1].device != like.device
+                or cached[1].dtype != like.dtype):
+            cached = self._device_radius = (self.radius, self.radius.to(device=like.device, dtype=like.dtype))
+        return cached[1]
 
     def _radius_column(self, like: torch.Tensor) -> torch.Tensor:
         return self.radius_tensor(like).reshape(-1, 1)
