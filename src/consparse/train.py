@@ -41,6 +41,7 @@ from consparse.callbacks import (
     SharedRunDirectory,
     TrainTimer,
 )
+from consparse.callbacks.divergence import non_finite_tensors
 from consparse.checkpoint_io import SafeCheckpointIO
 from consparse.cluster import adopt_submitit_local_tasks, launched_externally
 from consparse.compress.count import model_stats
@@ -250,8 +251,7 @@ def _interrupted(trainer: pl.Trainer, run_dir: Path, received: signal.Signals) -
 
 
 def _check_finite(model: torch.nn.Module) -> None:
-    bad = [name for name, tensor in [*model.named_parameters(), *model.named_buffers()]
-           if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all())]
+    bad = non_finite_tensors(model)
     if bad:
         raise TrainingDiverged(
             f"the trained model has non-finite values in {', '.join(bad[:5])}{' ...' if len(bad) > 5 else ''}; the "

@@ -13,6 +13,7 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
+from consparse.callbacks.divergence import non_finite_tensors
 from consparse.run_dir import LAST_CHECKPOINT, rotate_checkpoints
 
 log = logging.getLogger(__name__)
@@ -117,7 +118,7 @@ class RunCheckpoint(pl.callbacks.Checkpoint):
         """Write the trainer's state to ``last.ckpt`` (the old one becomes ``previous.ckpt``); None when skipped."""
         if trainer.global_step == self.saved_step or trainer.sanity_checking:
             return None
-        if not all(bool(torch.isfinite(p).all()) for p in trainer.lightning_module.parameters()):
+        if non_finite_tensors(trainer.lightning_module):
             log.warning("not saving a checkpoint at step %d: some weights are not finite", trainer.global_step)
             return None
         last = self.directory / LAST_CHECKPOINT

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import pytorch_lightning as pl
 import torch
 import torch.distributed as dist
+from torch import nn
 
 from consparse.errors import TrainingDiverged
 
@@ -77,3 +78,15 @@ class DivergenceGuard(pl.Callback):
             f"learning rate is the likely cause (now {', '.join(f'{lr:g}' for lr in learning_rates)}): lower "
             "method.optimizer.lr and start a new run dir. No checkpoint was written after the last finite step"
         )
+
+
+def non_finite_tensors(module: nn.Module) -> list[str]:
+    """Names of ``module``'s floating-point parameters and buffers that hold a NaN or inf (one host read)."""
+    named = [(name, tensor) for name, tensor in [*module.named_parameters(), *module.named_buffers()]
+             if tensor.is_floating_point()]
+    if not named:
+        return []
+    flags = [torch.isfinite(tensor).all() for _, tensor in named]
+    finite = torch.stack([flag.to(flags[0].device) for flag in flags]).tolist()
+    return [name for (name, _), ok in zip(named, finite) if not ok]
+
