@@ -235,14 +235,9 @@ class ConsparseDataModule(pl.LightningDataModule, ABC):
         tensors = replace(
             self.train_tensors, images=self.train_tensors.images[indices], labels=self.train_tensors.labels[indices]
         )
-        trainer = self.trainer
+        rank, world = self._process()
         sampler = EpochSampler(
-            len(indices),
-            seed=int(os.environ.get("PL_GLOBAL_SEED", "0")),
-            rank=trainer.global_rank if trainer is not None else 0,
-            world_size=trainer.world_size if trainer is not None else 1,
-            padding=tensors.padding,
-            flip=tensors.flip,
+            len(indices), seed=_shuffle_seed(), rank=rank, world_size=world, padding=tensors.padding, flip=tensors.flip
         )
         return DeviceBatches(tensors, self.per_device_batch_size, device, sampler)
 
@@ -252,9 +247,7 @@ class ConsparseDataModule(pl.LightningDataModule, ABC):
         if device is not None:
             return self.device_batches(device)
         rank, world = self._process()
-        # Lightning's seed (seed_everything's), as its own distributed sampler takes it.
-        seed = int(os.environ.get("PL_GLOBAL_SEED", "0"))
-        sampler = DistributedSampler(self.train_set, num_replicas=world, rank=rank, shuffle=True, seed=seed)
+        sampler = DistributedSampler(self.train_set, num_replicas=world, rank=rank, shuffle=True, seed=_shuffle_seed())
         return self._loader(self.train_set, self.per_device_batch_size, sampler)
 
     def val_dataloader(self) -> DataLoader:
@@ -276,3 +269,9 @@ class ConsparseDataModule(pl.LightningDataModule, ABC):
         if max_samples is not None and max_samples < len(dataset):
             dataset = Subset(dataset, list(range(max_samples)))
         return self._loader(dataset, batch_size or self.eval_batch_size)
+
+
+def _shuffle_seed() -> int:
+    """The run's seed (``seed_everything`` sets ``PL_GLOBAL_SEED``), as Lightning's own distributed sampler takes it."""
+    return int(os.environ.get("PL_GLOBAL_SEED", "0"))
+
