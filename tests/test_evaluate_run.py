@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -60,7 +61,12 @@ def test_overrides_change_the_evaluation_and_earlier_files_are_kept(make_config,
     assert latest["latency"]["threads"] == 2
     assert read_results(run_dir / "eval_results.previous-1.json")["compression_curve"] == []
     elsewhere = tmp_path / "elsewhere" / "eval.json"
-    assert main([f"run={run_dir}", f"output={elsewhere}"]) == 0 and elsewhere.exists()
+    old_umask = os.umask(0o022)
+    try:
+        assert main([f"run={run_dir}", f"output={elsewhere}"]) == 0 and elsewhere.exists()
+    finally:
+        os.umask(old_umask)
+    assert stat.S_IMODE(elsewhere.stat().st_mode) == 0o644, "readable by colleagues, like results.json"
 
 
 @pytest.mark.parametrize(

@@ -16,10 +16,8 @@ reference's shapes (so params, MACs and density are the same) but not its weight
 
 from __future__ import annotations
 
-import json
 import os
 import sys
-import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -36,7 +34,8 @@ from consparse.config import instantiate_node, node_name
 from consparse.errors import ConfigError, ConsparseError
 from consparse.evaluation import EvaluationSettings
 from consparse.models import build_model
-from consparse.report.results import RESULTS_FILE, read_results, to_jsonable, validate_results
+from consparse.report.results import RESULTS_FILE, read_results, write_results_file
+from consparse.run_dir import archive_previous
 from consparse.train import _measure as measure_deployed
 
 EVAL_RESULTS_FILE = "eval_results.json"
@@ -160,19 +159,8 @@ def evaluate(run: str | os.PathLike[str], overrides: list[str], output: str | No
 
 def write_eval_results(target: Path, results: dict[str, Any]) -> None:
     """Validate against the results.json contract and write atomically, keeping an earlier file."""
-    payload = to_jsonable(results)
-    validate_results(payload)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    if target.exists():
-        n = 1
-        while (kept := target.with_name(f"{target.stem}.previous-{n}{target.suffix}")).exists():
-            n += 1
-        target.rename(kept)
-    fd, temporary = tempfile.mkstemp(prefix=f".{target.stem}.", suffix=".json", dir=target.parent)
-    with os.fdopen(fd, "w") as handle:
-        json.dump(payload, handle, indent=2)
-        handle.write("\n")
-    os.replace(temporary, target)
+    archive_previous(target)
+    write_results_file(target, results)
 
 
 def format_evaluation(results: dict[str, Any], target: Path) -> str:

@@ -238,14 +238,17 @@ def claim_run_dir(run_dir: Path, cfg: DictConfig) -> None:
 
 def archive_previous_results(run_dir: Path) -> Path | None:
     """Rename an existing results.json to results.previous-<n>.json so it is never overwritten."""
-    current = run_dir / RESULTS_FILE
-    if not current.exists():
+    return archive_previous(run_dir / RESULTS_FILE)
+
+
+def archive_previous(path: Path) -> Path | None:
+    """Rename an existing ``<stem><suffix>`` to the first free ``<stem>.previous-<n><suffix>``; its new path."""
+    if not path.exists():
         return None
     n = 1
-    while (run_dir / f"results.previous-{n}.json").exists():
+    while (target := path.with_name(f"{path.stem}.previous-{n}{path.suffix}")).exists():
         n += 1
-    target = run_dir / f"results.previous-{n}.json"
-    current.rename(target)
+    path.rename(target)
     return target
 
 

@@ -98,11 +98,16 @@ def to_jsonable(value: Any) -> Any:
 
 def write_results(run_dir: str | Path, results: Mapping[str, Any]) -> Path:
     """Validate and write ``results.json`` into ``run_dir`` atomically; returns its path."""
+    return write_results_file(Path(run_dir) / RESULTS_FILE, results)
+
+
+def write_results_file(path: str | Path, results: Mapping[str, Any]) -> Path:
+    """Validate ``results`` against the contract and write them to ``path`` atomically; returns the path."""
     payload = {"schema_version": SCHEMA_VERSION, **to_jsonable(dict(results))}
     validate_results(payload)
-    run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    return write_atomically(run_dir / RESULTS_FILE, json.dumps(payload, indent=2, sort_keys=False) + "\n")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return write_atomically(path, json.dumps(payload, indent=2, sort_keys=False) + "\n")
 
 
 def read_results(path: str | Path) -> dict[str, Any]:
