@@ -36,3 +36,13 @@ def instantiate_node(node: DictConfig | dict, **kwargs: Any) -> Any:
 def node_name(node: DictConfig | dict, default: str = "?") -> str:
     """The ``name`` a group node gives itself (falls back to ``default``)."""
     return str(node.get("name", default)) if node is not None else default
+
+
+def job_identity(cfg: DictConfig) -> dict[str, Any]:
+    """What a job runs, as results.json names it: ``method``, ``model``, ``dataset`` and ``seed``."""
+    return {
+        "method": node_name(cfg.method),
+        "model": node_name(cfg.model),
+        "dataset": node_name(cfg.dataset),
+        "seed": cfg.seed,
+    }

@@ -30,7 +30,7 @@ from omegaconf.errors import OmegaConfBaseException
 from torch import nn
 
 from consparse.compress.export import DESCRIPTION_FILE, EXPORT_DIR, load_exported
-from consparse.config import instantiate_node, node_name
+from consparse.config import instantiate_node, job_identity
 from consparse.errors import ConfigError, ConsparseError
 from consparse.evaluation import EvaluationSettings
 from consparse.models import build_model
@@ -135,10 +135,7 @@ def evaluate(run: str | os.PathLike[str], overrides: list[str], output: str | No
     measured = measure_deployed(cfg, _DeployedOnly(reference, deployed), deployed, datamodule, settings, run_dir)
     training = read_results(run_dir) if (run_dir / RESULTS_FILE).is_file() else {}
     results = {
-        "method": node_name(cfg.method),
-        "model": node_name(cfg.model),
-        "dataset": node_name(cfg.dataset),
-        "seed": cfg.seed,
+        **job_identity(cfg),
         "status": "completed",
         "target_density": OmegaConf.select(cfg, "method.target_density"),
         **measured,

@@ -36,7 +36,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.loggers import WandbLogger
 
-from consparse.config import node_name
+from consparse.config import job_identity
 from consparse.errors import ConfigError
 from consparse.report.results import CURVE_KEYS
 
@@ -54,10 +54,7 @@ def run_identity(cfg: DictConfig) -> dict[str, Any]:
     if HydraConfig.initialized():
         experiment = HydraConfig.get().runtime.choices.get("experiment")
     return {
-        "method": node_name(cfg.method),
-        "model": node_name(cfg.model),
-        "dataset": node_name(cfg.dataset),
-        "seed": cfg.seed,
+        **job_identity(cfg),
         "target_density": OmegaConf.select(cfg, "method.target_density"),
         "experiment": experiment,
     }

@@ -48,7 +48,7 @@ from consparse.compress.count import model_stats
 from consparse.compress.evaluate import compression_curve, evaluate_accuracy
 from consparse.compress.export import export_model
 from consparse.compress.latency import compare_latency
-from consparse.config import instantiate_node, node_name
+from consparse.config import instantiate_node, job_identity
 from consparse.configured_callbacks import configured_callbacks, wants_progress_bar
 from consparse.data.base import ConsparseDataModule
 from consparse.errors import ConfigError, ConsparseError, TrainingDiverged
@@ -96,12 +96,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     """
     adopt_submitit_local_tasks()
     run_dir = Path(cfg.paths.output_dir)
-    identity = {
-        "method": node_name(cfg.method),
-        "model": node_name(cfg.model),
-        "dataset": node_name(cfg.dataset),
-        "seed": cfg.seed,
-    }
+    identity = job_identity(cfg)
     rank = process_rank()
     # Rank 0 owns the directory; DDP processes started by Lightning share it and must not re-check it.
     if rank == 0:
