@@ -73,7 +73,7 @@ def release_model(model: nn.Module) -> nn.Module:
     module would keep calling the original's compiled graph. ``nn.Module.compile`` has no public
     inverse; it stores the compiled call in ``_compiled_call_impl``, which ``__call__`` uses when set.
     """
-    if getattr(model, "_compiled_call_impl", None) is not None:
+    if is_compiled(model):
         model._compiled_call_impl = None
     if has_convolutions(model):
         model.to(memory_format=torch.contiguous_format)

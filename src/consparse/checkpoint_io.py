@@ -25,16 +25,17 @@ from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
 
 from consparse.errors import ConsparseError
 
+# numpy's array-unpickling helper (numpy 2 moved it from numpy.core to numpy._core).
 try:
-    from numpy._core.multiarray import _reconstruct as _numpy_reconstruct
+    from numpy._core.multiarray import _reconstruct as numpy_reconstruct
 except ImportError:  # numpy < 2
-    from numpy.core.multiarray import _reconstruct as _numpy_reconstruct
+    from numpy.core.multiarray import _reconstruct as numpy_reconstruct
 
 # Beyond torch's defaults: numpy arrays of plain dtypes, which random-generator states hold
 # (``np.random.get_state()``, Lightning's ``_collect_rng_states``). Rebuilding an array calls no
 # code the file chooses: the dtype and array constructors only.
 SAFE_GLOBALS: tuple[Any, ...] = (
-    _numpy_reconstruct,
+    numpy_reconstruct,
     np.ndarray,
     np.dtype,
     *(type(np.dtype(kind)) for kind in ("bool", "uint8", "uint32", "int32", "int64", "float32", "float64")),

@@ -10,7 +10,6 @@ File names and URL come from torchvision, so downloads and layout match it exact
 
 from __future__ import annotations
 
-import importlib
 import io
 import pickle
 from pathlib import Path
@@ -21,6 +20,7 @@ import torch
 from torchvision.datasets import CIFAR10, CIFAR100
 from torchvision.transforms import v2
 
+from consparse.checkpoint_io import numpy_reconstruct
 from consparse.data.base import ConsparseDataModule, Splits
 from consparse.data.device_batches import ImageTensors
 from consparse.data.download import DEFAULT_DOWNLOAD_TIMEOUT, check_digest, download_verified, safe_extract
@@ -64,16 +64,6 @@ def _latin1_bytes(text: str, encoding: str) -> bytes:
     return text.encode("latin1")
 
 
-def _numpy_reconstruct() -> Any:
-    """numpy's array-unpickling helper, which numpy 2 moved from ``numpy.core`` to ``numpy._core``."""
-    for module in ("numpy._core.multiarray", "numpy.core.multiarray"):
-        try:
-            return importlib.import_module(module)._reconstruct
-        except (ImportError, AttributeError):
-            continue
-    raise ImportError("numpy's multiarray._reconstruct not found")
-
-
 class BatchUnpickler(pickle.Unpickler):
     """Builds dicts, lists, strings, numbers and plain numpy arrays, and nothing else.
 
@@ -84,8 +74,8 @@ class BatchUnpickler(pickle.Unpickler):
     """
 
     ALLOWED: ClassVar[dict[tuple[str, str], Any]] = {
-        ("numpy.core.multiarray", "_reconstruct"): _numpy_reconstruct(),
-        ("numpy._core.multiarray", "_reconstruct"): _numpy_reconstruct(),
+        ("numpy.core.multiarray", "_reconstruct"): numpy_reconstruct,
+        ("numpy._core.multiarray", "_reconstruct"): numpy_reconstruct,
         ("numpy", "ndarray"): np.ndarray,
         ("numpy", "dtype"): _plain_dtype,
         ("_codecs", "encode"): _latin1_bytes,
