@@ -62,9 +62,9 @@ from consparse.callbacks import TrainTimer
 from consparse.data.cifar import CROP_PADDING, CIFAR10DataModule
 from consparse.data.device_batches import DeviceBatches, EpochSampler, ImageTensors
 from consparse.data.info import DatasetInfo
-from consparse.implicit.bisection import SearchSettings
-from consparse.implicit.lasso import LassoProblem
-from consparse.implicit.rows import RowBlock, RowSolver
+from consparse.lasso.search import SearchSettings
+from consparse.lasso.path import LassoProblem
+from consparse.methods.implicit_lasso.refit import RowBlock, RowSolver
 from consparse.methods import build_method
 from consparse.models import build_model
 from consparse.quiet import silence_known_noise

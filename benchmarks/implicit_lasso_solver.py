@@ -8,7 +8,7 @@ bisection stops within ``eps * kappa`` on the feasible side; ours ends on the sp
 
 * baseline: for each row, bisection on the penalty with scikit-learn's coordinate descent
   (``enet_path`` with the precomputed Gram matrix, warm starts, duality-gap ``--tol``), as
-  ``consparse.implicit.reference`` does; timed on every ``--stride``-th row and scaled to all rows;
+  ``tests.lasso.reference`` does; timed on every ``--stride``-th row and scaled to all rows;
 * ours: ``RowSolver`` over all rows (chunks of ``--row-batch``), for each ``--steps`` variant
   (``active_set``, the default, and the path's ``path``, ``newton``, ``bisect``);
 * with ``--warm-start``: the paper's bisection (``step: bisect``) on the baseline's rows, each
@@ -27,18 +27,23 @@ from __future__ import annotations
 
 import argparse
 import math
+import sys
 import time
+from pathlib import Path
 
 import torch
 
 from consparse.data.mnist import MNISTDataModule
-from consparse.implicit.bisection import SearchSettings
-from consparse.implicit.matching import MatchingSettings
-from consparse.implicit.reference import sklearn_constrained_lasso
-from consparse.implicit.rows import RowBlock, RowSolver
-from consparse.implicit.state_matching import ImplicitStateMatching
+from consparse.lasso.search import SearchSettings
+from consparse.methods.implicit_lasso.matching import MatchingSettings
+from consparse.methods.implicit_lasso.refit import RowBlock, RowSolver
+from consparse.methods.implicit_lasso.state_matching import ImplicitStateMatching
 from consparse.methods.implicit_lasso import load_teacher
 from consparse.models.mlp import MLP
+
+# The independent scikit-learn reference lives with the tests.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from tests.lasso.reference import sklearn_constrained_lasso  # noqa: E402
 
 
 def main() -> None:

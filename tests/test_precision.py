@@ -14,10 +14,10 @@ from torch import nn
 
 from consparse.gates import expected_l2, expected_layer_densities, expected_model_density, gate_model
 from consparse.gates.hard_concrete import deterministic_gate, prob_active, sample_gate
-from consparse.implicit.active_set import ActiveSet
-from consparse.implicit.bisection import SearchSettings
+from consparse.lasso.active_set import ActiveSet
+from consparse.lasso.search import SearchSettings
 from consparse.implicit.function import SolveRecord, equilibrium
-from consparse.implicit.lasso import LassoProblem, solve_lasso
+from consparse.lasso.path import LassoProblem, solve_lasso
 from consparse.implicit.solvers import FixedPointSettings
 from consparse.optim import FrankWolfe
 from consparse.optim.constraints import (

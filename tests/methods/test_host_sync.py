@@ -34,7 +34,7 @@ CONVERSIONS = ("item", "tolist", "__bool__", "__float__", "__int__", "__index__"
 # (file, function); None: any function of the file.
 ALLOWED_CALLERS = (
     ("consparse/implicit/solvers.py", None),
-    ("consparse/implicit/model.py", "_check"),
+    ("consparse/models/implicit.py", "_check"),
     ("consparse/methods/implicit_fw.py", "_allocate_budget"),
 )
 ALLOWED_LIBRARY_DIRS = ("torch/optim/", "torch/utils/data/")

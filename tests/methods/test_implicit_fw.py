@@ -14,7 +14,7 @@ import torch.nn.functional as F
 
 from consparse.config import instantiate_node
 from consparse.errors import ConfigError
-from consparse.implicit.model import ImplicitModel
+from consparse.models.implicit import ImplicitModel
 from consparse.methods import build_method
 from consparse.methods.implicit_fw import ImplicitFWMethod
 from consparse.models import build_model

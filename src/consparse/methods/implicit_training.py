@@ -1,6 +1,6 @@
 """What the methods that train an implicit model from scratch share (``implicit_fw``, ``implicit_pgd``).
 
-Both train ``model=implicit`` (``consparse.implicit.model.ImplicitModel``) end to end through its
+Both train ``model=implicit`` (``consparse.models.implicit.ImplicitModel``) end to end through its
 implicit backward and report the same figures, so that their runs compare line by line:
 
 * well-posedness at every step: ``||A||_inf`` is read after every optimiser step and its maximum
@@ -28,7 +28,7 @@ from consparse.compress.count import nonzero_count, numel_count
 from consparse.data.info import DatasetInfo
 from consparse.errors import ConfigError
 from consparse.implicit.function import SolveRecord
-from consparse.implicit.model import FixedPointSummary, ImplicitModel
+from consparse.models.implicit import FixedPointSummary, ImplicitModel
 from consparse.implicit.projection import row_l1_norms
 from consparse.methods.base import SparseMethod
 

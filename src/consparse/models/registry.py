@@ -18,7 +18,7 @@ from torch import nn
 from consparse.config import DESCRIPTIVE_KEYS, instantiate_node
 from consparse.data.info import DatasetInfo
 from consparse.errors import ConsparseError
-from consparse.implicit.model import ImplicitModel
+from consparse.models.implicit import ImplicitModel
 from consparse.models.lenet import LeNet5
 from consparse.models.mlp import MLP
 from consparse.models.resnet import CifarResNet, resnet18, resnet50

@@ -7,7 +7,7 @@ from collections.abc import Callable
 import pytest
 import torch
 
-from consparse.implicit.lasso import LassoProblem
+from consparse.lasso.path import LassoProblem
 
 
 def random_problem(

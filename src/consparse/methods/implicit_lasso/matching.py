@@ -3,8 +3,8 @@
 A formulation takes a trained teacher and a loader of training samples, accumulates the LASSO
 statistics of the rows it refits (``blocks``, identical on every DDP rank), maps a radius ``kappa``
 to each row's radius (``radii``) and turns solved rows into a deployed model whose read-out is
-refitted on regenerated states (``build``). ``consparse.implicit.state_matching`` is the paper's
-implicit form of a Linear/ReLU network; ``consparse.implicit.layerwise`` matches a conv net layer by
+refitted on regenerated states (``build``). ``consparse.methods.implicit_lasso.state_matching`` is the paper's
+implicit form of a Linear/ReLU network; ``consparse.methods.implicit_lasso.layerwise`` matches a conv net layer by
 layer.
 """
 
@@ -16,9 +16,9 @@ from typing import Any, Protocol
 import torch
 from torch import nn
 
-from consparse.implicit.bisection import ConstrainedLassoSolution
-from consparse.implicit.readout import ReadoutSettings
-from consparse.implicit.rows import RowBlock
+from consparse.lasso.search import ConstrainedLassoSolution
+from consparse.methods.implicit_lasso.readout import ReadoutSettings
+from consparse.methods.implicit_lasso.refit import RowBlock
 from consparse.validation import check_choice, check_range
 
 CONSTRAINTS = ("row", "A")

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
-from consparse.implicit.lasso import LassoProblem, solve_lasso
+from consparse.lasso.path import LassoProblem, solve_lasso
 from consparse.validation import check_choice, check_range
 
 READOUT_MODES = ("lstsq", "lasso", "none")

@@ -10,11 +10,11 @@ from torch import nn
 
 from consparse.compress.count import density
 from consparse.errors import ConfigError
-from consparse.implicit.bisection import SearchSettings
-from consparse.implicit.layerwise import LayerwiseStateMatching, check_layerwise
-from consparse.implicit.matching import MatchingSettings
-from consparse.implicit.readout import ReadoutSettings
-from consparse.implicit.rows import RowSolver
+from consparse.lasso.search import SearchSettings
+from consparse.methods.implicit_lasso.layerwise import LayerwiseStateMatching, check_layerwise
+from consparse.methods.implicit_lasso.matching import MatchingSettings
+from consparse.methods.implicit_lasso.readout import ReadoutSettings
+from consparse.methods.implicit_lasso.refit import RowSolver
 from consparse.models.lenet import LeNet5
 from consparse.models.resnet import CifarResNet
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from consparse.implicit.lasso import LassoProblem
+from consparse.lasso.path import LassoProblem
 
 
 class GramAccumulator:

@@ -17,7 +17,7 @@ from safetensors.torch import load_file
 from consparse.compress.export import load_exported
 from consparse.config import instantiate_node
 from consparse.errors import ConfigError
-from consparse.implicit.model import ImplicitModel
+from consparse.models.implicit import ImplicitModel
 from consparse.methods import build_method
 from consparse.methods.implicit_lasso import ImplicitLassoMethod
 from consparse.models import build_model

@@ -9,14 +9,14 @@ import pytest
 import torch
 from sklearn.linear_model import Lasso
 
-from consparse.implicit.active_set import ActiveSet, ActiveSetSettings
-from consparse.implicit.bisection import SearchSettings, constrained_lasso
-from consparse.implicit.debias import debias_rows
-from consparse.implicit.lasso import LassoPath, LassoProblem, kkt_violation, lasso_objective, solve_lasso
-from consparse.implicit.readout import ReadoutSettings, fit_readout
-from consparse.implicit.reference import sklearn_constrained_lasso
-from consparse.implicit.rows import RowBlock, RowSolver
-from consparse.implicit.statistics import GramAccumulator
+from consparse.lasso.active_set import ActiveSet, ActiveSetSettings
+from consparse.lasso.search import SearchSettings, constrained_lasso
+from consparse.lasso.debias import debias_rows
+from consparse.lasso.path import LassoPath, LassoProblem, kkt_violation, lasso_objective, solve_lasso
+from consparse.methods.implicit_lasso.readout import ReadoutSettings, fit_readout
+from tests.lasso.reference import sklearn_constrained_lasso
+from consparse.methods.implicit_lasso.refit import RowBlock, RowSolver
+from consparse.lasso.statistics import GramAccumulator
 
 PROBLEMS = [
     pytest.param({"samples": 120, "features": 40, "rows": 6, "seed": 0}, id="tall"),

@@ -16,13 +16,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from consparse.implicit.bisection import ConstrainedLassoSolution
+from consparse.lasso.search import ConstrainedLassoSolution
 from consparse.implicit.convert import sequential_to_matrices
-from consparse.implicit.matching import MatchingSettings
-from consparse.implicit.model import ImplicitModel
-from consparse.implicit.readout import fit_readout
-from consparse.implicit.rows import RowBlock
-from consparse.implicit.statistics import GramAccumulator
+from consparse.methods.implicit_lasso.matching import MatchingSettings
+from consparse.models.implicit import ImplicitModel
+from consparse.methods.implicit_lasso.readout import fit_readout
+from consparse.methods.implicit_lasso.refit import RowBlock
+from consparse.lasso.statistics import GramAccumulator
 
 DTYPE = torch.float64
 

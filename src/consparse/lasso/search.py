@@ -5,7 +5,7 @@ Algorithms 1 and 2 of Tsai, Gao & El Ghaoui (ACML 2024): solve the penalised LAS
 the radius, warm-starting every solve from the previous one. ``||w(lam)||_1`` is non-increasing in
 ``lam`` and ``w = 0`` for ``lam >= lam_max = ||M^T z||_inf``, so ``lam_max`` is always feasible.
 
-Every row searches its own penalty, all rows at once, on a ``consparse.implicit.lasso.LassoPath``
+Every row searches its own penalty, all rows at once, on a ``consparse.lasso.path.LassoPath``
 (exact penalised solutions; a solve from the previous penalty only pays for the path in between).
 ``step`` chooses how the next penalty is proposed:
 
@@ -33,10 +33,10 @@ from dataclasses import dataclass
 
 import torch
 
-from consparse.implicit.lasso import LassoPath, kkt_violation
+from consparse.lasso.path import LassoPath, kkt_violation
 from consparse.validation import check_choice, check_int, check_range
 
-# Steps of the search on the path; ``active_set`` (consparse.implicit.active_set) solves for the
+# Steps of the search on the path; ``active_set`` (consparse.lasso.active_set) solves for the
 # penalty instead of searching it, and falls back to ``path``.
 PATH_STEPS = ("path", "newton", "bisect")
 STEPS = ("active_set", *PATH_STEPS)
@@ -47,7 +47,7 @@ class SearchSettings:
     """How each row's penalty is searched.
 
     Attributes:
-        step: ``active_set`` (``consparse.implicit.active_set``), ``path``, ``newton`` or
+        step: ``active_set`` (``consparse.lasso.active_set``), ``path``, ``newton`` or
             ``bisect`` (see the module doc).
         eps: a bisection stops when ``||w_K||_1`` is within ``eps * kappa`` of the radius.
         max_steps: penalised solves per row at most (bisect, newton).

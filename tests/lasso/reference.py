@@ -22,7 +22,7 @@ import torch
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import enet_path
 
-from consparse.implicit.lasso import LassoProblem
+from consparse.lasso.path import LassoProblem
 
 
 @dataclass

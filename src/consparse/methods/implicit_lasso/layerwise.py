@@ -27,11 +27,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from consparse.errors import ConfigError
-from consparse.implicit.bisection import ConstrainedLassoSolution
-from consparse.implicit.matching import MatchingSettings
-from consparse.implicit.readout import fit_readout
-from consparse.implicit.rows import RowBlock
-from consparse.implicit.statistics import GramAccumulator
+from consparse.lasso.search import ConstrainedLassoSolution
+from consparse.methods.implicit_lasso.matching import MatchingSettings
+from consparse.methods.implicit_lasso.readout import fit_readout
+from consparse.methods.implicit_lasso.refit import RowBlock
+from consparse.lasso.statistics import GramAccumulator
 
 DTYPE = torch.float64
 _NORMS = (nn.BatchNorm1d, nn.BatchNorm2d)
@@ -84,7 +84,7 @@ def _rows_of(outputs: torch.Tensor) -> torch.Tensor:
 class LayerwiseStateMatching:
     """Layer-wise state matching of a conv net (``formulation: layerwise``; see the module doc).
 
-    Args as for ``consparse.implicit.state_matching.ImplicitStateMatching``.
+    Args as for ``consparse.methods.implicit_lasso.state_matching.ImplicitStateMatching``.
     """
 
     formulation = "layerwise"

@@ -21,9 +21,9 @@ from dataclasses import dataclass, replace
 import torch
 import torch.distributed as dist
 
-from consparse.implicit.active_set import ActiveSet, ActiveSetSettings
-from consparse.implicit.bisection import ConstrainedLassoSolution, SearchSettings, constrained_lasso
-from consparse.implicit.lasso import LassoPath, LassoProblem, PathSettings
+from consparse.lasso.active_set import ActiveSet, ActiveSetSettings
+from consparse.lasso.search import ConstrainedLassoSolution, SearchSettings, constrained_lasso
+from consparse.lasso.path import LassoPath, LassoProblem, PathSettings
 
 
 @dataclass

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from consparse.implicit.kappa_search import DensitySearchSettings, search_kappa
+from consparse.methods.implicit_lasso.kappa_search import DensitySearchSettings, search_kappa
 
 
 @pytest.mark.parametrize("target", [0.3, 0.05, 0.004])

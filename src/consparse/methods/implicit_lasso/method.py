@@ -7,7 +7,7 @@ Tsai, Gao & El Ghaoui, "Constrained Implicit Learning Framework for Neural Netwo
 1. extracts the teacher's states on ``data_fraction`` of the training data;
 2. converts it exactly: a Linear/ReLU chain into an implicit model ``(A, B, C, D)`` with every
    row of ``[A B]`` rescaled into the ``conversion_kappa`` ball (``formulation: implicit``), a conv
-   net layer by layer (``formulation: layerwise``, ``consparse.implicit.layerwise``);
+   net layer by layer (``formulation: layerwise``, ``consparse.methods.implicit_lasso.layerwise``);
 3. refits every row by the constrained LASSO ``min 1/2 ||M w - z||^2 s.t. ||w||_1 <= kappa`` (the
    whole row, or only its part on the states with ``constrain: A``), all rows at once, split across
    DDP ranks and gathered;
@@ -38,19 +38,19 @@ from consparse.compress.count import density, nonzero_count
 from consparse.compress.evaluate import evaluate_accuracy
 from consparse.compress.export import ExportError, load_exported
 from consparse.errors import ConfigError
-from consparse.implicit.active_set import ActiveSetSettings
-from consparse.implicit.bisection import ConstrainedLassoSolution, SearchSettings
+from consparse.lasso.active_set import ActiveSetSettings
+from consparse.lasso.search import ConstrainedLassoSolution, SearchSettings
 from consparse.implicit.convert import linear_relu_chain
-from consparse.implicit.debias import debias_rows
-from consparse.implicit.kappa_search import DensitySearchSettings, search_kappa
-from consparse.implicit.lasso import PathSettings
-from consparse.implicit.layerwise import LayerwiseStateMatching, check_layerwise
-from consparse.implicit.matching import MatchingSettings, StateMatching
-from consparse.implicit.model import NONCONVERGENCE_POLICIES, ImplicitModel
-from consparse.implicit.readout import ReadoutSettings
-from consparse.implicit.rows import RowSolver
+from consparse.lasso.debias import debias_rows
+from consparse.methods.implicit_lasso.kappa_search import DensitySearchSettings, search_kappa
+from consparse.lasso.path import PathSettings
+from consparse.methods.implicit_lasso.layerwise import LayerwiseStateMatching, check_layerwise
+from consparse.methods.implicit_lasso.matching import MatchingSettings, StateMatching
+from consparse.models.implicit import NONCONVERGENCE_POLICIES, ImplicitModel
+from consparse.methods.implicit_lasso.readout import ReadoutSettings
+from consparse.methods.implicit_lasso.refit import RowSolver
 from consparse.implicit.solvers import FixedPointSettings
-from consparse.implicit.state_matching import ImplicitStateMatching
+from consparse.methods.implicit_lasso.state_matching import ImplicitStateMatching
 from consparse.methods.base import SparseMethod
 from consparse.validation import check_choice, check_int, check_range
 
@@ -133,7 +133,7 @@ class ImplicitLassoMethod(SparseMethod):
         density_search: ``DensitySearchSettings`` keys.
         fixed_point: solver options of the deployed implicit model (``ImplicitModel`` keywords).
         debias: refit each row's free coordinates by least squares on its support
-            (``consparse.implicit.debias``; beyond the paper, off by default).
+            (``consparse.lasso.debias``; beyond the paper, off by default).
     """
 
     def __init__(

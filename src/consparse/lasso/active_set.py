@@ -3,7 +3,7 @@
 Each row solves ``min 1/2 w^T (G + delta I) w - c^T w  s.t.  ||w||_1 <= kappa`` on the shared Gram
 matrix, i.e. the constrained solution the paper's bisection on the penalty converges to, with the
 same penalty floor ``lambda_min_ratio * lam_max`` (a row whose constraint does not bind keeps the
-penalised solution at the floor, as on ``consparse.implicit.lasso.LassoPath``).
+penalised solution at the floor, as on ``consparse.lasso.path.LassoPath``).
 
 Why this and not the path or FISTA: on the MNIST-mlp problem the exact path pays for every knot of
 every row (about 110 per row) and a batch steps as long as its slowest row; projected FISTA needs
@@ -33,8 +33,8 @@ from dataclasses import dataclass
 
 import torch
 
-from consparse.implicit.bisection import ConstrainedLassoSolution, SearchSettings, constrained_lasso
-from consparse.implicit.lasso import (
+from consparse.lasso.search import ConstrainedLassoSolution, SearchSettings, constrained_lasso
+from consparse.lasso.path import (
     VIOLATION,
     LassoPath,
     LassoProblem,
