@@ -66,7 +66,7 @@ class Results:
     variant: str
     overrides: list[str] = field(default_factory=list)
     method_config: dict[str, Any] = field(default_factory=dict)
-    target_density: float | list[float] | None = None
+    target_density: float | list[float] | None = field(default=None, metadata=_COMPLETED)
     # Why a run did not complete (traceback null for consparse's own errors, e.g. bad input).
     error: str | None = None
     traceback: str | None = None
@@ -97,10 +97,10 @@ class Results:
         """The file's content: ``schema_version``, the fields (a run that did not complete leaves out the
         measurements it does not have), then ``extra``; plain JSON values only."""
         payload: dict[str, Any] = {"schema_version": SCHEMA_VERSION}
-        always = COMPLETED_KEYS if self.status == "completed" else FAILURE_KEYS
+        always = (*ALWAYS_KEYS, *(COMPLETED_KEYS if self.status == "completed" else FAILURE_KEYS))
         for f in fields(self):
             value = getattr(self, f.name)
-            if f.name != "extra" and (value is not None or f.name in always or f.name in REQUIRED_KEYS):
+            if f.name != "extra" and (value is not None or f.name in always):
                 payload[f.name] = value
         return to_jsonable({**payload, **self.extra})
 
@@ -122,11 +122,12 @@ def _types(hint: Any) -> set[Any]:
     return set(get_args(hint) or (hint,))
 
 
-# Keys every results.json carries and those a completed run adds; a run that did not complete writes
-# FAILURE_KEYS even when null (``traceback`` is null for consparse's own errors).
+# Keys every results.json carries and those a completed run adds. Written even when null or empty:
+# ALWAYS_KEYS, and COMPLETED_KEYS or FAILURE_KEYS (``traceback`` is null for consparse's own errors).
 REQUIRED_KEYS = tuple(f.name for f in fields(Results) if _required(f))
 COMPLETED_KEYS = tuple(f.name for f in fields(Results) if f.metadata.get("completed"))
-FAILURE_KEYS = ("overrides", "method_config", "target_density", "error", "traceback")
+ALWAYS_KEYS = (*REQUIRED_KEYS, "overrides", "method_config", "target_density")
+FAILURE_KEYS = ("error", "traceback")
 # Fields that hold numbers, for the report's numeric columns; ``COUNT_KEYS`` hold whole numbers.
 _HINTS = get_type_hints(Results)
 NUMBER_KEYS = tuple(name for name, hint in _HINTS.items() if _types(hint) & {int, float})
