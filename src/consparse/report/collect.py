@@ -30,12 +30,11 @@ from consparse.report.results import (
     ResultsSchemaError,
     read_results,
 )
+from consparse.run_dir import IDENTITY_FILE
 
 COMPLETED = "completed"
 MISSING = "missing"
-# Written by ``consparse.run_dir`` when a run claims its directory.
-IDENTITY_FILE = "run_identity.yaml"
-# Where run_identity.yaml names what ran.
+# Where run_identity.yaml (written when a run claims its directory) names what ran.
 IDENTITY_PATHS = {
     "method": ("method", "name"),
     "model": ("model", "name"),
