@@ -49,7 +49,10 @@ def test_cli_refuses_results_older_than_the_schema_in_one_line(sweep: Path) -> N
     done = run_python("-m", "consparse.report", str(sweep))
     assert done.returncode == 2 and "Traceback" not in done.stderr
     assert done.stderr.strip().splitlines() == [
-        f"consparse: error: {path}: 1 of the 15 runs below {sweep} were written before results.json said its "
-        "setting and variant (schema_version < 2); rerun them, or report them with the consparse version that wrote them"
+        (
+            f"consparse: error: {path}: 1 of the 15 runs below {sweep} were written before results.json said its "
+            "setting and variant (schema_version < 2); rerun them, or report them with the consparse version that "
+            "wrote them"
+        )
     ]
     assert not (sweep / "results.md").exists()

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pandas as pd
 import pytest
-from pathlib import Path
 
 from consparse.errors import ConfigError
 from consparse.report import collect_results, summarise
