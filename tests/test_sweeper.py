@@ -131,3 +131,14 @@ def test_unavailable_optional_blocks_are_skipped_others_fail() -> None:
     assert len(plan.jobs()) == 2 * 4 and skipped[0].jobs == []
     with pytest.raises(MissingConfigException):
         skip_unavailable(plan_sweep(None, BLOCKS, []), compose_job, optional=[])
+
+
+def test_the_sweeper_logs_the_blocks_launched_and_not_run() -> None:
+    from hydra_plugins.consparse_sweeper.blocks_sweeper import _describe
+
+    plan = plan_sweep({"seed": "0"}, BLOCKS, ["method=dense,l0"])
+    plan.jobs()
+    assert _describe(plan) == (
+        "dense (1 jobs), l0 (2 jobs); not run: pen (deselected: method=dense,l0 on the command line), "
+        "fw (deselected: method=dense,l0 on the command line)"
+    )
