@@ -42,6 +42,27 @@ def test_tiny_run_writes_valid_results(make_config, tmp_path: Path) -> None:
     assert results["test_accuracy"] == on_disk["test_accuracy"]
 
 
+def test_results_say_what_the_run_belongs_to(make_config, tmp_path: Path) -> None:
+    """setting, variant and the resolved method node go into results.json, completed or failed, so
+    that the report never works them out from Hydra's records."""
+    cfg = make_config("method=l0_penalty", "method.penalty=0.3", "setting.name=compare_x", "setting.model=mlp",
+                      "variant=penalised", "trainer.max_epochs=1", output_dir=tmp_path / "done")  # fmt: skip
+    run(cfg)
+    on_disk = read_results(tmp_path / "done")
+    validate_results(on_disk)
+    assert on_disk["schema_version"] == 2
+    assert on_disk["setting"] == {"name": "compare_x", "model": "mlp"} and on_disk["variant"] == "penalised"
+    assert on_disk["method_config"]["name"] == "l0_penalty" and on_disk["method_config"]["penalty"] == 0.3
+    assert on_disk["overrides"] == []  # called without Hydra's entry point: no command line to record
+
+    failing = make_config("method=dense", "trainer.max_epochs=0", output_dir=tmp_path / "failed")
+    with pytest.raises(ConfigError):
+        run(failing)
+    failed = read_results(tmp_path / "failed")
+    assert failed["status"] == "failed" and failed["variant"] == "dense"  # no variant given: the method's name
+    assert failed["setting"] == {"name": None, "model": None} and failed["method_config"]["name"] == "dense"
+
+
 def test_default_job_is_l0_on_digits_and_prints_a_table(make_config, tmp_path: Path, capsys) -> None:
     """`python train.py` (`make train`) with no overrides, cut to one epoch."""
     cfg = make_config()

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import hydra
 from hydra.errors import InstantiationException
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from consparse.errors import ConsparseError
 
@@ -45,4 +47,22 @@ def job_identity(cfg: DictConfig) -> dict[str, Any]:
         "model": node_name(cfg.model),
         "dataset": node_name(cfg.dataset),
         "seed": cfg.seed,
+    }
+
+
+def job_description(cfg: DictConfig, overrides: Sequence[str] = ()) -> dict[str, Any]:
+    """What a job belongs to, as results.json names it beside ``job_identity``: ``setting`` (the
+    comparison: ``name`` and the ``model`` whose table it joins), ``variant`` (its arm: the block of a
+    block sweep, else the method's name), ``overrides`` and the resolved ``method_config``."""
+    setting = cfg.get("setting")
+    setting = OmegaConf.to_container(setting, resolve=True) if isinstance(setting, DictConfig) else {}
+    try:
+        method = OmegaConf.to_container(cfg.method, resolve=True)
+    except OmegaConfBaseException:  # a failed run whose method node does not resolve is still recorded
+        method = OmegaConf.to_container(cfg.method, resolve=False)
+    return {
+        "setting": {"name": setting.get("name"), "model": setting.get("model")},
+        "variant": str(cfg.get("variant") or node_name(cfg.method)),
+        "overrides": [str(o) for o in overrides],
+        "method_config": method,
     }

@@ -30,7 +30,7 @@ from omegaconf.errors import OmegaConfBaseException
 from torch import nn
 
 from consparse.compress.export import DESCRIPTION_FILE, EXPORT_DIR, load_exported
-from consparse.config import instantiate_node, job_identity
+from consparse.config import instantiate_node, job_description, job_identity
 from consparse.errors import ConfigError, ConsparseError
 from consparse.evaluation import EvaluationSettings
 from consparse.models import build_model
@@ -136,6 +136,7 @@ def evaluate(run: str | os.PathLike[str], overrides: list[str], output: str | No
     training = read_results(run_dir) if (run_dir / RESULTS_FILE).is_file() else {}
     results = {
         **job_identity(cfg),
+        **job_description(cfg),
         "status": "completed",
         "target_density": OmegaConf.select(cfg, "method.target_density"),
         **measured,

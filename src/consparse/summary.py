@@ -5,16 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from consparse.report.format import format_count
 from consparse.timing import EVALUATION_PHASES, evaluation_seconds
-
-
-def _count(value: Any) -> str:
-    if not isinstance(value, (int, float)):
-        return "-"
-    for unit, size in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
-        if abs(value) >= size:
-            return f"{value / size:.2f}{unit}"
-    return f"{value:.0f}"
 
 
 def format_summary(results: dict[str, Any], run_dir: Path) -> str:
@@ -24,8 +16,8 @@ def format_summary(results: dict[str, Any], run_dir: Path) -> str:
         ("method / model / data", f"{results['method']} / {results['model']} / {results['dataset']} (seed {results['seed']})"),
         ("test accuracy", f"{100 * results['test_accuracy']:.2f} %"),
         ("density", f"{results['density']:.4f}" + (f" (target {target})" if target is not None else "")),
-        ("params", f"{_count(results['params'])} of {_count(results['dense_params'])} dense"),
-        ("MACs / sample", f"{_count(results['macs'])} of {_count(results['dense_macs'])} dense"),
+        ("params", f"{format_count(results['params'])} of {format_count(results['dense_params'])} dense"),
+        ("MACs / sample", f"{format_count(results['macs'])} of {format_count(results['dense_macs'])} dense"),
         ("latency", f"{results['latency_ms']:.3f} ms vs {results['dense_latency_ms']:.3f} ms dense "
                     f"(batch {results['latency'].get('batch_size')}, {results['latency'].get('threads')} thread(s))"),
         ("training", f"{results['epochs']} epochs, {results['train_seconds']:.1f} s"),

@@ -39,9 +39,9 @@ Command-line overrides, in this order of precedence:
 Jobs are launched seed-major: for each combination of ``params``, every block in order, each with its
 own product. An interrupted sweep therefore holds complete comparisons for its first seeds.
 
-The plan, with each block's job numbers, the blocks skipped and why, the command line, the wall
-time and the setting (dataset and model of the base config), is written to ``sweep_plan.yaml`` in
-the sweep directory, where ``consparse.report`` reads it.
+Every job gets ``variant=<block name>``, which the run writes into its results.json: the report
+tells the arms of a comparison apart by what the runs say, never by this plan (the sweeper writes
+no file of its own; what it skipped is in its log).
 """
 
 from __future__ import annotations
@@ -49,21 +49,19 @@ from __future__ import annotations
 import itertools
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
-from pathlib import Path
 from typing import Any
 
-import yaml
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import Override
 from hydra.errors import HydraException, MissingConfigException
 
-PLAN_FILE = "sweep_plan.yaml"
 PLANNED = "planned"
 # Its config group option does not exist (a method still being written): an optional block only.
 SKIPPED = "skipped"
 # Left out by a select key on the command line.
 DESELECTED = "deselected"
+# The config key each job's block name goes to.
+VARIANT_KEY = "variant"
 
 
 class BlockSweepError(HydraException):
@@ -92,11 +90,6 @@ class SweepPlan:
     shared: dict[str, list[str]]
     blocks: list[Block]
     extras: dict[str, list[str]]
-    # What the sweep compares on, from its base config ({dataset, model}): the report puts runs of
-    # another model (implicit_fw on model=implicit) in this model's table.
-    setting: dict[str, str] = field(default_factory=dict)
-    started: str = ""
-    finished: str = ""
 
     @property
     def planned(self) -> list[Block]:
@@ -113,54 +106,8 @@ class SweepPlan:
                 for combo in block.combinations():
                     for extra in extras:
                         block.jobs.append(len(jobs))
-                        jobs.append([*combo, *shared, *extra])
+                        jobs.append([*combo, *shared, *extra, f"{VARIANT_KEY}={block.name}"])
         return jobs
-
-    def fixed_keys(self) -> list[str]:
-        """Block keys with one value in every block that sets them: per-method settings of the
-        preset (``method.finetune_epochs``), which tell methods apart but never runs of one method."""
-        values: dict[str, set[int]] = {}
-        for block in self.planned:
-            for key, expanded in block.params.items():
-                values.setdefault(key, set()).add(len(expanded))
-        return sorted(key for key, counts in values.items() if counts == {1})
-
-    def to_dict(self) -> dict[str, Any]:
-        started, finished = _parse_time(self.started), _parse_time(self.finished)
-        return {
-            "sweeper": "blocks",
-            "command_line": list(self.arguments),
-            "started": self.started or None,
-            "finished": self.finished or None,
-            "wall_seconds": round((finished - started).total_seconds(), 1) if started and finished else None,
-            "jobs": sum(len(block.jobs) for block in self.blocks),
-            "setting": dict(self.setting),
-            "shared": {key: [_value(v) for v in values] for key, values in self.shared.items()},
-            "extras": {key: [_value(v) for v in values] for key, values in self.extras.items()},
-            "fixed_keys": self.fixed_keys(),
-            "blocks": [
-                {
-                    "name": block.name,
-                    "status": block.status,
-                    **({"reason": block.reason} if block.reason else {}),
-                    "params": {key: [_value(v) for v in values] for key, values in block.params.items()},
-                    "jobs": list(block.jobs),
-                }
-                for block in self.blocks
-            ],
-        }
-
-    def write(self, sweep_dir: str | Path) -> Path:
-        path = Path(sweep_dir) / PLAN_FILE
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
-        return path
-
-    def mark_started(self) -> None:
-        self.started = _now()
-
-    def mark_finished(self) -> None:
-        self.finished = _now()
 
 
 def plan_sweep(
@@ -185,25 +132,11 @@ def plan_sweep(
     if unknown:
         raise BlockSweepError(f"hydra.sweeper.optional: {unknown} are not blocks; blocks: {list(blocks)}")
     shared = _expand_mapping(parser, params or {}, "hydra.sweeper.params")
-    planned = []
-    for name, mapping in blocks.items():
-        where = f"hydra.sweeper.blocks.{name}"
-        if not mapping:
-            raise BlockSweepError(f"{where}: an empty block; give its overrides, e.g. {{method: dense}}")
-        expanded = _expand_mapping(parser, mapping, where)
-        overlap = sorted(set(expanded) & set(shared))
-        if overlap:
-            raise BlockSweepError(
-                f"{where}: sets {overlap}, which hydra.sweeper.params sweeps for every block; set it in the blocks instead"
-            )
-        missing = [key for key in select if key not in expanded]
-        if missing:
-            raise BlockSweepError(f"{where}: lacks {missing}; every block sets each hydra.sweeper.select key")
-        planned.append(Block(name, expanded))
-
+    planned = [_plan_block(parser, name, mapping, shared, select) for name, mapping in blocks.items()]
     extras: dict[str, list[str]] = {}
     for override in parser.parse_overrides(list(arguments)):
         key, values = _key(override), _expand(override, "the command line")
+        _refuse_variant(key, "the command line")
         if key in select:
             _select(planned, key, values)
         elif key in shared:
@@ -220,6 +153,31 @@ def plan_sweep(
         )
         raise BlockSweepError(f"the command line selects no block ({' '.join(arguments)}); blocks: {choices}")
     return SweepPlan(list(arguments), shared, planned, extras)
+
+
+def _plan_block(
+    parser: OverridesParser, name: str, mapping: Mapping[str, Any], shared: Mapping[str, Any], select: Sequence[str]
+) -> Block:
+    where = f"hydra.sweeper.blocks.{name}"
+    if not mapping:
+        raise BlockSweepError(f"{where}: an empty block; give its overrides, e.g. {{method: dense}}")
+    expanded = _expand_mapping(parser, mapping, where)
+    overlap = sorted(set(expanded) & set(shared))
+    if overlap:
+        raise BlockSweepError(
+            f"{where}: sets {overlap}, which hydra.sweeper.params sweeps for every block; set it in the blocks instead"
+        )
+    missing = [key for key in select if key not in expanded]
+    if missing:
+        raise BlockSweepError(f"{where}: lacks {missing}; every block sets each hydra.sweeper.select key")
+    return Block(name, expanded)
+
+
+def _refuse_variant(key: str, where: str) -> None:
+    if key == VARIANT_KEY:
+        raise BlockSweepError(
+            f"{where}: sets {VARIANT_KEY}, which a block sweep sets to each job's block name; leave it out"
+        )
 
 
 def skip_unavailable(
@@ -242,18 +200,6 @@ def skip_unavailable(
     return skipped
 
 
-def read_plan(sweep_dir: str | Path) -> dict[str, Any] | None:
-    """The ``sweep_plan.yaml`` of a block sweep, or None when there is none (or it cannot be read)."""
-    path = Path(sweep_dir) / PLAN_FILE
-    if not path.is_file():
-        return None
-    try:
-        plan = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError):
-        return None
-    return plan if isinstance(plan, dict) else None
-
-
 def format_value(value: Any) -> str:
     """A YAML value as the override text Hydra parses back into it (``None`` -> ``null``)."""
     if value is None:
@@ -272,6 +218,7 @@ def _expand_mapping(parser: OverridesParser, mapping: Mapping[str, Any], where: 
     expanded = {}
     for key, value in mapping.items():
         (override,) = parser.parse_overrides([f"{key}={format_value(value)}"])
+        _refuse_variant(_key(override), where)
         expanded[_key(override)] = _expand(override, f"{where}.{key}")
     return expanded
 
@@ -314,13 +261,3 @@ def _select(blocks: Sequence[Block], key: str, values: Sequence[str]) -> None:
 def _first_line(text: str) -> str:
     return next((line.strip() for line in text.splitlines() if line.strip()), text)
 
-
-def _now() -> str:
-    return datetime.now().astimezone().isoformat(timespec="seconds")
-
-
-def _parse_time(text: str) -> datetime | None:
-    try:
-        return datetime.fromisoformat(text) if text else None
-    except ValueError:
-        return None

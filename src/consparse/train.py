@@ -48,7 +48,7 @@ from consparse.compress.count import model_stats
 from consparse.compress.evaluate import compression_curve, evaluate_accuracy
 from consparse.compress.export import export_model
 from consparse.compress.latency import compare_latency
-from consparse.config import instantiate_node, job_identity
+from consparse.config import instantiate_node, job_description, job_identity
 from consparse.configured_callbacks import configured_callbacks, wants_progress_bar
 from consparse.data.base import ConsparseDataModule
 from consparse.errors import ConfigError, ConsparseError, TrainingDiverged
@@ -58,7 +58,7 @@ from consparse.interruption import RunInterrupted, SignalWatch
 from consparse.loggers import finish_wandb, instantiate_logger, log_results
 from consparse.methods import SparseMethod, build_method
 from consparse.models import build_model
-from consparse.report.results import write_results
+from consparse.report.results import Results, write_results
 from consparse.run_config import check_run_config
 from consparse.run_dir import (
     CHECKPOINT_DIR,
@@ -96,7 +96,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     """
     adopt_submitit_local_tasks()
     run_dir = Path(cfg.paths.output_dir)
-    identity = job_identity(cfg)
+    identity = {**job_identity(cfg), **job_description(cfg, _task_overrides())}
     rank = process_rank()
     # Rank 0 owns the directory; DDP processes started by Lightning share it and must not re-check it.
     if rank == 0:
@@ -111,16 +111,17 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             return _train_and_measure(cfg, run_dir, identity, ckpt_path, watch)
     except BaseException as exc:  # recorded, then re-raised below unless a sweep goes on
         target = OmegaConf.select(cfg, "method.target_density")
-        failure = {
+        record = Results(
             **identity,
-            "status": _status(exc),
-            "error": f"{type(exc).__name__}: {exc}",
-            "traceback": None if isinstance(exc, ConsparseError) else traceback.format_exc(),
+            status=_status(exc),
+            error=f"{type(exc).__name__}: {exc}",
+            traceback=None if isinstance(exc, ConsparseError) else traceback.format_exc(),
             # A layer-wise target is a ListConfig, which JSON cannot hold.
-            "target_density": OmegaConf.to_container(target) if OmegaConf.is_config(target) else target,
-        }
+            target_density=OmegaConf.to_container(target) if OmegaConf.is_config(target) else target,
+        )
+        failure = record.to_json()
         if rank == 0:
-            write_results(run_dir, failure)
+            write_results(run_dir, record)
         finish_wandb(failure)
         if isinstance(exc, RunInterrupted):
             log.error("%s; recorded in %s", exc, run_dir / "results.json")
@@ -189,21 +190,22 @@ def _train_and_measure(
         _wait(waiting)
         return {}
     try:
-        results = _measure(cfg, method, deployed, datamodule, settings, run_dir, phases)
-        results.update(identity)
-        warnings = _chance_warning(results["test_accuracy"], info.num_classes)
+        measured = _measure(cfg, method, deployed, datamodule, settings, run_dir, phases)
+        warnings = _chance_warning(measured["test_accuracy"], info.num_classes)
         epochs, train_seconds = timer.fit_record(trainer)
-        results.update(
+        record = Results(
+            **identity,
+            **measured,
             status="completed",
             warnings=warnings,
             target_density=method.target_density,
             train_seconds=round(train_seconds, 3),
             epochs=epochs,
+            hardware={**_hardware_record(trainer), "compile": hardware.compile, "channels_last": hardware.channels_last},
+            phase_seconds=phases.as_dict(),
         )
-        results["hardware"] = {**_hardware_record(trainer), "compile": hardware.compile,
-                               "channels_last": hardware.channels_last}
-        results["phase_seconds"] = phases.as_dict()
-        write_results(run_dir, results)
+        write_results(run_dir, record)
+        results = record.to_json()
     finally:
         if waiting is not None:
             _wait(waiting)
@@ -429,6 +431,11 @@ def _check_resume(cfg: DictConfig) -> None:
 def _existing_checkpoint(run_dir: Path) -> Path | None:
     checkpoint = last_checkpoint(run_dir)
     return checkpoint if checkpoint.exists() else None
+
+
+def _task_overrides() -> list[str]:
+    """The job's command-line overrides (a multirun job's own values); none outside Hydra's entry point."""
+    return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
 
 
 def _is_multirun() -> bool:

@@ -1,14 +1,19 @@
-"""A fake Hydra sweep of realistic runs, written through the results.json contract."""
+"""A fake Hydra sweep of realistic runs, written through the results.json contract, and helpers
+that read the report's markdown tables."""
 
 from __future__ import annotations
 
+import struct
 from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 from consparse.report.results import read_results, write_results
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+NO_SETTING = {"name": None, "model": None}
+COMPARE_SETTING = {"name": "compare_mnist_mlp", "model": "mlp"}
 
 DENSE_PARAMS = 266_610  # mlp 784-300-100-10: 266,200 weights + 410 biases
 DENSE_MACS = 266_200
@@ -45,20 +50,17 @@ def _job(
     overrides: list[str],
     dataset: str = "mnist",
 ) -> None:
-    hydra_dir = run_dir / ".hydra"
-    hydra_dir.mkdir(parents=True)
-    (hydra_dir / "overrides.yaml").write_text(yaml.safe_dump(overrides))
+    (run_dir / ".hydra").mkdir(parents=True)  # Hydra's record of the job, which the report does not read
+    what_ran = {"method": method, "model": "mlp", "dataset": dataset, "seed": seed, "setting": NO_SETTING,
+                "variant": method, "overrides": overrides, "method_config": {"name": method, "target_density": target}}
     if values is None:
-        write_results(run_dir, {"method": method, "model": "mlp", "dataset": dataset, "seed": seed, "status": "failed", "error": FAILED_ERROR})
+        write_results(run_dir, {**what_ran, "status": "failed", "error": FAILED_ERROR, "target_density": target})
         return
     accuracy, density, latency, seconds = values
     structured = method.startswith("l0")  # purged: params and MACs shrink with the gates
     nonzero = round(density * DENSE_MACS)
     results: dict[str, Any] = {
-        "method": method,
-        "model": "mlp",
-        "dataset": dataset,
-        "seed": seed,
+        **what_ran,
         "status": "completed",
         "test_accuracy": accuracy,
         "density": density,
@@ -119,10 +121,9 @@ def build_sweep(root: Path) -> Path:
 
 @pytest.fixture
 def compare_sweep(sweep: Path) -> Path:
-    """``sweep`` as a block sweep (consparse.sweeper) leaves it: a dense run without a target whose
-    curve reaches the targets 0.1 and 0.05, an implicit_fw run on model=implicit, magnitude's
-    per-method setting in its overrides, and a sweep_plan.yaml (setting mnist / mlp) with that
-    setting fixed, a planned block the sweep never reached and two blocks not run."""
+    """``sweep`` as a block sweep (consparse.sweeper) leaves it: every run in the setting
+    compare_mnist_mlp (model mlp), a dense run without a target whose curve reaches the targets 0.1
+    and 0.05, an implicit_fw run on model=implicit, and magnitude's per-method setting in its overrides."""
     return build_compare_sweep(sweep)
 
 
@@ -143,29 +144,53 @@ def build_compare_sweep(sweep: Path) -> Path:
     results = read_results(sweep / "60")
     results.update(model="implicit", dense_params=485_850, dense_macs=485_000, dense_latency_ms=0.5)
     write_results(sweep / "60", results)
-    for job in sweep.iterdir():
-        overrides_path = job / ".hydra" / "overrides.yaml"
-        if overrides_path.is_file() and "method=magnitude" in overrides_path.read_text():
-            overrides_path.write_text(yaml.safe_dump([*yaml.safe_load(overrides_path.read_text()), "method.finetune_epochs=1"]))
-    plan = {
-        "sweeper": "blocks",
-        "command_line": ["experiment=compare_mnist_mlp", "dataset.root=../shared/data"],
-        "started": "2026-01-01T10:00:00+00:00",
-        "finished": "2026-01-01T10:58:30+00:00",
-        "wall_seconds": 3510.0,
-        "jobs": 17,
-        "setting": {"dataset": "mnist", "model": "mlp"},
-        "fixed_keys": ["method", "method.finetune_epochs", "model"],
-        "blocks": [
-            {"name": "dense", "status": "planned", "params": {"method": ["dense"]}, "jobs": [50]},
-            {"name": "magnitude", "status": "planned", "params": {"method": ["magnitude"]}, "jobs": [0, 1, 2, 3]},
-            # The sweep was stopped before these two.
-            {"name": "implicit_lasso", "status": "planned", "params": {"method": ["implicit_lasso"]}, "jobs": [70, 71]},
-            {"name": "implicit_fw", "status": "skipped", "reason": "In 'config': Could not find 'method/implicit_fw'",
-             "params": {"method": ["implicit_fw"]}, "jobs": []},
-            {"name": "sfw_l2", "status": "deselected", "reason": "method=l0,magnitude,sfw on the command line",
-             "params": {"method": ["sfw"]}, "jobs": []},
-        ],
-    }  # fmt: skip
-    (sweep / "sweep_plan.yaml").write_text(yaml.safe_dump(plan, sort_keys=False))
+    # Every run of the sweep says it belongs to the comparison; magnitude's per-method setting is in
+    # each of its runs' overrides, the same in all of them.
+    for path in sweep.rglob("results.json"):
+        results = read_results(path)
+        results["setting"] = COMPARE_SETTING
+        results["overrides"].append(f"variant={results['variant']}")  # what the block sweeper adds
+        if results["method"] == "magnitude":
+            results["overrides"].append("method.finetune_epochs=1")
+        write_results(path.parent, results)
     return sweep
+
+
+def markdown_table(markdown: str, heading: str) -> list[dict[str, str]]:
+    """The first table after ``heading`` as one dict per row, keyed by the header cells."""
+    lines = markdown.splitlines()
+    start = lines.index(heading)
+    table = []
+    for line in lines[start + 1 :]:
+        if line.startswith("|"):
+            table.append([cell.strip() for cell in line.strip().strip("|").split(" | ")])
+        elif table:
+            break
+    header, _, *rows = [[c.replace("\\|", "|") for c in row] for row in table] if table else [[], []]
+    return [dict(zip(header, row)) for row in rows]
+
+
+def row_for(rows: list[dict[str, str]], method: str, target: str) -> dict[str, str]:
+    matches = [r for r in rows if r["method"] == method and r["target"] == target]
+    assert len(matches) == 1, (method, target, rows)
+    return matches[0]
+
+
+def section(markdown: str, heading: str) -> list[str]:
+    """The lines after ``heading`` up to the next heading of the same or a higher level, or an image."""
+    lines = markdown.splitlines()
+    start = lines.index(heading)
+    level = heading.split(" ")[0]
+    body = []
+    for line in lines[start + 1 :]:
+        if line.startswith("![") or line.startswith("#") and len(line.split(" ")[0]) <= len(level):
+            break
+        body.append(line)
+    return [line for line in body if line]
+
+
+def assert_png(path: Path) -> None:
+    data = path.read_bytes()
+    assert data[:8] == PNG_MAGIC, path
+    width, height = struct.unpack(">II", data[16:24])  # IHDR follows the signature
+    assert width > 300 and height > 300

@@ -10,10 +10,7 @@ import pytest
 from consparse.report import write_report
 from consparse.report.compare import CURVE_VARIANT
 
-from .conftest import build_compare_sweep, build_sweep
-
-# Helpers of the aggregate tests: the first markdown table after a heading, one row of it.
-from .test_report_aggregate import assert_png, markdown_table, row_for
+from .conftest import assert_png, build_compare_sweep, build_sweep, markdown_table, row_for, section
 
 
 # Each report is written once for the module: drawing the plots is what takes the time.
@@ -25,19 +22,6 @@ def plain(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 @pytest.fixture(scope="module")
 def compared(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return write_report(build_compare_sweep(build_sweep(tmp_path_factory.mktemp("compared") / "sweep")))
-
-
-def section(markdown: str, heading: str) -> list[str]:
-    """The lines after ``heading`` up to the next heading of the same or a higher level, or an image."""
-    lines = markdown.splitlines()
-    start = lines.index(heading)
-    level = heading.split(" ")[0]
-    body = []
-    for line in lines[start + 1 :]:
-        if line.startswith("![") or line.startswith("#") and len(line.split(" ")[0]) <= len(level):
-            break
-        body.append(line)
-    return [line for line in body if line]
 
 
 def test_side_by_side_matrices(plain: dict[str, Path]) -> None:
@@ -103,7 +87,7 @@ def test_no_comparison_without_two_methods_at_a_target(sweep: Path, tmp_path: Pa
                 else:
                     target.write_bytes(source.read_bytes())
     markdown = write_report(only)["markdown"].read_text()
-    assert "### Side by side" not in markdown and "## Sweep" not in markdown
+    assert "### Side by side" not in markdown
     assert len(markdown_table(markdown, "## mnist / mlp")) == 2
 
 
@@ -134,28 +118,14 @@ def test_curve_of_a_run_without_target_competes_at_matching_targets(compared: di
     assert_png(paths["pareto"])
 
 
-def test_block_sweep_settings_are_no_variants_and_the_plan_is_reported(compared: dict[str, Path]) -> None:
+def test_per_method_settings_of_a_block_sweep_are_no_variants(compared: dict[str, Path]) -> None:
     markdown = compared["markdown"].read_text()
     rows = markdown_table(markdown, "## mnist / mlp")
-    # method.finetune_epochs=1 is in every magnitude run's overrides, but the plan lists it as fixed.
+    # method.finetune_epochs=1 is in every magnitude run's overrides, and only in theirs.
     assert {r["variant"] for r in rows if r["method"] == "magnitude"} == {"—"}
-    assert row_for(rows, "l0_penalty", "—")["variant"] == "method.penalty=0.01"
-    sweep = section(markdown, "## Sweep")
-    assert sweep[6].startswith("How to read the tables")  # the legend follows the sweep's lines
-    assert sweep[:6] == [
-        "`python train.py -m experiment=compare_mnist_mlp dataset.root=../shared/data`",
-        (
-            "17 jobs; wall time 58 min 30 s (started 2026-01-01T10:00:00+00:00, finished 2026-01-01T10:58:30+00:00); "
-            "training time summed over its runs 15 min 35 s."
-        ),  # 935 s of train_seconds
-        "- Blocks run: dense (1 job), magnitude (4 jobs), implicit_lasso (2 jobs).",
-        "- **Not reached** (planned, but the sweep stopped before them: no run directory): **implicit_lasso** (2 jobs: 70, 71).",
-        (
-            "- **Not run** (optional blocks whose config did not exist when the sweep started): "
-            "**implicit_fw** (In 'config': Could not find 'method/implicit_fw')."
-        ),
-        "- Left out by the command line: sfw_l2 (method=l0,magnitude,sfw on the command line).",
-    ]
+    # One penalty in the l0_penalty block: nothing to tell its runs apart (several: test_report_table).
+    assert row_for(rows, "l0_penalty", "—")["variant"] == "—"
+    assert "## Sweep" not in markdown  # the report says what the runs say, not what a plan said
 
 
 def test_a_run_of_another_model_joins_the_sweeps_table(compared: dict[str, Path]) -> None:

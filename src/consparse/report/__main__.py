@@ -1,7 +1,7 @@
 """``python -m consparse.report <dir>``: aggregate every results.json below a directory.
 
 Exit status: 0 when the report was written, 1 when there is nothing to report (no results.json),
-2 for bad arguments.
+2 for bad arguments or results.json files too old to report (``consparse.report.collect``).
 """
 
 from __future__ import annotations
@@ -12,7 +12,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from consparse.errors import ConfigError
-from consparse.report.aggregate import DEFAULT_TOLERANCE, NoResultsError, write_report
+from consparse.report.collect import NoResultsError
+from consparse.report.summary import DEFAULT_TOLERANCE
+from consparse.report.write import write_report
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -29,8 +31,8 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         metavar="KEY[,KEY...]",
         help="keys that tell runs of one method apart besides seed and target density, e.g. "
-        "method.penalty (override keys or results.csv columns; repeatable). Default: the overrides "
-        "that differ between runs.",
+        "method.penalty (override keys or results.csv columns; repeatable). Default: the recorded "
+        "overrides that differ between the runs of one method (or block).",
     )
     parser.add_argument(
         "--tolerance",
@@ -47,10 +49,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         paths = write_report(args.root, args.out, group_by=group_by, tolerance=args.tolerance)
     except NoResultsError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"consparse: error: {exc}", file=sys.stderr)
         return 1
     except ConfigError as exc:
-        print(f"config error: {exc}", file=sys.stderr)
+        print(f"consparse: error: {exc}", file=sys.stderr)
         return 2
     for name, path in paths.items():
         print(f"{name}: {path}")

@@ -27,7 +27,10 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from consparse.report.aggregate import DEFAULT_TOLERANCE, NoResultsError, collect_results, write_report
+from consparse.errors import ConfigError
+from consparse.report.collect import NoResultsError, collect_results
+from consparse.report.summary import DEFAULT_TOLERANCE
+from consparse.report.write import write_report
 from consparse.validation import check_range
 
 log = logging.getLogger(__name__)
@@ -41,7 +44,7 @@ class ReportCallback(Callback):
 
     Args:
         out_dir: where to write the report (default: the sweep directory).
-        group_by: variant keys (see ``consparse.report.aggregate``); default: detected from overrides.
+        group_by: variant keys (see ``consparse.report.table``); default: detected from the runs' overrides.
         tolerance: relative density tolerance for meeting a target.
     """
 
@@ -83,6 +86,8 @@ def unsuccessful_jobs(sweep_dir: Path) -> str:
         statuses = Counter(str(row.get("status")) for row in collect_results(sweep_dir))
     except NoResultsError as exc:
         return f"no job of the sweep completed ({exc})"
+    except ConfigError as exc:
+        return f"the sweep's results cannot be counted ({exc})"
     total = sum(statuses.values())
     statuses.pop("completed", None)
     if not statuses:

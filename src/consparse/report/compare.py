@@ -17,23 +17,13 @@ same target density, which is what ``experiment=compare_*`` sweeps produce:
   (``dense`` in the compare presets) at an amount of exactly 1 - target becomes a summary row with
   the variant ``pruned without retraining`` (``curve_rows``): the classic baseline, judged like any
   other row. It has no latency or training time of its own.
-
-``sweep_lines`` describes the block sweeps (``consparse.sweeper``) whose ``sweep_plan.yaml`` lies
-below the report's directory: the command, the wall time, the blocks run, the planned jobs an
-interrupted sweep never reached, and the blocks not run.
 """
 
 from __future__ import annotations
 
-import shlex
-from collections.abc import Mapping, Sequence
-from pathlib import Path
-from typing import Any
-
 import pandas as pd
 
 from consparse.report.format import is_nan, markdown_table, mean_std, percent
-from consparse.sweeper import DESELECTED, PLAN_FILE, SKIPPED, read_plan
 
 CURVE_VARIANT = "pruned without retraining"
 # An amount of the curve matches a target when 1 - amount is this close to it.
@@ -208,122 +198,3 @@ def _landing(row: pd.Series, targeted: pd.DataFrame) -> str:
             f"{budget}, density {neighbour['density_mean']:.3f})"
         )
     return text + ("; " + "; ".join(notes) if notes else "") + "."
-
-
-# ------------------------------------------------------------------------------- sweep plans
-def find_plans(root: str | Path) -> list[tuple[Path, dict[str, Any]]]:
-    """``(directory, plan)`` for every readable ``sweep_plan.yaml`` below ``root`` (itself included)."""
-    root = Path(root)
-    found = []
-    for path in sorted(root.rglob(PLAN_FILE)):
-        plan = read_plan(path.parent)
-        if plan is not None:
-            found.append((path.parent, plan))
-    return found
-
-
-def on_setting_models(
-    table: pd.DataFrame, plans: Sequence[tuple[Path, Mapping[str, Any]]], root: str | Path
-) -> pd.DataFrame:
-    """Runs of a block sweep are compared on the sweep's model (``setting.model`` of its plan): a run of
-    another model (implicit_fw on ``model=implicit`` in a compare_*_mlp sweep) moves into that model's
-    table, with ``model=<its model>`` leading its variant. ``run_model`` keeps what every run trained."""
-    table = table.copy()
-    table.insert(table.columns.get_loc("model") + 1, "run_model", table["model"])
-    for directory, plan in plans:
-        model = (plan.get("setting") or {}).get("model")
-        if not model:
-            continue
-        moved = _inside(table, directory, root) & table["model"].notna() & (table["model"] != model)
-        table.loc[moved, "variant"] = [
-            ", ".join(filter(None, [f"model={run_model}", variant]))
-            for run_model, variant in zip(table.loc[moved, "run_model"], table.loc[moved, "variant"])
-        ]
-        table.loc[moved, "model"] = model
-    return table
-
-
-def fixed_keys(plans: Sequence[tuple[Path, Mapping[str, Any]]]) -> list[str]:
-    """The per-method settings of the block sweeps, which never make a variant."""
-    return sorted({key for _, plan in plans for key in plan.get("fixed_keys") or []})
-
-
-def sweep_lines(
-    plans: Sequence[tuple[Path, Mapping[str, Any]]], root: str | Path, table: pd.DataFrame
-) -> list[str]:
-    """A ``## Sweep`` section per block sweep: command, jobs, wall time, blocks run, jobs not reached
-    and blocks not run."""
-    lines: list[str] = []
-    for directory, plan in plans:
-        where = _relative(directory, root)
-        blocks = plan.get("blocks") or []
-        run = [b for b in blocks if b.get("status") not in (SKIPPED, DESELECTED)]
-        skipped = [b for b in blocks if b.get("status") == SKIPPED]
-        deselected = [b for b in blocks if b.get("status") == DESELECTED]
-        wall = plan.get("wall_seconds")
-        train = table.loc[_inside(table, directory, root), "train_seconds"].sum()
-        lines += [
-            f"## Sweep{'' if where == '.' else f' {where}'}",
-            "",
-            f"`python train.py -m {' '.join(shlex.quote(str(a)) for a in plan.get('command_line') or [])}`",
-            "",
-            (
-                f"{_jobs(plan.get('jobs', 0))}; wall time {_duration(wall) if wall is not None else 'unknown (interrupted or still running)'}"
-                f" (started {plan.get('started') or '?'}, finished {plan.get('finished') or '—'}); "
-                f"training time summed over its runs {_duration(train)}."
-            ),
-            "",
-            "- Blocks run: "
-            + (", ".join(f"{b['name']} ({_jobs(len(b.get('jobs') or []))})" for b in run) or "none")
-            + ".",
-        ]
-        # An interrupted sweep leaves planned jobs without a run directory: say so, or the tables
-        # read as if those blocks had run.
-        reached = set(table.loc[_inside(table, directory, root), "run_dir"].astype(str))
-        prefix = "" if where == "." else where + "/"
-        unreached = [(b["name"], [j for j in b.get("jobs") or [] if f"{prefix}{j}" not in reached]) for b in run]
-        unreached = [(name, jobs) for name, jobs in unreached if jobs]
-        if unreached:
-            lines.append(
-                "- **Not reached** (planned, but the sweep stopped before them: no run directory): "
-                + "; ".join(f"**{name}** ({_jobs(len(jobs))}: {', '.join(map(str, jobs))})" for name, jobs in unreached)
-                + "."
-            )
-        if skipped:
-            lines.append(
-                "- **Not run** (optional blocks whose config did not exist when the sweep started): "
-                + "; ".join(f"**{b['name']}** ({b.get('reason', '')})" for b in skipped)
-                + "."
-            )
-        if deselected:
-            lines.append(
-                "- Left out by the command line: "
-                + "; ".join(f"{b['name']} ({b.get('reason', '')})" for b in deselected)
-                + "."
-            )
-        lines.append("")
-    return lines
-
-
-def _relative(directory: Path, root: str | Path) -> str:
-    return directory.resolve().relative_to(Path(root).resolve()).as_posix()
-
-
-def _inside(table: pd.DataFrame, directory: Path, root: str | Path) -> pd.Series:
-    """Rows whose ``run_dir`` (relative to ``root``, as in results.csv) lies below ``directory``."""
-    where = _relative(directory, root)
-    return table["run_dir"].astype(str).str.startswith("" if where == "." else where + "/")
-
-
-def _jobs(count: int) -> str:
-    return f"{count} job{'' if count == 1 else 's'}"
-
-
-def _duration(seconds: float) -> str:
-    if is_nan(seconds):
-        return "—"
-    minutes, secs = divmod(round(float(seconds)), 60)
-    hours, minutes = divmod(minutes, 60)
-    return (
-        f"{hours} h {minutes:02d} min" if hours else f"{minutes} min {secs:02d} s" if minutes else f"{secs} s"
-    )

@@ -1,25 +1,27 @@
-"""Text formatting shared by the report's sections: counts, significant digits, markdown cells and tables."""
+"""Text formatting shared by the report's sections and the summary a run prints: counts,
+significant digits, markdown cells and tables.
+
+Free of pandas, which a training run that prints its summary should not import.
+"""
 
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
-
-import pandas as pd
 
 
 def is_nan(value: Any) -> bool:
     """True for None, NaN and pandas' NA; False for anything that is not a missing scalar."""
-    try:
-        return bool(pd.isna(value))
-    except (TypeError, ValueError):
-        return False
+    if value is None or type(value).__name__ in ("NAType", "NaTType"):
+        return True
+    return isinstance(value, numbers.Real) and math.isnan(value)
 
 
-def format_count(value: float) -> str:
-    """266600 -> ``266.6k``, 1.2e6 -> ``1.2M``; below 1000 a whole number."""
-    if is_nan(value):
+def format_count(value: Any) -> str:
+    """266600 -> ``266.6k``, 1.2e6 -> ``1.2M``; below 1000 a whole number; — for no number."""
+    if not isinstance(value, numbers.Real) or is_nan(value):
         return "—"
     for scale, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
         # 999,960 would print as 1000.0k; it reads better as 1.0M.

@@ -49,7 +49,7 @@ def method_styles(methods: Sequence[str]) -> dict[str, tuple[str, str]]:
 def plot_pareto(summary: pd.DataFrame, path: str | Path, title: str) -> Path:
     """Four panels: mean test accuracy (%) against density, params, MACs and latency, one line per
     method through its groups (sorted by x; its rows pruned without retraining dashed, apart), std
-    error bars on both axes, target densities as dotted lines. ``summary`` comes from ``consparse.report.aggregate.summarise`` for one
+    error bars on both axes, target densities as dotted lines. ``summary`` comes from ``consparse.report.summary.summarise`` for one
     (dataset, model)."""
     figure = _figure(2, 2, (12, 9))
     axes = figure.axes
@@ -92,7 +92,7 @@ def plot_compression_curves(
 ) -> Path:
     """One panel per compression kind present: mean test accuracy (%) against density
     (unstructured) or params (filter, lowrank), one line per (method, target, variant), std bars.
-    ``curves`` comes from ``consparse.report.aggregate.summarise_curves`` for one (dataset, model);
+    ``curves`` comes from ``consparse.report.summary.summarise_curves`` for one (dataset, model);
     ``methods`` (default: those in ``curves``) fixes the colours, to match ``plot_pareto``'s."""
     kinds = [kind for kind in CURVE_PANELS if kind in set(curves["kind"])]
     panels = max(len(kinds), 1)

@@ -16,7 +16,7 @@ from hydra.plugins.sweeper import Sweeper
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf
 
-from consparse.sweeper import SweepPlan, plan_sweep, skip_unavailable
+from consparse.sweeper import PLANNED, SweepPlan, plan_sweep, skip_unavailable
 
 log = logging.getLogger(__name__)
 
@@ -84,10 +84,6 @@ class BlocksSweeper(Sweeper):
             optional=self.optional,
             parser=OverridesParser.create(config_loader=loader),
         )
-        names = {
-            key: OmegaConf.select(self.config, f"{key}.name", default=None) for key in ("dataset", "model")
-        }
-        plan.setting = {key: str(name) for key, name in names.items() if name is not None}
         for block in skip_unavailable(
             plan,
             lambda overrides: loader.load_sweep_config(master_config=self.config, sweep_overrides=overrides),
@@ -98,23 +94,20 @@ class BlocksSweeper(Sweeper):
         sweep_dir = Path(self.config.hydra.sweep.dir)
         sweep_dir.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
-        plan.mark_started()
-        plan.write(sweep_dir)
         log.info("blocks: %s", _describe(plan))
         returns: list[Sequence[JobReturn]] = []
-        try:
-            for start in range(0, len(jobs), self.max_batch_size or len(jobs)):
-                batch = jobs[start : start + (self.max_batch_size or len(jobs))]
-                self.validate_batch_is_legal(batch)
-                results = self.launcher.launch(batch, initial_job_idx=start)
-                for result in results:
-                    _ = result.return_value  # re-raises a job's exception, as the basic sweeper does
-                returns.append(results)
-        finally:
-            plan.mark_finished()
-            plan.write(sweep_dir)
+        for start in range(0, len(jobs), self.max_batch_size or len(jobs)):
+            batch = jobs[start : start + (self.max_batch_size or len(jobs))]
+            self.validate_batch_is_legal(batch)
+            results = self.launcher.launch(batch, initial_job_idx=start)
+            for result in results:
+                _ = result.return_value  # re-raises a job's exception, as the basic sweeper does
+            returns.append(results)
         return returns
 
 
 def _describe(plan: SweepPlan) -> str:
-    return ", ".join(f"{block.name} ({len(block.jobs)} jobs)" for block in plan.planned)
+    """The blocks launched and the blocks left out, with why."""
+    run = [f"{block.name} ({len(block.jobs)} jobs)" for block in plan.planned]
+    left_out = [f"{block.name} ({block.status}: {block.reason})" for block in plan.blocks if block.status != PLANNED]
+    return ", ".join(run) + (f"; not run: {', '.join(left_out)}" if left_out else "")

@@ -1,12 +1,9 @@
-"""``python -m consparse.report`` and the Hydra end-of-sweep callback."""
+"""The Hydra end-of-sweep callback: writes the report, exits 1 when a job did not complete."""
 
 from __future__ import annotations
 
 import csv
 import logging
-import os
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
@@ -16,36 +13,7 @@ from omegaconf import OmegaConf
 from consparse.errors import ConfigError
 from consparse.report.callback import ReportCallback
 
-SRC = Path(__file__).resolve().parents[2] / "src"
-
-
-def run_python(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(SRC), os.environ.get("PYTHONPATH")]))}
-    return subprocess.run(
-        [sys.executable, *args], check=False, capture_output=True, text=True, env=env, cwd=cwd, timeout=300
-    )
-
-
-def test_cli_writes_the_report(sweep: Path, tmp_path: Path) -> None:
-    out = tmp_path / "out"
-    done = run_python("-m", "consparse.report", str(sweep), "--out", str(out), "--group-by", "method.penalty")
-    assert done.returncode == 0, done.stderr
-    assert f"markdown: {out / 'results.md'}" in done.stdout
-    for name in ("results.csv", "summary.csv", "results.md", "pareto.png", "compression_curves.png"):
-        assert (out / name).stat().st_size > 0
-    assert "| l0_penalty | method.penalty=0.01 |" in (out / "results.md").read_text()
-
-
-def test_cli_fails_clearly_on_an_empty_directory(tmp_path: Path) -> None:
-    done = run_python("-m", "consparse.report", str(tmp_path))
-    assert done.returncode == 1
-    assert f"no results.json found below {tmp_path}" in done.stderr
-    assert "Traceback" not in done.stderr
-
-
-def test_cli_rejects_a_negative_tolerance(sweep: Path) -> None:
-    done = run_python("-m", "consparse.report", str(sweep), "--tolerance", "-1")
-    assert done.returncode == 2 and "report.tolerance" in done.stderr
+from .test_report_main import run_python
 
 
 def test_callback_reports_the_sweep_dir_then_exits_1_for_its_failed_job(sweep: Path, capsys) -> None:
@@ -119,6 +87,8 @@ def test_callback_runs_at_the_end_of_a_real_multirun(tmp_path: Path) -> None:
                 write_results(
                     HydraConfig.get().runtime.output_dir,
                     {"method": cfg.method.name, "model": "mlp", "dataset": "digits", "seed": cfg.seed,
+                     "setting": {"name": None, "model": None}, "variant": cfg.method.name,
+                     "overrides": list(HydraConfig.get().overrides.task),
                      "status": "failed", "error": "stopped on purpose"},
                 )
 
