@@ -128,3 +128,16 @@ def test_filter_placement_survives_batchnorm_synchronisation() -> None:
     torch.testing.assert_close(synced.layer1[0].bn2.running_var, reference.layer1[0].bn2.running_var)
     reverted = plugin.revert(synced)
     assert isinstance(reverted.layer1[0].bn2, GatedBatchNorm2d) and reverted.layer1[0].bn2.placement == "filter"
+
+
+@pytest.mark.parametrize("synchronised", [False, True], ids=["batchnorm", "sync_batchnorm"])
+def test_filter_placement_trains_backward(synchronised: bool) -> None:
+    torch.manual_seed(0)
+    model = WideResNet([3, 8, 8], 10, depth=10, widen_factor=2)
+    gate_model(model, placement="filter")
+    if synchronised:
+        model = SyncBatchNormKeepingGates().apply(model)
+    model.train()
+    model(torch.randn(4, 3, 8, 8)).sum().backward()
+    conv = model.layer1[0].conv1
+    assert conv.weight.grad is not None and bool(conv.weight.grad.abs().sum() > 0)

@@ -136,9 +136,10 @@ CPU_BUDGET = {"l0_mnist_mlp_model_cpu", "l0_mnist_mlp_layer_cpu", "l0_mnist_lene
 HEADER = ("# @package _global_", "# Paper: ", "# Published: ", "# Deviations: ", "# Hardware: hardware=", "# Status: ")
 
 
-def _compose(preset: str, *overrides: str) -> DictConfig:
+def _compose(preset: str, *overrides: str, hydra_node: bool = True) -> DictConfig:
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return compose(config_name="config", overrides=[f"experiment={preset}", *overrides], return_hydra_config=True)
+        return compose(config_name="config", overrides=[f"experiment={preset}", *overrides],
+                       return_hydra_config=hydra_node)
 
 
 def _plain(value: Any) -> Any:
@@ -204,7 +205,7 @@ def _load_test_module(relative: str):
 
 TINY = ("trainer.max_epochs=1", "trainer.limit_train_batches=2", "trainer.limit_val_batches=1",
         "trainer.enable_progress_bar=false", "evaluation.compression_grid={}", "evaluation.latency.min_run_time=0.01",
-        "evaluation.latency.rounds=1", "evaluation.latency.budget_s=0.2", "hydra.sweeper.params={}")
+        "evaluation.latency.rounds=1", "evaluation.latency.budget_s=0.2")
 
 
 def _fake_cifar(root: Path, monkeypatch, dataset: str) -> None:
@@ -245,8 +246,7 @@ def test_gpu_preset_runs_one_tiny_epoch_on_files_in_the_official_format(preset: 
         _load_test_module("tests/data/test_imagenet_datamodule.py").write_fake_imagenet(root)
     run_dir = tmp_path / "run"
     cfg = _compose(preset, *TINY, *GPU_PRESETS[preset], f"dataset.root={root}", f"paths.output_dir={run_dir}",
-                   f"hydra.run.dir={run_dir}")
-    del cfg["hydra"]
+                   hydra_node=False)
     consparse.train.run(cfg)
     results = json.loads((run_dir / "results.json").read_text())
     assert results["status"] == "completed", results.get("error")

@@ -23,6 +23,9 @@ of two placements of the gate (``GATE_PLACEMENTS``, chosen by ``method.gate_plac
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -32,12 +35,23 @@ from consparse.gates.hard_concrete import HardConcreteGate
 GATE_PLACEMENTS = ("norm_output", "filter")
 
 
-@torch.no_grad()
-def keep_inactive_statistics(norm: nn.modules.batchnorm._BatchNorm, active: torch.Tensor,
-                             before: tuple[torch.Tensor, torch.Tensor]) -> None:
-    """Put back the running statistics of the channels not in ``active`` (a boolean C-vector)."""
-    norm.running_mean.copy_(torch.where(active, norm.running_mean, before[0]))
-    norm.running_var.copy_(torch.where(active, norm.running_var, before[1]))
+@contextmanager
+def active_channel_statistics(norm: nn.modules.batchnorm._BatchNorm, active: torch.Tensor) -> Iterator[None]:
+    """Within: ``norm`` updates copies of its running statistics; after: only ``active`` channels' updates are kept.
+
+    Copies, not an in-place repair afterwards: the batch-norm kernels save the running statistics
+    for the backward pass, which an in-place change would invalidate.
+    """
+    originals = (norm.running_mean, norm.running_var)
+    norm.running_mean, norm.running_var = originals[0].clone(), originals[1].clone()
+    try:
+        yield
+    finally:
+        updated = (norm.running_mean, norm.running_var)
+        norm.running_mean, norm.running_var = originals
+    with torch.no_grad():
+        originals[0].copy_(torch.where(active, updated[0], originals[0]))
+        originals[1].copy_(torch.where(active, updated[1], originals[1]))
 
 
 class GatedBatchNorm2d(nn.BatchNorm2d):
@@ -109,19 +123,15 @@ class GatedBatchNorm2d(nn.BatchNorm2d):
             average_factor = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
         use_batch_stats = self.training or (self.running_mean is None and self.running_var is None)
         track = not self.training or self.track_running_stats
-        before = None
-        if self.placement == "filter" and self.training and self.track_running_stats:
-            before = (self.running_mean.clone(), self.running_var.clone())
-        out = F.batch_norm(
-            x,
-            self.running_mean if track else None,
-            self.running_var if track else None,
-            self.weight * z,
-            self.bias * z,
-            use_batch_stats,
-            average_factor,
-            self.eps,
-        )
-        if before is not None:
-            keep_inactive_statistics(self, z > 0, before)
-        return out
+        skip_inactive = self.placement == "filter" and self.training and self.track_running_stats
+        with active_channel_statistics(self, z > 0) if skip_inactive else nullcontext():
+            return F.batch_norm(
+                x,
+                self.running_mean if track else None,
+                self.running_var if track else None,
+                self.weight * z,
+                self.bias * z,
+                use_batch_stats,
+                average_factor,
+                self.eps,
+            )

@@ -14,12 +14,14 @@ and is turned back into its original class after the fit.
 
 from __future__ import annotations
 
+from contextlib import nullcontext
+
 import torch
 from pytorch_lightning.plugins.layer_sync import TorchSyncBatchNorm
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from consparse.gates.batchnorm import GatedBatchNorm2d, keep_inactive_statistics
+from consparse.gates.batchnorm import GatedBatchNorm2d, active_channel_statistics
 from consparse.gates.hard_concrete import HardConcreteGate
 
 
@@ -45,13 +47,9 @@ class GatedSyncBatchNorm2d(nn.SyncBatchNorm):
             raise RuntimeError("GatedSyncBatchNorm2d ran before its gated convolution drew a gate")
         z = self.gate.current
         scale = GatedBatchNorm2d.scale_for(self, z)
-        before = None
-        if self.placement == "filter" and self.training and self.track_running_stats:
-            before = (self.running_mean.clone(), self.running_var.clone())
-        out = super().forward(x) * scale.view(1, -1, 1, 1)
-        if before is not None:
-            keep_inactive_statistics(self, scale > 0, before)
-        return out
+        skip_inactive = self.placement == "filter" and self.training and self.track_running_stats
+        with active_channel_statistics(self, scale > 0) if skip_inactive else nullcontext():
+            return super().forward(x) * scale.view(1, -1, 1, 1)
 
 
 def _share_state(source: _BatchNorm, target: _BatchNorm) -> _BatchNorm:
