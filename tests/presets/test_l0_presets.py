@@ -44,7 +44,7 @@ AUTHORS: dict[str, dict[str, Any]] = {
               "method.scheduler._target_": "torch.optim.lr_scheduler.ConstantLR", "method.scheduler.factor": 1.0},
     # configs/defaults/cifar_table_defaults.yml, cifar_defaults.yml; sparse/wresnet_models.py (no dropout)
     "cifar": {**AUTHORS_COMMON, **SGD, "model.name": "wrn28_10", "model.depth": 28, "model.widen_factor": 10,
-              "model.dropout": 0.0, "trainer.max_epochs": 200, "dataset.batch_size": 128, "dataset.val_fraction": 0.0,
+              "model.dropout": 0.0, "model.strided_conv": "conv2", "trainer.max_epochs": 200, "dataset.batch_size": 128, "dataset.val_fraction": 0.0,
               "method.droprate_init": 0.3, "method.weight_decay": 5e-4, "method.optimizer.lr": 0.1,
               "method.scheduler._target_": "torch.optim.lr_scheduler.MultiStepLR",
               "method.scheduler.milestones": [60, 120, 160], "method.scheduler.gamma": 0.2,
