@@ -18,11 +18,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf
 
 import consparse.train
+from consparse.config import instantiate_node
+from consparse.methods import build_method
+from consparse.models import build_model
 
 REPO = Path(__file__).resolve().parents[2]
 CONF = REPO / "conf"
@@ -133,6 +137,9 @@ for _dataset in ("cifar10", "cifar100"):
 # Presets that are not the authors' settings on purpose: a CPU budget of a row (their headers list how).
 CPU_BUDGET = {"l0_mnist_mlp_model_cpu", "l0_mnist_mlp_layer_cpu", "l0_mnist_lenet_model_cpu",
               "l0_mnist_lenet_layer_cpu", "l0_control_mnist_mlp", "l0_penalty_control_mnist_mlp"}
+# The authors' L0 layers: every Linear/Conv of the MNIST models, the first conv of each WRN block,
+# the branch convs of the ResNets (shortcuts dense).
+GATED_LAYERS = {"mlp": 3, "lenet5": 4, "wrn28_10": 12, "resnet18": 16, "resnet50": 48}
 HEADER = ("# @package _global_", "# Paper: ", "# Published: ", "# Deviations: ", "# Hardware: hardware=", "# Status: ")
 
 
@@ -180,19 +187,13 @@ def test_reproduction_presets_hold_the_authors_settings(preset: str) -> None:
 @pytest.mark.parametrize("preset", sorted(REPRODUCTIONS))
 def test_reproduction_presets_build_their_method(preset: str) -> None:
     """Layer-wise lists match the gated layer count and every key reaches a constructor."""
-    from consparse.config import instantiate_node
-    from consparse.methods import build_method
-    from consparse.models import build_model
-
-    import torch
-
     cfg = _compose(preset)
     info = instantiate_node(cfg.dataset).info
     with torch.device("meta"):
         model = build_model(cfg.model, info)
     model = model.to_empty(device="cpu")
     method = build_method(cfg.method, model, info)
-    assert method.gated_names
+    assert len(method.gated_names) == GATED_LAYERS[cfg.model.name]
 
 
 # ----------------------------------------------------------------------------- one tiny epoch on fake data
