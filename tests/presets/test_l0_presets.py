@@ -204,9 +204,11 @@ def _load_test_module(relative: str):
     return module
 
 
+# One epoch of two batches; no compression curve (a merge of {} would keep the default grid).
 TINY = ("trainer.max_epochs=1", "trainer.limit_train_batches=2", "trainer.limit_val_batches=1",
-        "trainer.enable_progress_bar=false", "evaluation.compression_grid={}", "evaluation.latency.min_run_time=0.01",
-        "evaluation.latency.rounds=1", "evaluation.latency.budget_s=0.2")
+        "trainer.enable_progress_bar=false", "evaluation.compression_grid.unstructured=[]",
+        "evaluation.compression_grid.filter=[]", "evaluation.compression_grid.lowrank=[]",
+        "evaluation.latency.min_run_time=0.01", "evaluation.latency.rounds=1", "evaluation.latency.budget_s=0.2")
 
 
 def _fake_cifar(root: Path, monkeypatch, dataset: str) -> None:
@@ -226,7 +228,7 @@ GPU_PRESETS = {
     "l0_cifar10_wrn28_10": ("model.widen_factor=1", "dataset.batch_size=8"),
     "l0_cifar100_wrn28_10": ("model.widen_factor=1", "dataset.batch_size=8"),
     "l0_tinyimagenet_resnet18": ("dataset.batch_size=8",),
-    "l0_imagenet_resnet50": ("dataset.batch_size=4", "dataset.num_classes=3", "dataset.image_size=64"),
+    "l0_imagenet_resnet50": ("dataset.batch_size=4", "dataset.num_classes=3", "dataset.image_size=32"),
 }
 
 
