@@ -99,3 +99,12 @@ def test_expected_l2_counts_ungated_parameters_in_full() -> None:
     gated = (model[3].weight.pow(2).sum() * torch.sigmoid(torch.tensor(10.0 + ACTIVE_SHIFT))
              + model[3].bias.pow(2).sum())
     torch.testing.assert_close(expected_l2(model), plain + gated)
+
+
+def test_dividing_gated_conv_decay_scales_conv_terms_by_the_keep_rate_only() -> None:
+    model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU(), nn.Flatten(), nn.Linear(2 * 4 * 4, 3))
+    gate_model(model, droprate_init=[0.3, 0.5])
+    conv = model[0]
+    plain = expected_l2(model)
+    divided = expected_l2(model, divide_gated_convs=True)
+    torch.testing.assert_close(divided - plain, conv.expected_l2() * (1 / 0.7 - 1))

@@ -99,3 +99,22 @@ def test_bad_width_or_dropout_is_a_config_error(kwargs: dict, field: str) -> Non
 def test_vector_input_is_a_config_error() -> None:
     with pytest.raises(ConfigError, match=r"\[C, H, W\]"):
         WideResNet([784], 10, depth=10)
+
+
+def test_the_stride_can_sit_on_conv2_as_in_louizos_code() -> None:
+    from consparse.compress.count import flop_profile
+
+    with torch.device("meta"):
+        standard = WideResNet([3, 32, 32], 10, depth=28, widen_factor=10)
+        louizos = WideResNet([3, 32, 32], 10, depth=28, widen_factor=10, strided_conv="conv2")
+    assert [louizos.layer2[0].conv1.stride, louizos.layer2[0].conv2.stride] == [(1, 1), (2, 2)]
+    assert sum(p.numel() for p in louizos.parameters()) == sum(p.numel() for p in standard.parameters())
+    small = WideResNet([3, 8, 8], 10, depth=10, widen_factor=1, strided_conv="conv2")
+    assert small(torch.randn(2, 3, 8, 8)).shape == (2, 10)
+    macs = flop_profile(WideResNet([3, 32, 32], 10, depth=28, widen_factor=10, strided_conv="conv2"), (3, 32, 32)).total / 2
+    assert macs / 1e9 == pytest.approx(5.96, abs=0.01)  # the authors' all_models_stats.csv: 5.96 G
+
+
+def test_an_unknown_strided_conv_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match="model.strided_conv"):
+        WideResNet([3, 32, 32], 10, depth=10, strided_conv="shortcut")

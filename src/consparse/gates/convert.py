@@ -16,10 +16,10 @@ import torch
 from torch import nn
 
 from consparse.errors import ConfigError
-from consparse.gates.batchnorm import GatedBatchNorm2d
+from consparse.gates.batchnorm import GATE_PLACEMENTS, GatedBatchNorm2d
 from consparse.gates.chains import find_chains
 from consparse.gates.layers import GatedConv2d, GatedLayer, GatedLinear
-from consparse.validation import check_length, check_range
+from consparse.validation import check_choice, check_length, check_range
 
 
 def gateable_layers(model: nn.Module) -> dict[str, bool]:
@@ -60,6 +60,7 @@ def gate_model(
     structured: bool = True,
     droprate_init: float | Sequence[float] = 0.5,
     layers: Sequence[str] | None = None,
+    placement: str = "norm_output",
 ) -> list[str]:
     """Replace the chosen Linear/Conv2d layers of ``model`` by gated ones, in place.
 
@@ -70,10 +71,14 @@ def gate_model(
         layers: ``fnmatch`` patterns of layer names (``layers.1``, ``layer2.*.conv1``) choosing among
             the layers that can carry gates; None gates the paper's choice (every Linear/Conv of a
             Sequential chain, and the residual-branch convs listed in ``chains.BLOCK_LAYOUTS``).
+        placement: where a structured convolution's gate acts when a BatchNorm follows it:
+            ``norm_output`` (on the BatchNorm's output) or ``filter`` (on the filter, the authors'
+            code); see ``batchnorm.py``. Without a BatchNorm after it a convolution gates its filter.
 
     Returns:
         The names of the gated layers, in module order.
     """
+    check_choice("method.gate_placement", placement, GATE_PLACEMENTS)
     names = _select(model, layers)
     rates = dict(zip(names, _droprates(droprate_init, len(names))))
     for chain in find_chains(model):
@@ -90,8 +95,9 @@ def gate_model(
                 if structured and type(following) is nn.BatchNorm2d:
                     if not following.affine:
                         raise ValueError(f"gate_model: the BatchNorm after {name} has no affine parameters to fold a gate into")
-                    gated.gate_applied_by_norm = True
-                    setattr(chain.owner, chain.slots[index + 1], GatedBatchNorm2d.from_batchnorm(following, gated.gate))
+                    gated.gate_applied_by_norm = placement == "norm_output"
+                    setattr(chain.owner, chain.slots[index + 1],
+                            GatedBatchNorm2d.from_batchnorm(following, gated.gate, placement=placement))
             else:
                 gated = GatedLinear.from_linear(layer, structured, rates[name])
             setattr(chain.owner, slot, gated)
@@ -144,8 +150,8 @@ def plain_copy(module: nn.Module) -> nn.Module:
 def folded_parameters(module: nn.Module) -> tuple[torch.Tensor | None, torch.Tensor | None]:
     """Weight and bias of a gated layer or GatedBatchNorm2d with its test gates multiplied in."""
     if isinstance(module, GatedBatchNorm2d):
-        z = module.gate.test_gate()
-        return module.weight * z, module.bias * z
+        scale = module.deterministic_scale()
+        return module.weight * scale, module.bias * scale
     if isinstance(module, GatedLayer):
         return module.folded_weight(), module.folded_bias()
     raise TypeError(f"{type(module).__name__} carries no gates")

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from consparse.gates.convert import gated_layers
+from consparse.gates.layers import GatedConv2d
 from consparse.precision import full_precision
 
 
@@ -57,16 +58,25 @@ def deterministic_gate_densities(model: nn.Module) -> dict[str, float]:
 
 
 @full_precision
-def expected_l2(model: nn.Module) -> torch.Tensor:
+def expected_l2(model: nn.Module, divide_gated_convs: bool = False) -> torch.Tensor:
     """``sum ||w||^2`` over every parameter except gates, gated weights weighted by detached ``P(z != 0)``.
 
     Weight decay is applied through the loss (``0.5 * weight_decay * expected_l2``), as the authors
     do, so that gated weights decay in proportion to how likely they are to be used.
+
+    ``divide_gated_convs``: divide each gated convolution's term by ``1 - droprate_init``, Louizos et
+    al.'s rule (same a-priori length scale as the dropout network). The 2022 authors construct their
+    gated convolutions with that coefficient, but their model multiplies every layer's L2 term by
+    the one model-level weight decay (``BaseL0Model.regularization``), so in the runs behind their
+    tables it has no effect.
     """
     handled: set[int] = set()
     terms: list[torch.Tensor] = []
     for _, layer in gated_layers(model):
-        terms.append(layer.expected_l2())
+        term = layer.expected_l2()
+        if divide_gated_convs and isinstance(layer, GatedConv2d):
+            term = term / (1.0 - layer.gate.droprate_init)
+        terms.append(term)
         handled.update(id(p) for p in (layer.weight, layer.bias, layer.gate.log_alpha) if p is not None)
     terms.extend(p.pow(2).sum() for p in model.parameters() if id(p) not in handled)
     return torch.stack(terms).sum()

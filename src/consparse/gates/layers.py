@@ -5,8 +5,10 @@ column of its weight), a ``GatedConv2d`` one gate per **output channel** (a filt
 Unstructured gates are one per weight. Biases of Linear layers and of unstructured layers are not
 gated.
 
-A structured convolution followed by a BatchNorm leaves its gate to that BatchNorm
-(``GatedBatchNorm2d``), which multiplies its own output by the gate: see ``batchnorm.py`` for why.
+A structured convolution followed by a BatchNorm either leaves its gate to that BatchNorm
+(``GatedBatchNorm2d`` multiplies its own output by the gate; placement ``norm_output``) or gates
+its filter as usual, the BatchNorm skipping inactive channels (placement ``filter``, the authors'):
+see ``batchnorm.py``.
 
 Both classes subclass the standard layer, so ``weight`` and ``bias`` keep their names and shapes
 and the shared counting code sees them as ordinary Linear / Conv weights. Densities are counted

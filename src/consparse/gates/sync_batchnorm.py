@@ -14,12 +14,14 @@ and is turned back into its original class after the fit.
 
 from __future__ import annotations
 
+from contextlib import nullcontext
+
 import torch
 from pytorch_lightning.plugins.layer_sync import TorchSyncBatchNorm
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from consparse.gates.batchnorm import GatedBatchNorm2d
+from consparse.gates.batchnorm import GatedBatchNorm2d, active_channel_statistics
 from consparse.gates.hard_concrete import HardConcreteGate
 
 
@@ -32,16 +34,22 @@ class GatedSyncBatchNorm2d(nn.SyncBatchNorm):
     """
 
     def __init__(self, num_features: int, gate: HardConcreteGate, eps: float = 1e-5, momentum: float | None = 0.1,
-                 affine: bool = True, track_running_stats: bool = True, process_group: object | None = None) -> None:
+                 affine: bool = True, track_running_stats: bool = True, process_group: object | None = None,
+                 placement: str = "norm_output") -> None:
         super().__init__(num_features, eps=eps, momentum=momentum, affine=affine,
                          track_running_stats=track_running_stats, process_group=process_group)
         # Outside ``_modules``, as in GatedBatchNorm2d: the gate belongs to the convolution.
         self.__dict__["gate"] = gate
+        self.placement = placement
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.gate.current is None:
             raise RuntimeError("GatedSyncBatchNorm2d ran before its gated convolution drew a gate")
-        return super().forward(x) * self.gate.current.view(1, -1, 1, 1)
+        z = self.gate.current
+        scale = GatedBatchNorm2d.scale_for(self, z)
+        skip_inactive = self.placement == "filter" and self.training and self.track_running_stats
+        with active_channel_statistics(self, scale > 0) if skip_inactive else nullcontext():
+            return super().forward(x) * scale.view(1, -1, 1, 1)
 
 
 def _share_state(source: _BatchNorm, target: _BatchNorm) -> _BatchNorm:
@@ -63,7 +71,7 @@ def convert_sync_batchnorm(module: nn.Module, process_group: object | None = Non
         options = {"eps": module.eps, "momentum": module.momentum, "affine": module.affine,
                    "track_running_stats": module.track_running_stats, "process_group": process_group}
         if isinstance(module, GatedBatchNorm2d):
-            synced = GatedSyncBatchNorm2d(module.num_features, module.gate, **options)
+            synced = GatedSyncBatchNorm2d(module.num_features, module.gate, placement=module.placement, **options)
         else:
             synced = nn.SyncBatchNorm(module.num_features, **options)
         synced.original_class = type(module)
@@ -78,7 +86,7 @@ def revert_sync_batchnorm(module: nn.Module) -> nn.Module:
     original = getattr(module, "original_class", None)
     if isinstance(module, nn.SyncBatchNorm) and original is not None:
         if isinstance(module, GatedSyncBatchNorm2d):
-            return GatedBatchNorm2d.from_batchnorm(module, module.gate)
+            return GatedBatchNorm2d.from_batchnorm(module, module.gate, placement=module.placement)
         return _share_state(module, original(module.num_features, eps=module.eps, momentum=module.momentum,
                                              affine=module.affine, track_running_stats=module.track_running_stats))
     for name, child in module.named_children():

@@ -76,6 +76,10 @@ class HardConcreteMethod(SparseMethod):
         gates_lr: learning rate of the gate parameters ``log_alpha`` (same optimiser class as the weights).
         weight_decay: L2 coefficient applied through the loss, gated weights weighted by their
             detached probability of being active; the optimiser's own weight_decay must be 0.
+        divide_gated_conv_decay: divide the weight decay of gated convolutions by ``1 - droprate_init``
+            (Louizos et al.'s rule; see ``consparse.gates.density.expected_l2``).
+        gate_placement: ``norm_output`` or ``filter`` (the authors'): where the gate of a convolution
+            followed by a BatchNorm acts (``consparse.gates.batchnorm``).
         schedule_gates: let the learning-rate scheduler decay the gates' learning rate too
             (the authors decay the weights' only).
         **kwargs: ``optimizer``, ``scheduler``, ``scheduler_interval``, ``label_smoothing`` of ``SparseMethod``.
@@ -90,6 +94,8 @@ class HardConcreteMethod(SparseMethod):
         gated_layers: Sequence[str] | None = None,
         gates_lr: float = 0.01,
         weight_decay: float = 0.0,
+        divide_gated_conv_decay: bool = False,
+        gate_placement: str = "norm_output",
         schedule_gates: bool = False,
         **kwargs: Any,
     ) -> None:
@@ -98,6 +104,7 @@ class HardConcreteMethod(SparseMethod):
         check_range("method.gates_lr", gates_lr, 0.0, low_inclusive=False)
         check_range("method.weight_decay", weight_decay, 0.0)
         check_choice("method.schedule_gates", schedule_gates, [True, False])
+        check_choice("method.divide_gated_conv_decay", divide_gated_conv_decay, [True, False])
         optimizer = self.optimizer_factory
         if isinstance(optimizer, functools.partial) and optimizer.keywords.get("weight_decay", 0):
             raise ConfigError(
@@ -108,9 +115,11 @@ class HardConcreteMethod(SparseMethod):
         self.sparsity = sparsity
         self.gates_lr = float(gates_lr)
         self.weight_decay = float(weight_decay)
+        self.divide_gated_conv_decay = divide_gated_conv_decay
+        self.gate_placement = gate_placement
         self.schedule_gates = schedule_gates
         self.gated_names = gate_model(model, structured=sparsity == "structured", droprate_init=droprate_init,
-                                      layers=gated_layers)
+                                      layers=gated_layers, placement=gate_placement)
         self.layerwise = False
         # The run's seed (seed_everything's, the same on every DDP rank) keys the gate noise of each batch.
         self.noise_key = torch.initial_seed()
@@ -138,7 +147,7 @@ class HardConcreteMethod(SparseMethod):
         data_loss = self.loss(logits, y)
         objective = data_loss
         if self.weight_decay:
-            objective = objective + 0.5 * self.weight_decay * expected_l2(self.model)
+            objective = objective + 0.5 * self.weight_decay * expected_l2(self.model, self.divide_gated_conv_decay)
         self.log_step("train", data_loss, logits, y)
         return objective + self.density_term(self.constrained_densities())
 
@@ -193,6 +202,7 @@ class HardConcreteMethod(SparseMethod):
             model_density = float(expected_model_density(self.model))
         return {
             "sparsity": self.sparsity,
+            "gate_placement": self.gate_placement,
             "constraint": "layer" if self.layerwise else "model",
             "gated_layers": list(self.gated_names),
             "expected_density": {"model": model_density, "layers": dict(zip(self.gated_names, layer_densities))},
