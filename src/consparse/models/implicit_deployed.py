@@ -97,6 +97,11 @@ class DeployedImplicitModel(nn.Module):
             if spec is not None
         })
         self.readout = _kernel(self.num_classes, readout, True)
+        # (drive, recurrence or None, first buffer row, end row) of each level: the forward's plan.
+        self._levels = [
+            (drive, self.recurrences[str(i)] if str(i) in self.recurrences else None, start, start + size)
+            for i, (drive, start, size) in enumerate(zip(self.drives, self.starts, self.level_sizes))
+        ]
         self.warm_start = bool(warm_start)
         if self.warm_start:
             self.register_buffer("warm_states", torch.zeros(sum(self.level_sizes)))
@@ -161,24 +166,25 @@ class DeployedImplicitModel(nn.Module):
 
     # ------------------------------------------------------------------ forward
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        flat = x.reshape(x.shape[0], -1)
+        batch = x.shape[0]
+        flat = x.reshape(batch, -1)
         if flat.shape[1] != self.input_size:
             raise ValueError(f"the implicit model takes {self.input_size} input features, got {flat.shape[1]}")
-        reference = self.readout.stored_weights()
-        buffer = reference.new_empty(self.width, flat.shape[0])
-        buffer[:self.input_size].copy_(flat.T)
+        # One sample: a vector buffer, so that every product is a matrix-vector one.
+        buffer = self.readout.bias.new_empty((self.width,) if batch == 1 else (self.width, batch))
+        buffer[:self.input_size].copy_(flat[0] if batch == 1 else flat.T)
         iterations = 0
         converged = True
-        for index, (drive, start, size) in enumerate(zip(self.drives, self.starts, self.level_sizes)):
-            states = buffer[start:start + size]
-            recurrence = self.recurrences[str(index)] if str(index) in self.recurrences else None
+        for drive, recurrence, start, stop in self._levels:
+            states = buffer[start:stop]
             if recurrence is None:
                 drive(buffer, states).relu_()
                 continue
             used, met = self._fixed_point(recurrence, drive(buffer), buffer, states, start)
             iterations, converged = iterations + used, converged and met
-        self._record(iterations, converged, flat.shape[0])
-        return self.readout(buffer).T
+        self._record(iterations, converged, batch)
+        logits = self.readout(buffer)
+        return logits[None] if batch == 1 else logits.T
 
     def _fixed_point(
         self, recurrence: SparseLinear, drive: torch.Tensor, buffer: torch.Tensor, states: torch.Tensor, start: int
@@ -186,35 +192,39 @@ class DeployedImplicitModel(nn.Module):
         """Solve ``x = relu(A_ll x + drive)`` into ``states``; returns (iterations, all samples converged)."""
         settings = self.settings
         if settings.anderson_memory > 0:
-            def step(x: torch.Tensor) -> torch.Tensor:
-                states.copy_(x.T)
-                return recurrence(buffer, add=drive).relu_().T
+            columns = drive.reshape(drive.shape[0], -1)
 
-            x0 = self._initial(drive, start).T.contiguous() if self.warm_start else drive.new_zeros(drive.T.shape)
+            def step(x: torch.Tensor) -> torch.Tensor:
+                states.copy_(x.T.reshape(states.shape))
+                return recurrence(buffer, add=drive).relu_().reshape(columns.shape).T
+
+            x0 = self._initial(columns, start).T.contiguous() if self.warm_start else columns.new_zeros(columns.T.shape)
             solution, stats = solve_fixed_point(step, x0, settings)
-            states.copy_(solution.T)
+            states.copy_(solution.T.reshape(states.shape))
             return stats.iterations, stats.converged
         if self.warm_start:
             states.copy_(self._initial(drive, start))
             current = recurrence(buffer, add=drive).relu_()
-            iterations = 1
         else:
-            current, iterations = drive.relu(), 1
+            current = drive.relu()
+        iterations = 1
         while True:
             states.copy_(current)
             current = recurrence(buffer, add=drive).relu_()
             iterations += 1
             step = (current - states).abs_().amax(dim=0)
             tolerance = current.amax(dim=0).mul_(settings.rtol).add_(settings.atol)
-            if bool((step <= tolerance).all()) or iterations >= settings.max_iter:
+            met = bool((step <= tolerance).all())
+            if met or iterations >= settings.max_iter:
                 break
         states.copy_(current)
-        return iterations, bool((step <= tolerance).all())
+        return iterations, met
 
     def _initial(self, drive: torch.Tensor, start: int) -> torch.Tensor:
+        """The stored warm states of the level that starts at buffer row ``start``, shaped like ``drive``."""
         offset = start - self.input_size
-        size = drive.shape[0]
-        return self.warm_states[offset:offset + size, None].expand_as(drive)
+        initial = self.warm_states[offset:offset + drive.shape[0]]
+        return initial[:, None].expand_as(drive) if drive.dim() == 2 else initial
 
     # ------------------------------------------------------------------ statistics
     def _record(self, iterations: int, converged: bool, samples: int) -> None:
