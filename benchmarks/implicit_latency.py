@@ -14,6 +14,8 @@ is deployed here). For each run, timed alternately with ``consparse.compress.lat
   (every solve starts from the mean state over ``--warm-samples`` training samples), with the
   deployed model's mean fixed-point iterations per forward at batch 1 on test images.
 
+``--redeploy`` deploys the run's model again with this code (levels, and kernel formats measured now).
+
 Test accuracy of the fixed-point and deployed forms is printed beside them (they must agree).
 
     OMP_NUM_THREADS=1 python benchmarks/implicit_latency.py --data-root ../shared/data \\
@@ -89,6 +91,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--warm-samples", type=int, default=2000)
     parser.add_argument("--iteration-samples", type=int, default=300)
+    parser.add_argument("--redeploy", action="store_true",
+                        help="deploy the run's model again with this code (levels, and formats measured now)")
     args = parser.parse_args()
     torch.set_num_threads(1)
 
@@ -101,8 +105,10 @@ def main() -> None:
         datamodule.setup()
         info = datamodule.info
         deployed = deployed_of(run_dir)
-        mlp = MLP(list(info.input_shape), info.num_classes, hidden=args.hidden).eval()
         fixed_point = fixed_point_form(deployed)
+        if args.redeploy:
+            deployed = DeployedImplicitModel.from_implicit(fixed_point)
+        mlp = MLP(list(info.input_shape), info.num_classes, hidden=args.hidden).eval()
         models: dict[str, nn.Module] = {"mlp": mlp, "fixed_point": fixed_point, "deployed": deployed}
         test_images = torch.cat([x for x, _ in datamodule.test_dataloader()])[: args.iteration_samples]
         if deployed.recurrences:

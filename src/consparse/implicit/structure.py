@@ -11,7 +11,8 @@ of ``X = relu(A X + B u)``:
 
 Components are grouped into levels, the topological generations of the condensation (a level holds
 every component whose predecessors all lie in earlier levels), so that each level is one matrix
-product over the states before it. When the support of ``A`` has no cycle (``A`` is then nilpotent:
+product over the states before it. Consecutive levels that need a fixed point are merged into one
+(one loop over their union rather than one per level). When the support of ``A`` has no cycle (``A`` is then nilpotent:
 every network converted by ``consparse.implicit.convert``, and any ``A`` that is strictly triangular
 after a permutation of the states) one pass over the levels is the exact fixed point.
 
@@ -121,5 +122,20 @@ def plan_states(A: torch.Tensor, B: torch.Tensor, C: torch.Tensor, bias_column: 
         levels.append(sorted(members))
         cyclic.append(any(kept_graph.has_edge(state, state) for state in members)
                       or any(len(condensation.nodes[component]["members"]) > 1 for component in generation))
+    levels, cyclic = _merge_cyclic_runs(levels, cyclic)
     unobserved = sorted(set(range(n)) - zero - kept)
     return StatePlan(levels=levels, cyclic=cyclic, zero_states=sorted(zero), unobserved_states=unobserved)
+
+
+def _merge_cyclic_runs(levels: list[list[int]], cyclic: list[bool]) -> tuple[list[list[int]], list[bool]]:
+    """Consecutive cyclic levels as one: a single fixed point over their union (its A block-triangular)
+    converges in about the iterations of its slowest part, where one loop per level adds them up."""
+    merged: list[list[int]] = []
+    flags: list[bool] = []
+    for level, needs_fixed_point in zip(levels, cyclic):
+        if needs_fixed_point and flags and flags[-1]:
+            merged[-1] = sorted(merged[-1] + level)
+        else:
+            merged.append(list(level))
+            flags.append(needs_fixed_point)
+    return merged, flags
