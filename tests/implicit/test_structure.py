@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import torch
 from torch import nn
 
@@ -13,7 +15,7 @@ def _converted(hidden: tuple[int, ...] = (6, 5, 4)):
     torch.manual_seed(0)
     sizes = (7, *hidden)
     layers: list[nn.Module] = []
-    for fan_in, fan_out in zip(sizes, sizes[1:]):
+    for fan_in, fan_out in itertools.pairwise(sizes):
         layers += [nn.Linear(fan_in, fan_out), nn.ReLU()]
     net = nn.Sequential(*layers, nn.Linear(sizes[-1], 3)).double()
     return sequential_to_matrices(net, 0.9)

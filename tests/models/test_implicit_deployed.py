@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from torch import nn
 
 from consparse.compress.count import model_stats
 from consparse.compress.export import export_model, load_exported

@@ -100,8 +100,9 @@ class DeployedImplicitModel(nn.Module):
         })
         self.readout = _kernel(self.num_classes, readout, True)
         # (drive, recurrence or None, first buffer row, end row) of each level: the forward's plan.
+        recurrent = dict(self.recurrences.items())
         self._levels = [
-            (drive, self.recurrences[str(i)] if str(i) in self.recurrences else None, start, start + size)
+            (drive, recurrent.get(str(i)), start, start + size)
             for i, (drive, start, size) in enumerate(zip(self.drives, self.starts, self.level_sizes))
         ]
         self.warm_start = bool(warm_start)
