@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from types import SimpleNamespace
 from typing import Any
 
 import torch
@@ -101,10 +102,14 @@ class DeployedImplicitModel(nn.Module):
         self.readout = _kernel(self.num_classes, readout, True)
         # (drive, recurrence or None, first buffer row, end row) of each level: the forward's plan.
         recurrent = dict(self.recurrences.items())
-        self._levels = [
-            (drive, recurrent.get(str(i)), start, start + size)
-            for i, (drive, start, size) in enumerate(zip(self.drives, self.starts, self.level_sizes))
-        ]
+        # The forward's plan, kept out of Module's attribute machinery (a plain tuple): per level
+        # (drive, recurrence or None, first buffer row, end row), then the read-out. Kernels are
+        # applied through ``forward`` directly: a module call costs as much as a small product.
+        self._plan = (
+            [(drive, recurrent.get(str(i)), start, start + size)
+             for i, (drive, start, size) in enumerate(zip(self.drives, self.starts, self.level_sizes))],
+            self.readout,
+        )
         self.warm_start = bool(warm_start)
         if self.warm_start:
             self.register_buffer("warm_states", torch.zeros(sum(self.level_sizes)))
@@ -173,20 +178,21 @@ class DeployedImplicitModel(nn.Module):
         flat = x.reshape(batch, -1)
         if flat.shape[1] != self.input_size:
             raise ValueError(f"the implicit model takes {self.input_size} input features, got {flat.shape[1]}")
-        # One sample: a vector buffer, so that every product is a matrix-vector one.
-        buffer = self.readout.bias.new_empty((self.width,) if batch == 1 else (self.width, batch))
-        buffer[:self.input_size].copy_(flat[0] if batch == 1 else flat.T)
         iterations = 0
         converged = True
-        for drive, recurrence, start, stop in self._levels:
+        levels, readout = self._plan
+        # One sample: a vector buffer, so that every product is a matrix-vector one.
+        buffer = readout.bias.new_empty((self.width,) if batch == 1 else (self.width, batch))
+        buffer[:self.input_size].copy_(flat[0] if batch == 1 else flat.T)
+        for drive, recurrence, start, stop in levels:
             states = buffer[start:stop]
             if recurrence is None:
-                drive(buffer, states).relu_()
+                drive.forward(buffer, states).relu_()
                 continue
-            used, met = self._fixed_point(recurrence, drive(buffer), buffer, states, start)
+            used, met = self._fixed_point(recurrence, drive.forward(buffer), buffer, states, start)
             iterations, converged = iterations + used, converged and met
         self._record(iterations, converged, batch)
-        logits = self.readout(buffer)
+        logits = readout.forward(buffer)
         return logits[None] if batch == 1 else logits.T
 
     def _fixed_point(
@@ -199,7 +205,7 @@ class DeployedImplicitModel(nn.Module):
 
             def step(x: torch.Tensor) -> torch.Tensor:
                 states.copy_(x.T.reshape(states.shape))
-                return recurrence(buffer, add=drive).relu_().reshape(columns.shape).T
+                return recurrence.forward(buffer, add=drive).relu_().reshape(columns.shape).T
 
             x0 = self._initial(columns, start).T.contiguous() if self.warm_start else columns.new_zeros(columns.T.shape)
             solution, stats = solve_fixed_point(step, x0, settings)
@@ -236,15 +242,15 @@ class DeployedImplicitModel(nn.Module):
 
     # ------------------------------------------------------------------ statistics
     def _record(self, iterations: int, converged: bool, samples: int) -> None:
-        self._forwards += 1
-        self._samples += samples
-        self._iteration_sum += iterations
-        self._max_iterations = max(self._max_iterations, iterations)
-        self._converged = self._converged and converged
+        summary = self._summary  # a plain object: Module.__setattr__ would cost more than a product
+        summary.forwards += 1
+        summary.samples += samples
+        summary.iteration_sum += iterations
+        summary.max_iterations = max(summary.max_iterations, iterations)
+        summary.converged = summary.converged and converged
 
     def reset_fixed_point_summary(self) -> None:
-        self._forwards, self._samples, self._iteration_sum, self._max_iterations = 0, 0, 0, 0
-        self._converged = True
+        self._summary = SimpleNamespace(forwards=0, samples=0, iteration_sum=0, max_iterations=0, converged=True)
 
     def fixed_point_summary(self) -> dict[str, Any]:
         """How the forwards since the last reset were evaluated: one pass, or fixed-point iterations.
@@ -252,15 +258,16 @@ class DeployedImplicitModel(nn.Module):
         Iterations are applications of a cyclic level's map per forward (summed over cyclic
         levels, the batch as a whole: it stops when every sample has met the rule).
         """
+        summary = self._summary
         return {
             "evaluation": "fixed_point" if self.recurrences else "one_pass",
             "levels": len(self.level_sizes),
             "cyclic_levels": len(self.recurrences),
-            "forwards": self._forwards,
-            "samples": self._samples,
-            "mean_iterations": self._iteration_sum / self._forwards if self._forwards else 0.0,
-            "max_iterations": self._max_iterations,
-            "converged": self._converged,
+            "forwards": summary.forwards,
+            "samples": summary.samples,
+            "mean_iterations": summary.iteration_sum / summary.forwards if summary.forwards else 0.0,
+            "max_iterations": summary.max_iterations,
+            "converged": summary.converged,
         }
 
     # ------------------------------------------------------------------ platform seams
@@ -287,7 +294,8 @@ class DeployedImplicitModel(nn.Module):
             weights = kernel.stored_weights().detach()
             return int(torch.count_nonzero(weights)) if sparse else kernel.rows * kernel.columns
 
-        iterations = self._iteration_sum / self._forwards if self._forwards else float(self.settings.max_iter)
+        summary = self._summary
+        iterations = summary.iteration_sum / summary.forwards if summary.forwards else float(self.settings.max_iter)
         recurrent = sum(count(kernel) for kernel in self.recurrences.values())
         once = sum(count(kernel) for kernel in (*self.drives, self.readout))
         return once + round(recurrent * iterations)
