@@ -248,6 +248,9 @@ def test_tiny_run_writes_results_with_densities_gap_and_fixed_point(make_config,
     assert all(0 < point["density"] <= 0.05 for point in curve)
     assert len(logged_metric(tmp_path / "run", "train/density")) == 2
     assert len(logged_metric(tmp_path / "run", "train/fw_gap")) == 2
+    # Latency of the deployed form at batch 1 and 64 (evaluation.latency.large_batch_size).
+    assert set(results["latency_by_batch"]) == {"1", "64"}
+    assert results["latency_by_batch"]["1"]["ms"] == results["latency_ms"]
     # The export is the deployed form, and it computes the trained model's logits.
     deployed = metrics["deployed"]
     assert deployed["fixed_point"]["converged"] and deployed["fixed_point"]["forwards"] > 0

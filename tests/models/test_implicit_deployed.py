@@ -189,3 +189,16 @@ def test_the_format_choice_follows_density_and_measured_speed() -> None:
     assert choose_format(dense, "measure") == "dense"
     with pytest.raises(ValueError, match="format choice"):
         choose_format(dense, "fastest")
+
+
+def test_a_fixed_point_cut_short_reports_that_it_did_not_converge() -> None:
+    implicit = _cyclic_model(seed=3)
+    deployed = DeployedImplicitModel.from_implicit(implicit, "dense")
+    cut = DeployedImplicitModel(**{**deployed.constructor_kwargs(), "max_iter": 2}).double()
+    cut.load_state_dict(deployed.state_dict())
+    x = _inputs()
+    cut(x)
+    cut(x[:1])
+    summary = cut.fixed_point_summary()
+    assert not summary["converged"] and summary["max_iterations"] <= 2 * len(cut.recurrences)
+    assert summary["forwards"] == 2 and summary["samples"] == 17

@@ -221,14 +221,14 @@ class DeployedImplicitModel(nn.Module):
             product(drive, matrix, previous, out=current).relu_()
         else:
             current.copy_(drive).relu_()
-        iterations = 1
-        while True:
+        iterations, met = 1, False
+        while iterations < settings.max_iter:
             previous, current = current, previous
             product(drive, matrix, previous, out=current).relu_()
             iterations += 1
-            if iterations % CHECK_EVERY == 0 or iterations >= settings.max_iter:
+            if iterations % CHECK_EVERY == 0 or iterations == settings.max_iter:
                 met = _converged(previous, current, settings)
-                if met or iterations >= settings.max_iter:
+                if met:
                     break
         if current is not states:
             states.copy_(current)
