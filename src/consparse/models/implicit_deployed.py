@@ -100,7 +100,6 @@ class DeployedImplicitModel(nn.Module):
             if spec is not None
         })
         self.readout = _kernel(self.num_classes, readout, True)
-        # (drive, recurrence or None, first buffer row, end row) of each level: the forward's plan.
         recurrent = dict(self.recurrences.items())
         # The forward's plan, kept out of Module's attribute machinery (a plain tuple): per level
         # (drive, recurrence or None, first buffer row, end row), then the read-out. Kernels are
