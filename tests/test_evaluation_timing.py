@@ -76,6 +76,7 @@ def test_the_quick_evaluation_has_a_short_curve_and_still_exports(make_config, t
         ("evaluation.latency.budget_s=0", "evaluation.latency.budget_s"),
         ("evaluation.latency.min_repeats=0", "evaluation.latency.min_repeats"),
         ("evaluation.latency.rounds=0", "evaluation.latency.rounds"),
+        ("evaluation.latency.large_batch_size=0", "evaluation.latency.large_batch_size"),
         ("+evaluation.latency.repeats=3", "evaluation.latency"),
     ],
 )

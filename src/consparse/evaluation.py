@@ -12,7 +12,7 @@ from consparse.errors import ConfigError
 from consparse.validation import check_choice, check_int, check_range
 
 CURVE_KINDS = ("unstructured", "filter", "lowrank")
-LATENCY_KEYS = ("threads", "batch_size", "min_run_time", "rounds", "budget_s", "min_repeats", "warmup")
+LATENCY_KEYS = ("threads", "batch_size", "large_batch_size", "min_run_time", "rounds", "budget_s", "min_repeats", "warmup")
 
 
 @dataclass
@@ -24,7 +24,8 @@ class EvaluationSettings:
         recalibrate_bn_batches: training batches used to re-estimate BatchNorm statistics of each
             pruned model in the curve (0: off, as in the SFW paper).
         latency: keyword arguments of ``compare_latency`` (threads, batch_size, min_run_time, rounds,
-            budget_s, min_repeats, warmup).
+            budget_s, min_repeats, warmup), and ``large_batch_size``: a second measurement at that
+            batch (null: none).
         export: write the deployed model under ``export/``.
         device: ``auto`` (the training accelerator's device), ``cpu`` or ``cuda``.
     """
@@ -68,6 +69,8 @@ def _check_latency(latency: dict[str, Any]) -> None:
         check_choice("evaluation.latency", key, LATENCY_KEYS)
     check_int("evaluation.latency.threads", latency.get("threads", 1), 1)
     check_int("evaluation.latency.batch_size", latency.get("batch_size", 1), 1)
+    if latency.get("large_batch_size") is not None:
+        check_int("evaluation.latency.large_batch_size", latency["large_batch_size"], 1)
     check_int("evaluation.latency.rounds", latency.get("rounds", 1), 1)
     check_int("evaluation.latency.min_repeats", latency.get("min_repeats", 1), 1)
     check_int("evaluation.latency.warmup", latency.get("warmup", 0), 0)

@@ -294,8 +294,7 @@ def _measure(
     phases.lap("test_accuracy")
     stats = model_stats(deployed.cpu(), input_shape, reference.cpu())
     phases.lap("model_stats")
-    latencies = compare_latency({"deployed": deployed.cpu(), "dense": reference.cpu()}, input_shape, **settings.latency)
-    latency, dense_latency = latencies["deployed"], latencies["dense"]
+    latency, dense_latency, by_batch = _latencies(deployed.cpu(), reference.cpu(), input_shape, settings.latency)
     phases.lap("latency")
 
     curve: list[dict[str, Any]] = []
@@ -335,10 +334,26 @@ def _measure(
         "latency_ms": latency["ms"],
         "dense_latency_ms": dense_latency["ms"],
         "latency": {k: v for k, v in latency.items() if k != "ms"},
+        "latency_by_batch": by_batch,
         "compression_curve": curve,
         "method_metrics": method_metrics,
         "export": export_path,
     }
+
+
+def _latencies(
+    deployed: torch.nn.Module, reference: torch.nn.Module, input_shape: Any, settings: dict[str, Any]
+) -> tuple[dict[str, Any], dict[str, Any], dict[str, dict[str, float]]]:
+    """Deployed and dense latency at ``batch_size``, and ``{batch: {ms, dense_ms}}`` at it and at ``large_batch_size``."""
+    settings = dict(settings)
+    large = settings.pop("large_batch_size", None)
+    models = {"deployed": deployed, "dense": reference}
+    measured = compare_latency(models, input_shape, **settings)
+    by_batch = {str(measured["deployed"]["batch_size"]): measured}
+    if large is not None and str(large) not in by_batch:
+        by_batch[str(large)] = compare_latency(models, input_shape, **{**settings, "batch_size": large})
+    summary = {batch: {"ms": runs["deployed"]["ms"], "dense_ms": runs["dense"]["ms"]} for batch, runs in by_batch.items()}
+    return measured["deployed"], measured["dense"], summary
 
 
 def _build_trainer(cfg: DictConfig, run_dir: Path, timer: TrainTimer) -> pl.Trainer:

@@ -2,5 +2,6 @@
 
 The model itself is ``consparse.models.implicit``. Here: ``solvers`` (fixed-point iteration,
 Anderson), ``function`` (the implicit backward), ``projection`` (row-wise L1 balls), ``convert``
-(exact Linear/ReLU -> (A, B, C, D)).
+(exact Linear/ReLU -> (A, B, C, D)), ``structure`` (A's support graph: which states to evaluate in
+which order, for the deployed form ``consparse.models.implicit_deployed``).
 """

@@ -187,7 +187,10 @@ def _anderson(step: StepFunction, x0: torch.Tensor, settings: FixedPointSettings
         residuals = (past_f[:, :filled] - past_x[:, :filled])
         gram = residuals @ residuals.transpose(1, 2)
         scale = gram.diagonal(dim1=1, dim2=2).amax(dim=1).clamp_min(torch.finfo(x.dtype).tiny)
-        regularised = gram + 1e-10 * scale[:, None, None] * torch.eye(filled, dtype=x.dtype, device=x.device)
+        # Relative 1e-10, but never below the dtype's resolution: in float32 a smaller ridge vanishes in
+        # rounding and a rank-deficient history (a sample that has converged) leaves the system singular.
+        ridge = max(1e-10, 16 * torch.finfo(x.dtype).eps)
+        regularised = gram + ridge * scale[:, None, None] * torch.eye(filled, dtype=x.dtype, device=x.device)
         # Minimise a' G a subject to sum(a) = 1: a = G^{-1} 1 / (1' G^{-1} 1).
         solution = torch.linalg.solve(regularised, torch.ones(samples, filled, 1, dtype=x.dtype, device=x.device))[..., 0]
         alpha = solution / solution.sum(dim=1, keepdim=True)

@@ -36,8 +36,10 @@ row-wise constraint sets, so that it grows sparse and stays well-posed at every 
   ``floor(target_density * columns)`` nonzeros instead (``support_budget``), which also caps each
   matrix separately. With ``target_density: null`` nothing is capped.
 
-The deployed model is the trained one as is (exact zeros; no pruning). Its dense reference is the
-same implicit model counted dense (``ImplicitTrainingMethod``).
+The deployed model is the trained one (exact zeros; no pruning) in its deployed form
+(``consparse.models.implicit_deployed``: states in levels, the fixed point only over the states on
+cycles of A, sparse kernels where they are faster). Its dense reference is the same implicit model
+counted dense (``ImplicitTrainingMethod``).
 """
 
 from __future__ import annotations
@@ -53,6 +55,7 @@ from torch import nn
 from consparse.data.info import DatasetInfo
 from consparse.errors import ConfigError
 from consparse.methods.implicit_training import MATRICES, ImplicitTrainingMethod
+from consparse.models.implicit_deployed import DeployedImplicitModel, deploy_implicit, deployment_metrics
 from consparse.optim import FrankWolfe
 from consparse.optim.constraints import RowwiseKSparsePolytope, RowwiseKSupportNormBall, RowwiseL1Ball
 from consparse.validation import check_choice, check_range
@@ -186,6 +189,7 @@ class ImplicitFWMethod(ImplicitTrainingMethod):
         self._evaluations = 0.0
         self._line_searches = 0
         self._batch: tuple[torch.Tensor, torch.Tensor] | None = None
+        self.deployed: DeployedImplicitModel | None = None
 
     # ------------------------------------------------------------------ counters
     @property
@@ -341,8 +345,9 @@ class ImplicitFWMethod(ImplicitTrainingMethod):
 
     # ------------------------------------------------------------------ the method seam
     def finalize(self, datamodule: pl.LightningDataModule) -> nn.Module:
-        """The trained model itself: the support budget already holds the density at or below the target."""
-        return self.implicit.eval()
+        """The trained model in deployed form: the support budget already holds the density at or below the target."""
+        self.deployed = deploy_implicit(self.implicit.eval())
+        return self.deployed
 
     def method_metrics(self) -> dict[str, Any]:
         metrics = super().method_metrics()
@@ -365,6 +370,8 @@ class ImplicitFWMethod(ImplicitTrainingMethod):
                 "atoms": dict(self.atoms),
             }
         )
+        if self.deployed is not None:
+            metrics["deployed"] = deployment_metrics(self.deployed)
         if self._trainer is None:
             return metrics
         optimizer = self.frank_wolfe()

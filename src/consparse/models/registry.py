@@ -19,6 +19,7 @@ from consparse.config import DESCRIPTIVE_KEYS, instantiate_node
 from consparse.data.info import DatasetInfo
 from consparse.errors import ConsparseError
 from consparse.models.implicit import ImplicitModel
+from consparse.models.implicit_deployed import DeployedImplicitModel
 from consparse.models.lenet import LeNet5
 from consparse.models.mlp import MLP
 from consparse.models.resnet import CifarResNet, resnet18, resnet50
@@ -33,6 +34,7 @@ ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {
     "cifar_resnet": CifarResNet,
     "wide_resnet": WideResNet,
     "implicit": ImplicitModel,
+    "implicit_deployed": DeployedImplicitModel,
 }
 # Arguments every builder takes from the dataset, kept apart from the architecture's own.
 DATASET_ARGUMENTS = ("input_shape", "num_classes")

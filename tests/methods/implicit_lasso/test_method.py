@@ -17,7 +17,7 @@ from safetensors.torch import load_file
 from consparse.compress.export import load_exported
 from consparse.config import instantiate_node
 from consparse.errors import ConfigError
-from consparse.models.implicit import ImplicitModel
+from consparse.models.implicit_deployed import DeployedImplicitModel
 from consparse.methods import build_method
 from consparse.methods.implicit_lasso import ImplicitLassoMethod
 from consparse.models import build_model
@@ -96,7 +96,7 @@ def test_a_trained_mlp_becomes_a_sparse_well_posed_implicit_model(make_config, t
     validate_results(on_disk)
     metrics = on_disk["method_metrics"]
     assert on_disk["status"] == "completed" and on_disk["epochs"] == 3
-    assert set(on_disk["per_layer_density"]) == {"A", "B", "C", "D"}
+    assert {name.split(".")[0] for name in on_disk["per_layer_density"]} >= {"drive0", "readout"}
     # Density against the mlp's weights (64*24 + 24*12 + 12*10), as design.md says.
     assert on_disk["dense_params"] == 64 * 24 + 24 + 24 * 12 + 12 + 12 * 10 + 10
     assert 0 < on_disk["density"] < 0.5
@@ -111,10 +111,10 @@ def test_a_trained_mlp_becomes_a_sparse_well_posed_implicit_model(make_config, t
     assert metrics["rows_fallback"] == 0  # the default active set resolved every row itself
     # The export rebuilds the deployed implicit model without pickle.
     deployed = load_exported(tmp_path / "run")
-    assert isinstance(deployed, ImplicitModel) and deployed.kappa == 0.1
+    assert isinstance(deployed, DeployedImplicitModel) and metrics["deployed"]["structure"]["kept_states"] <= 36
     x = torch.randn(5, 1, 8, 8)
     state = load_file(str(tmp_path / "run" / "export" / "model.safetensors"))
-    reference = ImplicitModel(**deployed.constructor_kwargs())
+    reference = DeployedImplicitModel(**deployed.constructor_kwargs())
     reference.load_state_dict(state)
     torch.testing.assert_close(deployed(x), reference(x))
     assert results["test_accuracy"] == on_disk["test_accuracy"]
@@ -129,7 +129,10 @@ def test_a_loaded_teacher_is_not_trained_and_a_density_target_is_met(make_config
     metrics = on_disk["method_metrics"]
     assert on_disk["epochs"] == 0 and metrics["teacher_checkpoint"] == str(path)
     search = metrics["density_search"]
-    assert search["met"] and 0.3 * 0.98 <= on_disk["density"] <= 0.3
+    # The search meets the target on the implicit model; its deployed form drops the states the output
+    # never reads (consparse.implicit.structure), so the reported density may be lower still.
+    searched = next(density for kappa, density in search["history"] if kappa == metrics["kappa"])
+    assert search["met"] and 0.3 * 0.98 <= searched <= 0.3 and on_disk["density"] <= 0.3
     assert len(search["history"]) == search["evaluations"] >= 2
     assert on_disk["target_density"] == 0.3
 

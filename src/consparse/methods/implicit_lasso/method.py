@@ -47,6 +47,7 @@ from consparse.lasso.path import PathSettings
 from consparse.methods.implicit_lasso.layerwise import LayerwiseStateMatching, check_layerwise
 from consparse.methods.implicit_lasso.matching import MatchingSettings, StateMatching
 from consparse.models.implicit import NONCONVERGENCE_POLICIES, ImplicitModel
+from consparse.models.implicit_deployed import DeployedImplicitModel, deploy_implicit, deployment_metrics
 from consparse.methods.implicit_lasso.readout import ReadoutSettings
 from consparse.methods.implicit_lasso.refit import RowSolver
 from consparse.implicit.solvers import FixedPointSettings
@@ -271,7 +272,7 @@ class ImplicitLassoMethod(SparseMethod):
         deployed = model.to(dtype=teacher_dtype).eval()
         if isinstance(deployed, ImplicitModel):
             metrics["well_posedness"] = deployed.well_posedness()
-            deployed.reset_fixed_point_summary()
+            deployed = deploy_implicit(deployed)
         self._metrics = metrics
         self.deployed = deployed
         return deployed
@@ -305,7 +306,8 @@ class ImplicitLassoMethod(SparseMethod):
 
     def method_metrics(self) -> dict[str, Any]:
         metrics = dict(self._metrics)
-        if isinstance(self.deployed, ImplicitModel):
+        if isinstance(self.deployed, DeployedImplicitModel):
             # Every forward since finalize: the test evaluation and the latency runs.
             metrics["fixed_point"] = self.deployed.fixed_point_summary()
+            metrics["deployed"] = deployment_metrics(self.deployed)
         return metrics
