@@ -82,6 +82,8 @@ class Results:
     latency_ms: float | None = field(default=None, metadata=_COMPLETED)
     dense_latency_ms: float | None = field(default=None, metadata=_COMPLETED)
     latency: dict[str, Any] | None = field(default=None, metadata=_COMPLETED)
+    # Per batch size ("1", "64"): the deployed and the dense model's ms, measured side by side.
+    latency_by_batch: dict[str, dict[str, float]] | None = None
     compression_curve: list[dict[str, Any]] | None = field(default=None, metadata=_COMPLETED)
     method_metrics: dict[str, Any] | None = field(default=None, metadata=_COMPLETED)
     train_seconds: float | None = field(default=None, metadata=_COMPLETED)
