@@ -123,6 +123,8 @@ class ImplicitLassoMethod(SparseMethod):
         kappa: the LASSO radius in (0, 1) (the first guess when ``target_density`` is set).
         conversion_kappa: largest row L1 norm after the exact rescaling, in (0, 1).
         constrain: ``row`` or ``A``.
+        kappa_scale: ``relative_to_largest_row`` (each layer's radius relative to its largest teacher
+            row) or ``absolute`` (the paper's: the same radius on every row, in the network's units).
         formulation: ``implicit`` (Linear/ReLU chains), ``layerwise`` (conv nets) or ``auto``.
         data_fraction: share of the training split the states are extracted on, in (0, 1].
         extraction_batch_size: batch of the extraction and regeneration passes (fixed, so that the
@@ -143,6 +145,7 @@ class ImplicitLassoMethod(SparseMethod):
         kappa: float = 0.05,
         conversion_kappa: float = 0.95,
         constrain: str = "row",
+        kappa_scale: str = "relative_to_largest_row",
         formulation: str = "auto",
         data_fraction: float = 0.2,
         extraction_batch_size: int = 500,
@@ -177,6 +180,7 @@ class ImplicitLassoMethod(SparseMethod):
             constrain=constrain,
             readout=_settings(ReadoutSettings, readout, "method.readout"),
             fixed_point=_fixed_point_options(fixed_point),
+            kappa_scale=kappa_scale,
         )
         self.matching.validate("method.")
         self.kappa = float(kappa)
@@ -216,6 +220,7 @@ class ImplicitLassoMethod(SparseMethod):
             "formulation": self.formulation,
             "conversion_kappa": self.matching.conversion_kappa,
             "constrain": self.matching.constrain,
+            "kappa_scale": self.matching.kappa_scale,
             "data_fraction": self.data_fraction,
             "teacher_checkpoint": self.teacher_checkpoint,
         }
