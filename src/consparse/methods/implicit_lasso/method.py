@@ -7,7 +7,9 @@ Tsai, Gao & El Ghaoui, "Constrained Implicit Learning Framework for Neural Netwo
 1. extracts the teacher's states on ``data_fraction`` of the training data;
 2. converts it exactly: a Linear/ReLU chain into an implicit model ``(A, B, C, D)`` with every
    row of ``[A B]`` rescaled into the ``conversion_kappa`` ball (``formulation: implicit``), a conv
-   net layer by layer (``formulation: layerwise``, ``consparse.methods.implicit_lasso.layerwise``);
+   net layer by layer (``formulation: layerwise``, ``consparse.methods.implicit_lasso.layerwise``),
+   a transformer's classification head on its features (``formulation: head``,
+   ``consparse.methods.implicit_lasso.head``);
 3. refits every row by the constrained LASSO ``min 1/2 ||M w - z||^2 s.t. ||w||_1 <= kappa`` (the
    whole row, or only its part on the states with ``constrain: A``), all rows at once, split across
    DDP ranks and gathered;
@@ -42,6 +44,7 @@ from consparse.lasso.active_set import ActiveSetSettings
 from consparse.lasso.search import ConstrainedLassoSolution, SearchSettings
 from consparse.implicit.convert import linear_relu_chain
 from consparse.lasso.debias import debias_rows
+from consparse.methods.implicit_lasso.head import HeadStateMatching, has_head
 from consparse.methods.implicit_lasso.kappa_search import DensitySearchSettings, search_kappa
 from consparse.lasso.path import PathSettings
 from consparse.methods.implicit_lasso.layerwise import LayerwiseStateMatching, check_layerwise
@@ -56,7 +59,7 @@ from consparse.validation import check_choice, check_int, check_range
 
 log = logging.getLogger(__name__)
 
-FORMULATIONS = ("auto", "implicit", "layerwise")
+FORMULATIONS = ("auto", "implicit", "layerwise", "head")
 # Solver keys that are not search or path settings.
 _SOLVER_EXTRA = ("row_batch",)
 
@@ -115,6 +118,14 @@ def load_teacher(model: nn.Module, path: str) -> Path:
     return candidate
 
 
+def _implicit_part(model: nn.Module | None) -> ImplicitModel | None:
+    """The deployed implicit model: the model itself, or a transformer's refitted head."""
+    if isinstance(model, ImplicitModel):
+        return model
+    head = getattr(model, "head", None)
+    return head if isinstance(head, ImplicitModel) else None
+
+
 class ImplicitLassoMethod(SparseMethod):
     """Train (or load) a teacher, then sparsify it by constrained-LASSO state matching in ``finalize``.
 
@@ -125,7 +136,8 @@ class ImplicitLassoMethod(SparseMethod):
         constrain: ``row`` or ``A``.
         kappa_scale: ``relative_to_largest_row`` (each layer's radius relative to its largest teacher
             row) or ``absolute`` (the paper's: the same radius on every row, in the network's units).
-        formulation: ``implicit`` (Linear/ReLU chains), ``layerwise`` (conv nets) or ``auto``.
+        formulation: ``implicit`` (Linear/ReLU chains), ``layerwise`` (conv nets), ``head`` (a
+            transformer's classification head) or ``auto``.
         data_fraction: share of the training split the states are extracted on, in (0, 1].
         extraction_batch_size: batch of the extraction and regeneration passes (fixed, so that the
             statistics do not depend on the DDP world size).
@@ -192,6 +204,11 @@ class ImplicitLassoMethod(SparseMethod):
         self._metrics: dict[str, Any] = {}
 
     def _resolve_formulation(self, formulation: str) -> str:
+        if formulation in ("auto", "head") and has_head(self.model):
+            linear_relu_chain(self.model.head)
+            return "head"
+        if formulation == "head":
+            raise ConfigError("method.formulation", "formulation head needs a model with an encoder and a head (model=distilbert)")
         if formulation in ("auto", "implicit"):
             try:
                 linears = linear_relu_chain(self.model)
@@ -230,7 +247,7 @@ class ImplicitLassoMethod(SparseMethod):
         loader = datamodule.train_eval_dataloader(samples, self.extraction_batch_size)
 
         start = time.perf_counter()
-        matching_class = ImplicitStateMatching if self.formulation == "implicit" else LayerwiseStateMatching
+        matching_class = {"implicit": ImplicitStateMatching, "layerwise": LayerwiseStateMatching, "head": HeadStateMatching}[self.formulation]
         matcher: StateMatching = matching_class(teacher, loader, datamodule.info.input_shape, self.matching, device)
         metrics["extraction_seconds"] = time.perf_counter() - start
         solver = RowSolver(matcher.blocks, self.row_batch, self.path_settings, self.active_set_settings)
@@ -274,9 +291,10 @@ class ImplicitLassoMethod(SparseMethod):
             **matcher.metrics(),
         )
         deployed = model.to(dtype=teacher_dtype).eval()
-        if isinstance(deployed, ImplicitModel):
-            metrics["well_posedness"] = deployed.well_posedness()
-            deployed.reset_fixed_point_summary()
+        implicit = _implicit_part(deployed)
+        if implicit is not None:
+            metrics["well_posedness"] = implicit.well_posedness()
+            implicit.reset_fixed_point_summary()
         self._metrics = metrics
         self.deployed = deployed
         return deployed
@@ -310,7 +328,8 @@ class ImplicitLassoMethod(SparseMethod):
 
     def method_metrics(self) -> dict[str, Any]:
         metrics = dict(self._metrics)
-        if isinstance(self.deployed, ImplicitModel):
+        implicit = _implicit_part(self.deployed)
+        if implicit is not None:
             # Every forward since finalize: the test evaluation and the latency runs.
-            metrics["fixed_point"] = self.deployed.fixed_point_summary()
+            metrics["fixed_point"] = implicit.fixed_point_summary()
         return metrics
