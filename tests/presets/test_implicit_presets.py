@@ -42,7 +42,7 @@ AUTHORS = {
         "method.constrain": "row",
     },
     "implicit_lasso_newsgroups20_distilbert": {
-        "dataset.name": "newsgroups20",
+        "dataset.name": "newsgroups20_tokens",
         "model.name": "distilbert",
         "model.hub_id": "distilbert-base-uncased",
         "model.pretrained": True,
