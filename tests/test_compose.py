@@ -29,9 +29,9 @@ TOKEN_DATASETS = {"newsgroups20_tokens"}
 
 def expected_model_error(model: str, dataset: str) -> str | None:
     """Why a model cannot take a dataset's input, or None when it can."""
-    if (model in TRANSFORMER_MODELS) != (dataset in TOKEN_DATASETS) and model not in ("mlp", "text_mlp", "implicit"):
-        return "token input" if model in TRANSFORMER_MODELS else "needs image inputs"
-    if model in CONV_MODELS and dataset == "newsgroups20":
+    if model in TRANSFORMER_MODELS:
+        return None if dataset in TOKEN_DATASETS else "token input"
+    if model in CONV_MODELS and dataset in ("newsgroups20", *TOKEN_DATASETS):
         return "needs image inputs"
     if model == "lenet5" and dataset == "digits":
         return "image_size"
@@ -89,6 +89,8 @@ def test_hardware_presets_compose(make_config, hardware: str) -> None:
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
 def test_experiment_presets_compose_and_build(make_config, experiment: str) -> None:
     cfg = make_config(f"experiment={experiment}")
+    if cfg.model.name in TRANSFORMER_MODELS:
+        cfg = make_config(f"experiment={experiment}", *TRANSFORMER_MODELS[cfg.model.name])
     info = instantiate_node(cfg.dataset).info
     with torch.device("meta"):
         build_model(cfg.model, info)

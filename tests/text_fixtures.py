@@ -4,7 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tests.data.test_newsgroups_datamodule import GROUPS, TEST_PER_GROUP, TRAIN_PER_GROUP, post, write_fake_tarball
+from tests.data.test_newsgroups_datamodule import (
+    GROUPS,
+    TEST_PER_GROUP,
+    TRAIN_PER_GROUP,
+    post,
+    write_fake_tarball,
+)
 
 VOCAB = 64
 LENGTH = 16

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from tests.text_fixtures import LENGTH, VOCAB, tiny_distilbert_overrides, write_tokenizer
 
 from consparse.config import instantiate_node
 from consparse.data.newsgroups_tokens import NewsgroupsTokensDataModule
@@ -17,7 +18,6 @@ from consparse.implicit.convert import linear_relu_chain
 from consparse.models import build_model
 from consparse.models.transformer import TransformerClassifier
 from consparse.report.results import read_results
-from tests.text_fixtures import LENGTH, VOCAB, tiny_distilbert_overrides, write_tokenizer
 
 REPO = Path(__file__).resolve().parents[2]
 TINY = {"model_type": "distilbert", "vocab_size": VOCAB, "dim": 16, "n_layers": 1, "n_heads": 2, "hidden_dim": 32,
@@ -69,7 +69,7 @@ def test_offline_without_a_cache_fails_with_one_line_before_compute(tmp_path: Pa
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf"), "PYTHONPATH": str(REPO / "src")}
     command = [sys.executable, str(REPO / "train.py"), "method=implicit_lasso", "model=distilbert",
                "dataset=newsgroups20_tokens", "evaluation.export=false", f"hydra.run.dir={tmp_path / 'run'}"]
-    result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    result = subprocess.run(command, check=False, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 2
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("consparse: error: model.hub_id: cannot load the pretrained weights of 'distilbert-base-uncased'")
@@ -79,8 +79,9 @@ def test_offline_without_a_cache_fails_with_one_line_before_compute(tmp_path: Pa
 
 
 def test_a_transformer_is_refused_by_the_export_with_the_fix(tmp_path: Path) -> None:
-    from consparse.run_config import check_exportable
     from tests.conftest import compose_config
+
+    from consparse.run_config import check_exportable
 
     cfg = compose_config(["model=distilbert"], tmp_path)
     with pytest.raises(ConfigError, match="not a registered architecture.*evaluation.export=false"):

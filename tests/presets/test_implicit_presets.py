@@ -14,6 +14,8 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
+from tests.data.test_cifar_datamodule import write_batch
+from tests.text_fixtures import tiny_distilbert_overrides, write_tokenizer
 
 from consparse.config import instantiate_node
 from consparse.data import cifar
@@ -23,8 +25,6 @@ from consparse.methods.implicit_lasso import ImplicitLassoMethod
 from consparse.models import build_model
 from consparse.report.results import read_results
 from consparse.train import run
-from tests.data.test_cifar_datamodule import write_batch
-from tests.text_fixtures import tiny_distilbert_overrides, write_tokenizer
 
 REPO = Path(__file__).resolve().parents[2]
 EXPERIMENTS = REPO / "conf" / "experiment"

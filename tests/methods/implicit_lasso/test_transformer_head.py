@@ -5,9 +5,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from tests.text_fixtures import tiny_distilbert_overrides, write_tokenizer
+
 from consparse.report.results import read_results
 from consparse.train import run
-from tests.text_fixtures import tiny_distilbert_overrides, write_tokenizer
 
 
 def test_a_tiny_distilbert_is_fine_tuned_and_its_head_state_matched(make_config, tmp_path: Path) -> None:
