@@ -5,8 +5,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tests.text_fixtures import tiny_distilbert_overrides, write_tokenizer
+import torch
+from tests.text_fixtures import LENGTH, VOCAB, tiny_distilbert_overrides, write_tokenizer
 
+from consparse.lasso.search import SearchSettings
+from consparse.methods.implicit_lasso.head import HeadStateMatching
+from consparse.methods.implicit_lasso.matching import MatchingSettings
+from consparse.methods.implicit_lasso.readout import ReadoutSettings
+from consparse.methods.implicit_lasso.refit import RowSolver
+from consparse.models.implicit import ImplicitModel
+from consparse.models.transformer import TransformerClassifier
 from consparse.report.results import read_results
 from consparse.train import run
 
@@ -31,3 +39,28 @@ def test_a_tiny_distilbert_is_fine_tuned_and_its_head_state_matched(make_config,
     # The deployed head solved its fixed point on every test and latency forward.
     assert metrics["fixed_point"]["converged"] and metrics["fixed_point"]["samples"] > 0
     assert 0.0 <= on_disk["test_accuracy"] <= 1.0 and 0.0 < on_disk["density"] <= 1.0
+
+
+def test_the_teachers_radius_reproduces_the_transformer_through_its_implicit_head() -> None:
+    torch.manual_seed(0)
+    config = {"model_type": "distilbert", "vocab_size": VOCAB, "dim": 16, "n_layers": 1, "n_heads": 2, "hidden_dim": 32,
+              "max_position_embeddings": LENGTH}
+    teacher = TransformerClassifier([2, LENGTH], 4, pretrained=False, config=config).eval()
+    generator = torch.Generator().manual_seed(1)
+
+    def batch() -> torch.Tensor:
+        ids = torch.randint(0, VOCAB, (20, LENGTH), generator=generator)
+        return torch.stack([ids, torch.ones_like(ids)], dim=1)
+
+    loader = [(batch(), torch.zeros(20, dtype=torch.long)) for _ in range(4)]
+    matcher = HeadStateMatching(teacher, loader, [2, LENGTH], MatchingSettings(readout=ReadoutSettings(mode="none")), torch.device("cpu"))
+    assert matcher.samples == 80 and [block.problem.gram.shape[0] for block in matcher.blocks] == [16 + 16 + 1]
+    # At the conversion's radius the teacher's own rows are feasible and fit exactly (80 samples, 33 columns),
+    # up to the LASSO's floor penalty (lambda_min_ratio).
+    solutions = RowSolver(matcher.blocks, 64).solve(matcher.radii(0.95), SearchSettings(step="path"))
+    student = matcher.build(solutions, 0.95).float().eval()
+    assert isinstance(student.head, ImplicitModel) and student.encoder is not teacher.encoder
+    with torch.no_grad():
+        inputs = batch()
+        expected = teacher(inputs)
+        assert (student(inputs) - expected).abs().max() <= 1e-2 * expected.abs().max()
