@@ -38,7 +38,6 @@ AUTHORS = {
         "model.name": "resnet20",
         "model.depth": 20,
         "method.data_fraction": 0.2,
-        "method.kappa_scale": "absolute",
         "method.constrain": "row",
     },
     "implicit_lasso_newsgroups20_distilbert": {
@@ -47,7 +46,6 @@ AUTHORS = {
         "model.hub_id": "distilbert-base-uncased",
         "model.pretrained": True,
         "method.data_fraction": 0.3,
-        "method.kappa_scale": "absolute",
         "method.constrain": "row",
     },
 }
@@ -102,6 +100,8 @@ def test_reproduction_presets_hold_the_authors_settings(make_config, preset: str
     grid = [float(k) for k in str(sweep.params["method.kappa"]).split(",")]
     assert (min(grid), max(grid)) == PAPER_KAPPA_RANGE and grid == sorted(set(grid)) and len(grid) >= 5
     assert all(0 < k < 1 for k in grid) and cfg.method.kappa in grid
+    # kappa is a radius in the well-posed model's units: the top of the grid admits the teacher's rows.
+    assert cfg.method.conversion_kappa < max(grid)
 
 
 def test_the_deviations_are_named_in_the_headers() -> None:
@@ -133,9 +133,9 @@ def test_the_cifar100_preset_runs_one_tiny_epoch(make_config, tmp_path: Path, mo
     results = read_results(tmp_path / "run")
     metrics = results["method_metrics"]
     assert results["status"] == "completed" and results["dataset"] == "cifar100"
-    assert metrics["formulation"] == "layerwise" and metrics["kappa_scale"] == "absolute"
+    assert metrics["formulation"] == "layerwise"
     assert metrics["data_fraction"] == 0.5 and metrics["samples"] > 0
-    # The absolute radius: every refitted row has L1 norm at most kappa.
+    # Every refitted row within its radius (kappa in the units of its rescaled layer).
     assert metrics["max_norm_over_radius"] <= 1 + 1e-9 and metrics["rows"] > 0
 
 
@@ -150,5 +150,5 @@ def test_the_distilbert_preset_runs_one_tiny_epoch(make_config, tmp_path: Path) 
     results = read_results(tmp_path / "run")
     metrics = results["method_metrics"]
     assert results["status"] == "completed" and results["model"] == "distilbert" and results["export"] is None
-    assert metrics["formulation"] == "head" and metrics["kappa_scale"] == "absolute" and metrics["data_fraction"] == 0.3
+    assert metrics["formulation"] == "head" and metrics["data_fraction"] == 0.3
     assert metrics["max_norm_over_radius"] <= 1 + 1e-9 and metrics["well_posedness"] <= 0.5 * (1 + 1e-9)

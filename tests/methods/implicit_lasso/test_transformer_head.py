@@ -23,7 +23,7 @@ def test_a_tiny_distilbert_is_fine_tuned_and_its_head_state_matched(make_config,
     tokenizer = write_tokenizer(tmp_path / "tokenizer")
     overrides = [
         "method=implicit_lasso", *tiny_distilbert_overrides(tmp_path / "data", tokenizer),
-        "method.optimizer.lr=1e-3", "method.kappa=0.3", "method.kappa_scale=absolute", "method.data_fraction=0.5",
+        "method.optimizer.lr=1e-3", "method.kappa=0.3", "method.data_fraction=0.5",
         "evaluation.export=false", "evaluation.compression_grid=null", "seed=0",
     ]
     cfg = make_config(*overrides)
@@ -31,7 +31,7 @@ def test_a_tiny_distilbert_is_fine_tuned_and_its_head_state_matched(make_config,
     on_disk = read_results(tmp_path / "run")
     assert on_disk["status"] == "completed" and results["model"] == "distilbert"
     metrics = on_disk["method_metrics"]
-    assert metrics["formulation"] == "head" and metrics["kappa_scale"] == "absolute"
+    assert metrics["formulation"] == "head"
     # The head's 16 hidden units are the rows; its refit keeps every row in the radius (well-posed).
     assert metrics["rows"] == 16 and metrics["samples"] == 24
     assert metrics["max_norm_over_radius"] <= 1 + 1e-9 and metrics["well_posedness"] <= 0.3 * (1 + 1e-9)

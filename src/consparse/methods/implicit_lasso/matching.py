@@ -22,9 +22,6 @@ from consparse.methods.implicit_lasso.refit import RowBlock
 from consparse.validation import check_choice, check_range
 
 CONSTRAINTS = ("row", "A")
-# How a radius ``kappa`` maps onto the rows: relative to each layer's largest row (the platform's
-# default), or the same absolute radius for every row in the network's own units (the paper's).
-KAPPA_SCALES = ("relative_to_largest_row", "absolute")
 
 
 @dataclass(frozen=True)
@@ -39,23 +36,16 @@ class MatchingSettings:
         readout: how the read-out is refitted.
         fixed_point: ``ImplicitModel`` solver options of the deployed model (max_iter, rtol, atol,
             anderson_memory, anderson_damping, on_nonconvergence).
-        kappa_scale: ``relative_to_largest_row``: a row's radius is ``kappa / conversion_kappa``
-            times the largest L1 norm among its layer's teacher rows (in the implicit form, whose
-            layers are rescaled to that largest norm ``conversion_kappa``, simply ``kappa``);
-            ``absolute``: every row's radius is ``kappa`` in the network's own units (the states
-            as the teacher computes them, no per-layer rescaling).
     """
 
     conversion_kappa: float = 0.95
     constrain: str = "row"
     readout: ReadoutSettings = field(default_factory=ReadoutSettings)
     fixed_point: dict[str, Any] = field(default_factory=dict)
-    kappa_scale: str = "relative_to_largest_row"
 
     def validate(self, prefix: str) -> None:
         check_range(f"{prefix}conversion_kappa", self.conversion_kappa, 0.0, 1.0, low_inclusive=False, high_inclusive=False)
         check_choice(f"{prefix}constrain", self.constrain, CONSTRAINTS)
-        check_choice(f"{prefix}kappa_scale", self.kappa_scale, KAPPA_SCALES)
         self.readout.validate(f"{prefix}readout.")
 
 

@@ -12,7 +12,9 @@ Tsai, Gao & El Ghaoui, "Constrained Implicit Learning Framework for Neural Netwo
    ``consparse.methods.implicit_lasso.head``);
 3. refits every row by the constrained LASSO ``min 1/2 ||M w - z||^2 s.t. ||w||_1 <= kappa`` (the
    whole row, or only its part on the states with ``constrain: A``), all rows at once, split across
-   DDP ranks and gathered;
+   DDP ranks and gathered; ``kappa`` is an absolute radius in the units of the converted,
+   well-posed model (the paper's 0.005 to 0.99: at ``kappa >= conversion_kappa`` the teacher's own
+   rows fit);
 4. refits the read-out ``(C, D)`` (or the classifier) on states regenerated from the new rows, with
    the teacher's logits as targets; the result is the deployed model.
 
@@ -131,11 +133,15 @@ class ImplicitLassoMethod(SparseMethod):
 
     Args (beside SparseMethod's; the config keys of ``conf/method/implicit_lasso.yaml``):
         teacher_checkpoint: trained weights to start from (then no training), or None to train.
-        kappa: the LASSO radius in (0, 1) (the first guess when ``target_density`` is set).
-        conversion_kappa: largest row L1 norm after the exact rescaling, in (0, 1).
+        kappa: the absolute L1 radius of every row of ``[A B]`` in the converted, well-posed model
+            (each layer rescaled so that its largest row has norm ``conversion_kappa``, the paper's
+            convention), in (0, 1); ``kappa >= conversion_kappa`` admits the teacher's own rows.
+            Layer-wise, the same radius in the same units: each layer rescaled on its own so that
+            its largest (BatchNorm-folded) row has norm ``conversion_kappa``, i.e. a radius of
+            ``kappa / conversion_kappa`` times that row's norm in the network's units. The first
+            guess of the search when ``target_density`` is set.
+        conversion_kappa: largest row L1 norm of each layer after the exact rescaling, in (0, 1).
         constrain: ``row`` or ``A``.
-        kappa_scale: ``relative_to_largest_row`` (each layer's radius relative to its largest teacher
-            row) or ``absolute`` (the paper's: the same radius on every row, in the network's units).
         formulation: ``implicit`` (Linear/ReLU chains), ``layerwise`` (conv nets), ``head`` (a
             transformer's classification head) or ``auto``.
         data_fraction: share of the training split the states are extracted on, in (0, 1].
@@ -157,7 +163,6 @@ class ImplicitLassoMethod(SparseMethod):
         kappa: float = 0.05,
         conversion_kappa: float = 0.95,
         constrain: str = "row",
-        kappa_scale: str = "relative_to_largest_row",
         formulation: str = "auto",
         data_fraction: float = 0.2,
         extraction_batch_size: int = 500,
@@ -192,7 +197,6 @@ class ImplicitLassoMethod(SparseMethod):
             constrain=constrain,
             readout=_settings(ReadoutSettings, readout, "method.readout"),
             fixed_point=_fixed_point_options(fixed_point),
-            kappa_scale=kappa_scale,
         )
         self.matching.validate("method.")
         self.kappa = float(kappa)
@@ -237,7 +241,6 @@ class ImplicitLassoMethod(SparseMethod):
             "formulation": self.formulation,
             "conversion_kappa": self.matching.conversion_kappa,
             "constrain": self.matching.constrain,
-            "kappa_scale": self.matching.kappa_scale,
             "data_fraction": self.data_fraction,
             "teacher_checkpoint": self.teacher_checkpoint,
         }

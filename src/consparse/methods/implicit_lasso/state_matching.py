@@ -3,14 +3,12 @@
 The teacher is converted exactly (``consparse.implicit.convert``); its states ``X`` and
 pre-activations ``Z = A X + B u`` on the training samples give one design ``M = [X^T U^T]`` shared by
 all ``n`` rows, and row ``i`` of ``[A B]`` becomes the constrained LASSO fit of ``z_i`` on ``M``.
-Any row may use any state or input, so the refitted ``A`` is no longer block-triangular; the radius
-``kappa < 1`` on every row keeps the model well-posed (``||A||_inf <= kappa``). ``(C, D)`` are
+Any row may use any state or input, so the refitted ``A`` is no longer block-triangular. The radius
+``kappa`` is absolute, in the units of the converted model (each layer rescaled so that its largest
+row has L1 norm ``conversion_kappa``, the paper's well-posed model): ``kappa < 1`` on every row
+keeps the model well-posed (``||A||_inf <= kappa``), and ``kappa >= conversion_kappa`` admits the
+teacher's own rows. ``(C, D)`` are
 then refitted on the states the new ``(A, B)`` produce, with the teacher's logits as targets.
-
-With ``kappa_scale: absolute`` (the paper's radius) the rows are fitted in the network's own
-units: the states and pre-activations are divided back by the conversion's per-layer scales
-``s_l`` (ReLU is positively homogeneous, so ``X / s`` are the teacher's activations), and every row
-gets the same radius ``kappa``; ``||A||_inf <= kappa < 1`` still holds for the refitted rows.
 """
 
 from __future__ import annotations
@@ -63,7 +61,6 @@ class ImplicitStateMatching:
         self.hidden_parameters = converted.hidden_parameters
         self.exact = self._model(converted.A, converted.B, converted.C, converted.D, settings.conversion_kappa)
         n, width = self.exact.state_size, self.exact.input_width
-        self.state_scale = self._state_scale(converted, n)
         statistics = GramAccumulator(n + width, n, DTYPE, device)
         self.conversion_error = 0.0
         with torch.no_grad():
@@ -71,8 +68,7 @@ class ImplicitStateMatching:
                 inputs = inputs.to(device)
                 u = self.exact.augment(inputs)
                 states = self.exact.states(inputs)
-                targets = (states @ self.exact.A.T + u @ self.exact.B.T) / self.state_scale
-                statistics.add(torch.cat([states / self.state_scale, u], dim=1), targets)
+                statistics.add(torch.cat([states, u], dim=1), states @ self.exact.A.T + u @ self.exact.B.T)
                 logits = states @ self.exact.C.T + u @ self.exact.D.T
                 reference = self._teacher_logits(inputs)
                 scale = float(reference.abs().max().clamp_min(1e-12))
@@ -82,14 +78,6 @@ class ImplicitStateMatching:
         mask = None if settings.constrain == "row" else torch.arange(n + width, device=device) < n
         self.blocks = [RowBlock("A,B", statistics.problem(), mask, free=torch.arange(n + width, device=device) >= n)]
         self.train_fixed_point: dict[str, Any] = {}
-
-    def _state_scale(self, converted: Any, n: int) -> torch.Tensor:
-        """Per state, the factor its layer was rescaled by in the fitted units (ones: the converted units)."""
-        scale = torch.ones(n, dtype=DTYPE, device=self.device)
-        if self.settings.kappa_scale == "absolute":
-            for part, factor in zip(converted.layer_slices, converted.scales):
-                scale[part] = factor
-        return scale
 
     def _model(self, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor, D: torch.Tensor, kappa: float) -> ImplicitModel:
         return ImplicitModel.from_matrices(
@@ -106,8 +94,7 @@ class ImplicitStateMatching:
     def build(self, solutions: list[ConstrainedLassoSolution], kappa: float) -> ImplicitModel:
         n = self.exact.state_size
         weights = solutions[0].weights.to(self.device, DTYPE)
-        # The converted read-out, in the fitted units (kept as is by readout.mode none).
-        model = self._model(weights[:, :n], weights[:, n:], self.exact.C * self.state_scale, self.exact.D, kappa)
+        model = self._model(weights[:, :n], weights[:, n:], self.exact.C, self.exact.D, kappa)
         readout = self.settings.readout
         with torch.no_grad():
             if readout.mode == "none":
