@@ -30,6 +30,7 @@ EXPECTED_INFO = {
     "tinyimagenet": ((3, 64, 64), 200, "image"),
     "imagenet": ((3, 224, 224), 1000, "image"),
     "newsgroups20": ((10000,), 20, "text"),
+    "newsgroups20_tokens": ((2, 256), 20, "text"),
 }
 
 

@@ -373,6 +373,14 @@ class NewsgroupsDataModule(ConsparseDataModule):
         dense[rows, col] = values
         return TensorDataset(dense, labels)
 
+    def read_documents(self, hub_dataset: DatasetDict | None = None) -> dict[str, Documents]:
+        """Both splits' texts (stripped as ``remove`` says) and labels, from the configured source."""
+        if self.resolved_source == "huggingface":
+            # The Hub copy is published stripped; stripping twice eats text.
+            return self._read_hub(hub_dataset if hub_dataset is not None else self._load_hub())
+        documents = read_tarball(self.tarball_path)
+        return {split: Documents(strip_posts(docs.texts, self.remove), docs.labels) for split, docs in documents.items()}
+
     def build_splits(self) -> Splits:
         source = self.resolved_source
         hub_dataset = None
@@ -392,16 +400,7 @@ class NewsgroupsDataModule(ConsparseDataModule):
             log.info("20 Newsgroups features loaded from %s", path)
         else:
             started = time.perf_counter()
-            if source == "huggingface":
-                documents = self._read_hub(hub_dataset)
-            else:
-                documents = read_tarball(self.tarball_path)
-            if source != "huggingface":  # the Hub copy is published stripped; stripping twice eats text
-                documents = {
-                    split: Documents(strip_posts(docs.texts, self.remove), docs.labels)
-                    for split, docs in documents.items()
-                }
-            tensors = self._vectorize(documents)
+            tensors = self._vectorize(self.read_documents(hub_dataset))
             log.info("20 Newsgroups features built from %s in %.1f s", source, time.perf_counter() - started)
             if path is not None:
                 self._write_cache(path, key, tensors)

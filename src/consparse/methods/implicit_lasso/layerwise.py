@@ -7,9 +7,12 @@ output channel is one row, fitted on that layer's input patches (one sample per 
 position, so a row's weights stay shared across positions) against the teacher's pre-activation
 (the output of the BatchNorm that follows the layer, if any, folded in). The rows keep the block
 structure of the network: a row only sees its own layer's receptive field, never other layers'
-states or the raw input. Each layer treats its input patches as the ``U`` of its own block, so the
-radius of a row is ``kappa / conversion_kappa`` times the largest L1 norm of the teacher's (folded)
-rows of that layer, the bias counted with ``constrain: row`` and left out with ``constrain: A``.
+states or the raw input. Each layer treats its input patches as the ``U`` of its own block and is
+rescaled on its own so that its largest (folded) row has L1 norm ``conversion_kappa``, as the
+implicit form does; ``kappa`` is the absolute radius of every row in those units, so in the
+network's units a row's radius is ``kappa / conversion_kappa`` times the largest L1 norm of the
+teacher's rows of that layer, the bias counted with ``constrain: row`` and left out with
+``constrain: A``.
 All layers are fitted on the teacher's inputs (independently, so the rows of every layer can be
 split across ranks), then the classifier is refitted on the features the sparsified network
 produces, with the teacher's logits as targets.

@@ -7,10 +7,14 @@ Tsai, Gao & El Ghaoui, "Constrained Implicit Learning Framework for Neural Netwo
 1. extracts the teacher's states on ``data_fraction`` of the training data;
 2. converts it exactly: a Linear/ReLU chain into an implicit model ``(A, B, C, D)`` with every
    row of ``[A B]`` rescaled into the ``conversion_kappa`` ball (``formulation: implicit``), a conv
-   net layer by layer (``formulation: layerwise``, ``consparse.methods.implicit_lasso.layerwise``);
+   net layer by layer (``formulation: layerwise``, ``consparse.methods.implicit_lasso.layerwise``),
+   a transformer's classification head on its features (``formulation: head``,
+   ``consparse.methods.implicit_lasso.head``);
 3. refits every row by the constrained LASSO ``min 1/2 ||M w - z||^2 s.t. ||w||_1 <= kappa`` (the
    whole row, or only its part on the states with ``constrain: A``), all rows at once, split across
-   DDP ranks and gathered;
+   DDP ranks and gathered; ``kappa`` is an absolute radius in the units of the converted,
+   well-posed model (the paper's 0.005 to 0.99: at ``kappa >= conversion_kappa`` the teacher's own
+   rows fit);
 4. refits the read-out ``(C, D)`` (or the classifier) on states regenerated from the new rows, with
    the teacher's logits as targets; the result is the deployed model.
 
@@ -42,6 +46,7 @@ from consparse.lasso.active_set import ActiveSetSettings
 from consparse.lasso.search import ConstrainedLassoSolution, SearchSettings
 from consparse.implicit.convert import linear_relu_chain
 from consparse.lasso.debias import debias_rows
+from consparse.methods.implicit_lasso.head import HeadStateMatching, has_head
 from consparse.methods.implicit_lasso.kappa_search import DensitySearchSettings, search_kappa
 from consparse.lasso.path import PathSettings
 from consparse.methods.implicit_lasso.layerwise import LayerwiseStateMatching, check_layerwise
@@ -57,7 +62,7 @@ from consparse.validation import check_choice, check_int, check_range
 
 log = logging.getLogger(__name__)
 
-FORMULATIONS = ("auto", "implicit", "layerwise")
+FORMULATIONS = ("auto", "implicit", "layerwise", "head")
 # Solver keys that are not search or path settings.
 _SOLVER_EXTRA = ("row_batch",)
 
@@ -116,15 +121,30 @@ def load_teacher(model: nn.Module, path: str) -> Path:
     return candidate
 
 
+def _implicit_part(model: nn.Module | None, kind: type[nn.Module]) -> Any:
+    """The implicit model of type ``kind`` in ``model``: the model itself, or a transformer's refitted head."""
+    if isinstance(model, kind):
+        return model
+    head = getattr(model, "head", None)
+    return head if isinstance(head, kind) else None
+
+
 class ImplicitLassoMethod(SparseMethod):
     """Train (or load) a teacher, then sparsify it by constrained-LASSO state matching in ``finalize``.
 
     Args (beside SparseMethod's; the config keys of ``conf/method/implicit_lasso.yaml``):
         teacher_checkpoint: trained weights to start from (then no training), or None to train.
-        kappa: the LASSO radius in (0, 1) (the first guess when ``target_density`` is set).
-        conversion_kappa: largest row L1 norm after the exact rescaling, in (0, 1).
+        kappa: the absolute L1 radius of every row of ``[A B]`` in the converted, well-posed model
+            (each layer rescaled so that its largest row has norm ``conversion_kappa``, the paper's
+            convention), in (0, 1); ``kappa >= conversion_kappa`` admits the teacher's own rows.
+            Layer-wise, the same radius in the same units: each layer rescaled on its own so that
+            its largest (BatchNorm-folded) row has norm ``conversion_kappa``, i.e. a radius of
+            ``kappa / conversion_kappa`` times that row's norm in the network's units. The first
+            guess of the search when ``target_density`` is set.
+        conversion_kappa: largest row L1 norm of each layer after the exact rescaling, in (0, 1).
         constrain: ``row`` or ``A``.
-        formulation: ``implicit`` (Linear/ReLU chains), ``layerwise`` (conv nets) or ``auto``.
+        formulation: ``implicit`` (Linear/ReLU chains), ``layerwise`` (conv nets), ``head`` (a
+            transformer's classification head) or ``auto``.
         data_fraction: share of the training split the states are extracted on, in (0, 1].
         extraction_batch_size: batch of the extraction and regeneration passes (fixed, so that the
             statistics do not depend on the DDP world size).
@@ -189,6 +209,11 @@ class ImplicitLassoMethod(SparseMethod):
         self._metrics: dict[str, Any] = {}
 
     def _resolve_formulation(self, formulation: str) -> str:
+        if formulation in ("auto", "head") and has_head(self.model):
+            linear_relu_chain(self.model.head)
+            return "head"
+        if formulation == "head":
+            raise ConfigError("method.formulation", "formulation head needs a model with an encoder and a head (model=distilbert)")
         if formulation in ("auto", "implicit"):
             try:
                 linears = linear_relu_chain(self.model)
@@ -226,7 +251,7 @@ class ImplicitLassoMethod(SparseMethod):
         loader = datamodule.train_eval_dataloader(samples, self.extraction_batch_size)
 
         start = time.perf_counter()
-        matching_class = ImplicitStateMatching if self.formulation == "implicit" else LayerwiseStateMatching
+        matching_class = {"implicit": ImplicitStateMatching, "layerwise": LayerwiseStateMatching, "head": HeadStateMatching}[self.formulation]
         matcher: StateMatching = matching_class(teacher, loader, datamodule.info.input_shape, self.matching, device)
         metrics["extraction_seconds"] = time.perf_counter() - start
         solver = RowSolver(matcher.blocks, self.row_batch, self.path_settings, self.active_set_settings)
@@ -270,9 +295,13 @@ class ImplicitLassoMethod(SparseMethod):
             **matcher.metrics(),
         )
         deployed = model.to(dtype=teacher_dtype).eval()
-        if isinstance(deployed, ImplicitModel):
-            metrics["well_posedness"] = deployed.well_posedness()
-            deployed = deploy_implicit(deployed)
+        implicit = _implicit_part(deployed, ImplicitModel)
+        if implicit is not None:
+            metrics["well_posedness"] = implicit.well_posedness()
+            if implicit is deployed:
+                deployed = deploy_implicit(implicit)
+            else:
+                deployed.head = deploy_implicit(implicit)
         self._metrics = metrics
         self.deployed = deployed
         return deployed
@@ -306,8 +335,9 @@ class ImplicitLassoMethod(SparseMethod):
 
     def method_metrics(self) -> dict[str, Any]:
         metrics = dict(self._metrics)
-        if isinstance(self.deployed, DeployedImplicitModel):
+        fast = _implicit_part(self.deployed, DeployedImplicitModel)
+        if fast is not None:
             # Every forward since finalize: the test evaluation and the latency runs.
-            metrics["fixed_point"] = self.deployed.fixed_point_summary()
-            metrics["deployed"] = deployment_metrics(self.deployed)
+            metrics["fixed_point"] = fast.fixed_point_summary()
+            metrics["deployed"] = deployment_metrics(fast)
         return metrics

@@ -3,8 +3,11 @@
 The teacher is converted exactly (``consparse.implicit.convert``); its states ``X`` and
 pre-activations ``Z = A X + B u`` on the training samples give one design ``M = [X^T U^T]`` shared by
 all ``n`` rows, and row ``i`` of ``[A B]`` becomes the constrained LASSO fit of ``z_i`` on ``M``.
-Any row may use any state or input, so the refitted ``A`` is no longer block-triangular; the radius
-``kappa < 1`` on every row keeps the model well-posed (``||A||_inf <= kappa``). ``(C, D)`` are
+Any row may use any state or input, so the refitted ``A`` is no longer block-triangular. The radius
+``kappa`` is absolute, in the units of the converted model (each layer rescaled so that its largest
+row has L1 norm ``conversion_kappa``, the paper's well-posed model): ``kappa < 1`` on every row
+keeps the model well-posed (``||A||_inf <= kappa``), and ``kappa >= conversion_kappa`` admits the
+teacher's own rows. ``(C, D)`` are
 then refitted on the states the new ``(A, B)`` produce, with the teacher's logits as targets.
 """
 
