@@ -30,7 +30,7 @@ SETUPS: dict[str, dict[str, Any]] = {
     },
     "imagenet_resnet50": {"model.name": "resnet50", "dataset.name": "imagenet", "dataset.image_size": 224},
 }
-SETUP_COMMON = {"dataset.val_fraction": 0.0, "evaluation.recalibrate_bn_batches": 0}
+SETUP_COMMON = {"dataset.val_fraction": 0.0, "evaluation.recalibrate_bn_batches": 0, "evaluation.lowrank_layers": "conv"}
 
 # Per row kind, the authors' SFW settings (optimizers.SFW, constraints.define_constraints and the
 # pretrainedRunner strategies): summed heavy-ball momentum, no weight decay, per-iteration schedules,
