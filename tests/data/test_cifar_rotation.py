@@ -94,8 +94,11 @@ def test_device_path_applies_the_planned_rotation(tmp_path, official):  # noqa: 
 
 @pytest.mark.parametrize(
     ("options", "message"),
-    [({"rotation": -1}, "dataset.rotation"), ({"rotation": 200}, "dataset.rotation"),
-     ({"rotation": 15, "augment": False}, "dataset.augment=true")],
+    [
+        ({"rotation": -1}, "dataset.rotation"),
+        ({"rotation": 200}, "dataset.rotation"),
+        ({"rotation": 15, "augment": False}, "dataset.augment=true"),
+    ],
 )
 def test_bad_rotation_is_a_config_error(tmp_path, options, message):
     with pytest.raises(ConfigError, match=message):

@@ -25,44 +25,88 @@ SFW_PRESETS = sorted(path.stem for path in EXPERIMENTS.glob("sfw_*.yaml"))
 SETUPS: dict[str, dict[str, Any]] = {
     "cifar10_resnet18": {"model.name": "resnet18", "dataset.name": "cifar10", "dataset.rotation": 0.0},
     "cifar100_wrn28_10": {
-        "model.name": "wrn28_10", "model.depth": 28, "model.widen_factor": 10, "model.dropout": 0.3,
-        "dataset.name": "cifar100", "dataset.rotation": 15,
+        "model.name": "wrn28_10",
+        "model.depth": 28,
+        "model.widen_factor": 10,
+        "model.dropout": 0.3,
+        "dataset.name": "cifar100",
+        "dataset.rotation": 15,
     },
     "imagenet_resnet50": {"model.name": "resnet50", "dataset.name": "imagenet", "dataset.image_size": 224},
 }
-SETUP_COMMON = {"dataset.val_fraction": 0.0, "evaluation.recalibrate_bn_batches": 0, "evaluation.lowrank_layers": "conv"}
+SETUP_COMMON = {
+    "dataset.val_fraction": 0.0,
+    "evaluation.recalibrate_bn_batches": 0,
+    "evaluation.lowrank_layers": "conv",
+}
 
 # Per row kind, the authors' SFW settings (optimizers.SFW, constraints.define_constraints and the
 # pretrainedRunner strategies): summed heavy-ball momentum, no weight decay, per-iteration schedules,
 # sets sized from 100 re-initialisations, the constraint table, and the compression the row reports.
 SFW_COMMON = {
-    "method.name": "sfw", "method.target_density": None, "method.scheduler_interval": "step",
-    "method.optimizer.momentum_form": "sum", "method.optimizer.rescale": "gradient", "method.optimizer.step_rule": "lr",
-    "method.constraint.scope": "layer", "method.constraint.mode": "initialization",
+    "method.name": "sfw",
+    "method.target_density": None,
+    "method.scheduler_interval": "step",
+    "method.optimizer.momentum_form": "sum",
+    "method.optimizer.rescale": "gradient",
+    "method.optimizer.step_rule": "lr",
+    "method.constraint.scope": "layer",
+    "method.constraint.mode": "initialization",
     "method.constraint.init_norm_samples": 100,
 }
-EVERY_TENSOR_IN_THE_SET = {f"method.constraint.table.{kind}": "same" for kind in ("conv", "linear", "bias", "batchnorm", "other")}
+EVERY_TENSOR_IN_THE_SET = {
+    f"method.constraint.table.{kind}": "same" for kind in ("conv", "linear", "bias", "batchnorm", "other")
+}
 CONVS_IN_THE_SET = {
     "method.constraint.table.conv": "same",
     **{f"method.constraint.table.{kind}": "l2" for kind in ("linear", "bias", "batchnorm", "other")},
 }
 ROWS: dict[str, dict[str, Any]] = {
-    "unstructured": {"method.constraint.kind": "ksupport", **EVERY_TENSOR_IN_THE_SET, "curve": {"unstructured"}},
+    "unstructured": {
+        "method.constraint.kind": "ksupport",
+        **EVERY_TENSOR_IN_THE_SET,
+        "curve": {"unstructured"},
+    },
     "filter": {"method.constraint.kind": "group_ksupport", **CONVS_IN_THE_SET, "curve": {"filter"}},
     "lowrank": {"method.constraint.kind": "spectral_ksupport", **CONVS_IN_THE_SET, "curve": {"lowrank"}},
-    "sgd": {"method.name": "dense", "method.target_density": None, "method.scheduler_interval": "step",
-            "method.optimizer.nesterov": False, "curve": {"unstructured", "filter", "lowrank"}},
+    "sgd": {
+        "method.name": "dense",
+        "method.target_density": None,
+        "method.scheduler_interval": "step",
+        "method.optimizer.nesterov": False,
+        "curve": {"unstructured", "filter", "lowrank"},
+    },
 }
 
 # The values chosen where the paper could not be read (each preset's Deviations line says so):
 # kept here so that a change to them is a deliberate one.
 UNVERIFIED: dict[str, dict[str, Any]] = {
-    "cifar10_resnet18": {"trainer.max_epochs": 200, "dataset.batch_size": 128, "sgd_weight_decay": 5e-4, "ksupport_k": 0.05},
-    "cifar100_wrn28_10": {"trainer.max_epochs": 200, "dataset.batch_size": 128, "sgd_weight_decay": 5e-4, "ksupport_k": 0.05},
-    "imagenet_resnet50": {"trainer.max_epochs": 90, "dataset.batch_size": 256, "sgd_weight_decay": 1e-4, "ksupport_k": 0.1},
+    "cifar10_resnet18": {
+        "trainer.max_epochs": 200,
+        "dataset.batch_size": 128,
+        "sgd_weight_decay": 5e-4,
+        "ksupport_k": 0.05,
+    },
+    "cifar100_wrn28_10": {
+        "trainer.max_epochs": 200,
+        "dataset.batch_size": 128,
+        "sgd_weight_decay": 5e-4,
+        "ksupport_k": 0.05,
+    },
+    "imagenet_resnet50": {
+        "trainer.max_epochs": 90,
+        "dataset.batch_size": 256,
+        "sgd_weight_decay": 1e-4,
+        "ksupport_k": 0.1,
+    },
 }
-UNVERIFIED_SFW = {"method.optimizer.lr": 0.1, "method.optimizer.momentum": 0.9, "method.constraint.value": 10.0,
-                  "structured_k": 0.3, "method.scheduler._target_": "torch.optim.lr_scheduler.LinearLR"}
+UNVERIFIED_SFW = {
+    "method.optimizer.lr": 0.1,
+    "method.optimizer.momentum": 0.9,
+    "method.constraint.value": 10.0,
+    "structured_k": 0.3,
+    "method.scheduler._target_": "torch.optim.lr_scheduler.LinearLR",
+}
 # Words each reproduction preset's Deviations line must name, one per unverified choice.
 UNVERIFIED_WORDS = ("UNVERIFIED", "epochs", "batch", "lr", "momentum", "evaluated amounts")
 
@@ -109,13 +153,17 @@ def test_header_has_the_six_lines_in_order(preset):
         assert re.fullmatch(pattern, line), f"{preset}: {line!r} does not match {pattern!r}"
 
 
-@pytest.mark.parametrize(("preset", "setup", "row"), REPRODUCTIONS, ids=[name for name, _, _ in REPRODUCTIONS])
+@pytest.mark.parametrize(
+    ("preset", "setup", "row"), REPRODUCTIONS, ids=[name for name, _, _ in REPRODUCTIONS]
+)
 def test_reproduction_keeps_the_authors_settings(make_config, preset, setup, row):
     cfg = composed(preset, make_config)
     expected = {**SETUPS[setup], **SETUP_COMMON, **(SFW_COMMON if row != "sgd" else {}), **ROWS[row]}
     curve = expected.pop("curve")
     for key, wanted in expected.items():
-        assert value(cfg, key) == wanted, f"{preset}: {key} = {value(cfg, key)!r}, the authors' setting is {wanted!r}"
+        assert value(cfg, key) == wanted, (
+            f"{preset}: {key} = {value(cfg, key)!r}, the authors' setting is {wanted!r}"
+        )
     grid = {kind for kind, amounts in cfg.evaluation.compression_grid.items() if amounts}
     assert grid == curve, f"{preset} evaluates {grid}, the row reports {curve}"
     if row != "sgd":
@@ -123,7 +171,9 @@ def test_reproduction_keeps_the_authors_settings(make_config, preset, setup, row
         assert "weight_decay" not in cfg.method.optimizer, "SFW takes no weight decay"
 
 
-@pytest.mark.parametrize(("preset", "setup", "row"), REPRODUCTIONS, ids=[name for name, _, _ in REPRODUCTIONS])
+@pytest.mark.parametrize(
+    ("preset", "setup", "row"), REPRODUCTIONS, ids=[name for name, _, _ in REPRODUCTIONS]
+)
 def test_unverified_choices_are_the_recorded_ones_and_declared(make_config, preset, setup, row):
     cfg = composed(preset, make_config)
     chosen = UNVERIFIED[setup]
@@ -148,8 +198,14 @@ def fake_data(tmp_path: Path, setup: str, official) -> list[str]:  # noqa: F811
     root = tmp_path / "data"
     if setup == "imagenet_resnet50":
         write_fake_imagenet(root)
-        return [f"dataset.root={root}", f"dataset.num_classes={len(CLASSES)}", "dataset.image_size=32",
-                "dataset.resize_size=36", "dataset.num_workers=0", "model.stem=imagenet"]
+        return [
+            f"dataset.root={root}",
+            f"dataset.num_classes={len(CLASSES)}",
+            "dataset.image_size=32",
+            "dataset.resize_size=36",
+            "dataset.num_workers=0",
+            "model.stem=imagenet",
+        ]
     from consparse.data.cifar import CIFAR10DataModule, CIFAR100DataModule
 
     module = CIFAR10DataModule if setup.startswith("cifar10_") else CIFAR100DataModule
@@ -161,12 +217,20 @@ def fake_data(tmp_path: Path, setup: str, official) -> list[str]:  # noqa: F811
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(("preset", "setup", "row"), REPRODUCTIONS, ids=[name for name, _, _ in REPRODUCTIONS])
+@pytest.mark.parametrize(
+    ("preset", "setup", "row"), REPRODUCTIONS, ids=[name for name, _, _ in REPRODUCTIONS]
+)
 def test_one_tiny_epoch_on_fake_files_runs_end_to_end(make_config, tmp_path, official, preset, setup, row):  # noqa: F811
     overrides = fake_data(tmp_path, setup, official)
     shrink = [
-        "trainer.max_epochs=1", "trainer.limit_train_batches=2", "trainer.log_every_n_steps=1", "dataset.batch_size=4", "trainer.enable_progress_bar=false",
-        "evaluation.latency.min_run_time=0.01", "evaluation.latency.rounds=1", "evaluation.latency.budget_s=0.5",
+        "trainer.max_epochs=1",
+        "trainer.limit_train_batches=2",
+        "trainer.log_every_n_steps=1",
+        "dataset.batch_size=4",
+        "trainer.enable_progress_bar=false",
+        "evaluation.latency.min_run_time=0.01",
+        "evaluation.latency.rounds=1",
+        "evaluation.latency.budget_s=0.5",
         "evaluation.export=false",
     ]
     if row != "sgd":
@@ -174,7 +238,9 @@ def test_one_tiny_epoch_on_fake_files_runs_end_to_end(make_config, tmp_path, off
     # One amount per reported kind keeps the SVDs of the low-rank points few.
     cfg = composed(preset, make_config, *overrides, *shrink)
     reported = [kind for kind, amounts in cfg.evaluation.compression_grid.items() if amounts]
-    cfg.evaluation.compression_grid = {kind: ([0.5] if kind in reported else []) for kind in ("unstructured", "filter", "lowrank")}
+    cfg.evaluation.compression_grid = {
+        kind: ([0.5] if kind in reported else []) for kind in ("unstructured", "filter", "lowrank")
+    }
     results = run(cfg)
     assert results["status"] == "completed"
     assert [(point["kind"], point["amount"]) for point in results["compression_curve"]] == [

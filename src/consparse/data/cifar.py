@@ -160,7 +160,8 @@ class CIFARDataModule(ConsparseDataModule):
         check_range("dataset.rotation", rotation, 0.0, 180.0)
         if rotation and not augment:
             raise ConfigError(
-                "dataset.rotation", "rotation is part of the training augmentation; set dataset.augment=true or rotation=0"
+                "dataset.rotation",
+                "rotation is part of the training augmentation; set dataset.augment=true or rotation=0",
             )
         self.augment = bool(augment)
         self.rotation = float(rotation)

@@ -160,9 +160,8 @@ def rotate(images: torch.Tensor, angle: torch.Tensor) -> torch.Tensor:
     cos, sin = torch.cos(radians), torch.sin(radians)
     zero = torch.zeros_like(cos)
     # Output pixel centre -> input pixel centre, in grid_sample's [-1, 1] coordinates per axis.
-    theta = torch.stack(
-        [torch.stack([cos, -sin * height / width, zero], 1), torch.stack([sin * width / height, cos, zero], 1)], 1
-    )
+    rows = [torch.stack([cos, -sin * height / width, zero], 1), torch.stack([sin * width / height, cos, zero], 1)]
+    theta = torch.stack(rows, 1)
     grid = F.affine_grid(theta.float(), [batch, 1, height, width], align_corners=False)
     turned = F.grid_sample(images.float(), grid, mode="nearest", padding_mode="zeros", align_corners=False)
     return turned.round_().to(images.dtype)
