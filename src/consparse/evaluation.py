@@ -12,6 +12,8 @@ from consparse.errors import ConfigError
 from consparse.validation import check_choice, check_int, check_range
 
 CURVE_KINDS = ("unstructured", "filter", "lowrank")
+# Which layers the low-rank curve decomposes.
+LOWRANK_LAYERS = ("all", "conv", "linear")
 LATENCY_KEYS = ("threads", "batch_size", "large_batch_size", "min_run_time", "rounds", "budget_s", "min_repeats", "warmup")
 
 
@@ -23,6 +25,8 @@ class EvaluationSettings:
         compression_grid: ``{kind: [amounts removed]}`` for the compression curve (empty: no curve).
         recalibrate_bn_batches: training batches used to re-estimate BatchNorm statistics of each
             pruned model in the curve (0: off, as in the SFW paper).
+        lowrank_layers: the layers the ``lowrank`` curve decomposes: ``all`` (Linear and Conv2d),
+            ``conv`` (convolutions only, the SFW authors' ``decomp_type=conv``) or ``linear``.
         latency: keyword arguments of ``compare_latency`` (threads, batch_size, min_run_time, rounds,
             budget_s, min_repeats, warmup), and ``large_batch_size``: a second measurement at that
             batch (null: none).
@@ -32,6 +36,7 @@ class EvaluationSettings:
 
     compression_grid: dict[str, list[float]] = field(default_factory=dict)
     recalibrate_bn_batches: int = 0
+    lowrank_layers: str = "all"
     latency: dict[str, Any] = field(default_factory=dict)
     export: bool = True
     device: str = "auto"
@@ -49,11 +54,13 @@ class EvaluationSettings:
         settings = cls(
             compression_grid={kind: [float(a) for a in amounts] for kind, amounts in grid.items() if amounts},
             recalibrate_bn_batches=raw.get("recalibrate_bn_batches", 0),
+            lowrank_layers=raw.get("lowrank_layers", "all"),
             latency=dict(raw.get("latency") or {}),
             export=raw.get("export", True),
             device=raw.get("device", "auto"),
         )
         check_int("evaluation.recalibrate_bn_batches", settings.recalibrate_bn_batches, 0)
+        check_choice("evaluation.lowrank_layers", settings.lowrank_layers, LOWRANK_LAYERS)
         check_choice("evaluation.device", settings.device, ["auto", "cpu", "cuda"])
         _check_latency(settings.latency)
         return settings

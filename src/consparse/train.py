@@ -309,6 +309,7 @@ def _measure(
             recalibrate_loader=datamodule.train_eval_dataloader() if settings.recalibrate_bn_batches else None,
             recalibrate_batches=settings.recalibrate_bn_batches,
             device=device,
+            lowrank_layers=settings.lowrank_layers,
         )
     phases.lap("curve")
 

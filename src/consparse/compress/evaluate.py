@@ -136,13 +136,17 @@ def compressed_models(
     grid: Mapping[str, Sequence[float]],
     scope: Scope = "global",
     filter_include_linear: bool = False,
+    lowrank_layers: str = "all",
 ) -> list[tuple[str, float, nn.Module]]:
     """``(kind, amount, compressed copy)`` of every grid point, in curve order (see ``compression_curve``)."""
     _check_grid(grid)
+    if lowrank_layers not in ("all", "conv", "linear"):
+        raise ConfigError("evaluation.lowrank_layers", f"got {lowrank_layers!r}; allowed: all, conv, linear")
+    lowrank_kinds = {"include_linear": lowrank_layers != "conv", "include_conv": lowrank_layers != "linear"}
     applicable = {
         "unstructured": True,
         "filter": bool(filter_prunable_layers(model, include_linear=filter_include_linear)),
-        "lowrank": bool(decomposable_layers(model)),
+        "lowrank": bool(decomposable_layers(model, **lowrank_kinds)),
     }
     points: list[tuple[str, float, nn.Module]] = []
     for kind in CURVE_KINDS:
@@ -154,7 +158,7 @@ def compressed_models(
         elif kind == "filter":
             models = [filter_prune(model, amount, include_linear=filter_include_linear) for amount in amounts]
         else:
-            models = [lowrank_decompose(model, amount) for amount in amounts]
+            models = [lowrank_decompose(model, amount, **lowrank_kinds) for amount in amounts]
         points.extend((kind, amount, compressed) for amount, compressed in zip(amounts, models))
     return points
 
@@ -170,12 +174,14 @@ def compression_curve(
     scope: Scope = "global",
     filter_include_linear: bool = False,
     device: str | torch.device = "cpu",
+    lowrank_layers: str = "all",
 ) -> list[dict[str, Any]]:
     """Test accuracy, density, params and MACs of ``model`` compressed without retraining.
 
     ``grid`` maps a kind to the fractions removed: ``unstructured`` (magnitude pruning in
     ``scope``), ``filter`` (PFEC on convolutions; Linear neurons too with
-    ``filter_include_linear``) and ``lowrank`` (truncated SVD of Linear and Conv2d layers). Kinds
+    ``filter_include_linear``) and ``lowrank`` (truncated SVD of the Linear and Conv2d layers
+    ``lowrank_layers`` names: ``all``, ``conv`` or ``linear``). Kinds
     with no layer to act on are skipped. ``params`` counts nonzero parameters for the pruning kinds
     and all parameters (the structural size) for ``lowrank``. With ``recalibrate_loader`` and
     ``recalibrate_batches > 0``, BatchNorm statistics are re-estimated after each compression.
@@ -186,7 +192,7 @@ def compression_curve(
     them one by one gives, for one read of the data. The copies are in memory together.
     """
     check_int("evaluation.recalibrate_bn_batches", recalibrate_batches, 0)
-    points = compressed_models(model, grid, scope, filter_include_linear)
+    points = compressed_models(model, grid, scope, filter_include_linear, lowrank_layers)
     models = [compressed for _, _, compressed in points]
     if recalibrate_loader is not None and recalibrate_batches > 0 and models:
         models = recalibrate_batchnorms(models, recalibrate_loader, recalibrate_batches, device)

@@ -237,7 +237,8 @@ class ConsparseDataModule(pl.LightningDataModule, ABC):
         )
         rank, world = self._process()
         sampler = EpochSampler(
-            len(indices), seed=_shuffle_seed(), rank=rank, world_size=world, padding=tensors.padding, flip=tensors.flip
+            len(indices), seed=_shuffle_seed(), rank=rank, world_size=world,
+            padding=tensors.padding, flip=tensors.flip, rotation=tensors.rotation,
         )
         return DeviceBatches(tensors, self.per_device_batch_size, device, sampler)
 

@@ -125,11 +125,15 @@ class CIFARDataModule(ConsparseDataModule):
     """32x32 colour images, 50,000 for training and 10,000 for test.
 
     Training images are augmented the standard way (random 32x32 crop of the image padded by 4,
-    horizontal flip), per item in DataLoader workers or, with ``on_device``, in batches on the
-    device; ``train_eval``, validation and test images are only normalised.
+    horizontal flip), then optionally rotated by a random angle (``rotation``), per item in
+    DataLoader workers or, with ``on_device``, in batches on the device; ``train_eval``,
+    validation and test images are only normalised.
 
     Args:
         augment: apply the crop-and-flip augmentation to the training split.
+        rotation: after crop and flip, rotate each training image by an angle drawn uniformly from
+            ``[-rotation, rotation]`` degrees (torchvision's ``RandomRotation``: nearest neighbour,
+            zero fill); 0 turns it off. Needs ``augment``.
         download_timeout: seconds a network operation may stall before the download counts as failed.
         **kwargs: the ``ConsparseDataModule`` options (root, batch_size, val_fraction, ...).
     """
@@ -145,11 +149,22 @@ class CIFARDataModule(ConsparseDataModule):
     std: ClassVar[tuple[float, float, float]]
 
     def __init__(
-        self, augment: bool = True, download_timeout: float = DEFAULT_DOWNLOAD_TIMEOUT, **kwargs
+        self,
+        augment: bool = True,
+        rotation: float = 0.0,
+        download_timeout: float = DEFAULT_DOWNLOAD_TIMEOUT,
+        **kwargs,
     ) -> None:
         super().__init__(**kwargs)
         check_range("dataset.download_timeout", download_timeout, 0.0, low_inclusive=False)
+        check_range("dataset.rotation", rotation, 0.0, 180.0)
+        if rotation and not augment:
+            raise ConfigError(
+                "dataset.rotation",
+                "rotation is part of the training augmentation; set dataset.augment=true or rotation=0",
+            )
         self.augment = bool(augment)
+        self.rotation = float(rotation)
         self.download_timeout = download_timeout
 
     @property
@@ -205,16 +220,17 @@ class CIFARDataModule(ConsparseDataModule):
         test_images, test_labels = self._load(self._files(tv.test_list))
         padding = CROP_PADDING if self.augment else 0
         plain = image_transform(self.mean, self.std)
-        augmented = (
-            image_transform(self.mean, self.std, [v2.RandomCrop(32, padding=padding), v2.RandomHorizontalFlip()])
-            if self.augment
-            else plain
-        )
+        steps: list[v2.Transform] = [v2.RandomCrop(32, padding=padding), v2.RandomHorizontalFlip()]
+        if self.rotation:
+            steps.append(v2.RandomRotation(self.rotation))
+        augmented = image_transform(self.mean, self.std, steps) if self.augment else plain
         return Splits(
             train=TransformedTensorDataset(train_images, train_labels, augmented),
             train_eval=TransformedTensorDataset(train_images, train_labels, plain),
             test=TransformedTensorDataset(test_images, test_labels, plain),
-            train_tensors=ImageTensors(train_images, train_labels, self.mean, self.std, padding, self.augment),
+            train_tensors=ImageTensors(
+                train_images, train_labels, self.mean, self.std, padding, self.augment, self.rotation
+            ),
         )
 
 

@@ -5,7 +5,9 @@ time in Python; a GPU consumes CIFAR images far faster than that. Here the whole
 lives on the device as uint8 (CIFAR: 150 MB) and each batch is gathered, cropped, flipped and
 normalised by a few batched tensor operations, with the same distribution as torchvision's
 ``RandomCrop(size, padding)`` + ``RandomHorizontalFlip()``: each crop offset uniform over the
-``2 * padding + 1`` positions per axis, independently, and a flip with probability 1/2.
+``2 * padding + 1`` positions per axis, independently, and a flip with probability 1/2; with
+``rotation``, then ``RandomRotation(rotation)`` (nearest neighbour, zero fill), its angle uniform
+in ``[-rotation, rotation]`` degrees.
 
 Order and augmentation follow ``DistributedSampler``'s conventions: one permutation per epoch from
 a generator seeded with ``seed + epoch``, padded by repetition to a multiple of the number of
@@ -30,7 +32,8 @@ class ImageTensors:
     """A training split as uint8 images and the augmentation its CPU path applies.
 
     ``padding`` is the zero padding of ``RandomCrop(H, padding)`` (0: no crop); ``flip`` says
-    whether ``RandomHorizontalFlip`` follows it. ``mean``/``std`` normalise after scaling to [0, 1].
+    whether ``RandomHorizontalFlip`` follows it, ``rotation`` the degrees of the ``RandomRotation``
+    after both (0: none). ``mean``/``std`` normalise after scaling to [0, 1].
     """
 
     images: torch.Tensor
@@ -39,6 +42,7 @@ class ImageTensors:
     std: Sequence[float]
     padding: int = 0
     flip: bool = False
+    rotation: float = 0.0
 
     def __post_init__(self) -> None:
         if self.images.dtype != torch.uint8 or self.images.dim() != 4:
@@ -49,12 +53,14 @@ class ImageTensors:
 
 @dataclass(frozen=True)
 class EpochPlan:
-    """One rank's share of an epoch: sample indices, crop offsets (top, left) and flips, in order."""
+    """One rank's share of an epoch: sample indices, crop offsets (top, left), flips and rotation
+    angles (degrees), in order."""
 
     indices: torch.Tensor
     top: torch.Tensor
     left: torch.Tensor
     flip: torch.Tensor
+    angle: torch.Tensor
 
 
 class EpochSampler:
@@ -67,6 +73,7 @@ class EpochSampler:
         shuffle: permute the samples (otherwise in index order).
         padding: crop offsets are drawn uniformly from ``0 .. 2 * padding`` per axis.
         flip: draw a horizontal flip with probability 1/2.
+        rotation: draw a rotation angle uniformly from ``[-rotation, rotation]`` degrees (0: none).
     """
 
     def __init__(
@@ -78,6 +85,7 @@ class EpochSampler:
         shuffle: bool = True,
         padding: int = 0,
         flip: bool = False,
+        rotation: float = 0.0,
     ) -> None:
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} outside [0, {world_size})")
@@ -88,6 +96,7 @@ class EpochSampler:
         self.shuffle = shuffle
         self.padding = padding
         self.flip = flip
+        self.rotation = rotation
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -105,10 +114,16 @@ class EpochSampler:
         top = torch.randint(0, 2 * self.padding + 1, (n,), generator=generator)
         left = torch.randint(0, 2 * self.padding + 1, (n,), generator=generator)
         flip = torch.rand(n, generator=generator) < 0.5 if self.flip else torch.zeros(n, dtype=torch.bool)
+        # Drawn last, so that order, crops and flips are those of a run without rotation.
+        angle = (
+            (torch.rand(n, generator=generator, dtype=torch.float64) * 2 - 1) * self.rotation
+            if self.rotation
+            else torch.zeros(n, dtype=torch.float64)
+        )
         total = len(self) * self.world_size
         repeats = math.ceil(total / n)
         share = slice(self.rank, total, self.world_size)
-        return EpochPlan(*(part.repeat(repeats)[:total][share] for part in (order, top, left, flip)))
+        return EpochPlan(*(part.repeat(repeats)[:total][share] for part in (order, top, left, flip, angle)))
 
 
 def crop_and_flip(
@@ -131,6 +146,25 @@ def crop_and_flip(
         rows.view(batch, 1, height, 1),
         columns.view(batch, 1, 1, width),
     ]
+
+
+def rotate(images: torch.Tensor, angle: torch.Tensor) -> torch.Tensor:
+    """Batched ``RandomRotation`` with the given angles: image ``i`` turned ``angle[i]`` degrees
+    counter-clockwise about its centre, nearest neighbour, zero where it samples outside.
+
+    The sampling grid is torchvision's (``rotate`` on tensors: inverse rotation of the pixel
+    centres, ``grid_sample`` with ``align_corners=False``), built for the whole batch at once.
+    """
+    batch, _, height, width = images.shape
+    radians = torch.deg2rad(angle.to(device=images.device, dtype=torch.float64))
+    cos, sin = torch.cos(radians), torch.sin(radians)
+    zero = torch.zeros_like(cos)
+    # Output pixel centre -> input pixel centre, in grid_sample's [-1, 1] coordinates per axis.
+    rows = [torch.stack([cos, -sin * height / width, zero], 1), torch.stack([sin * width / height, cos, zero], 1)]
+    theta = torch.stack(rows, 1)
+    grid = F.affine_grid(theta.float(), [batch, 1, height, width], align_corners=False)
+    turned = F.grid_sample(images.float(), grid, mode="nearest", padding_mode="zeros", align_corners=False)
+    return turned.round_().to(images.dtype)
 
 
 class DeviceBatches:
@@ -166,8 +200,9 @@ class DeviceBatches:
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         plan = self.sampler.plan()
-        indices, top, left, flip = (
-            part.to(self.device, non_blocking=True) for part in (plan.indices, plan.top, plan.left, plan.flip)
+        indices, top, left, flip, angle = (
+            part.to(self.device, non_blocking=True)
+            for part in (plan.indices, plan.top, plan.left, plan.flip, plan.angle)
         )
         for start in range(0, indices.numel(), self.batch_size):
             chosen = indices[start : start + self.batch_size]
@@ -175,6 +210,8 @@ class DeviceBatches:
             if self.sampler.padding or self.sampler.flip:
                 part = slice(start, start + self.batch_size)
                 images = crop_and_flip(images, top[part], left[part], flip[part], self.sampler.padding)
+            if self.sampler.rotation:
+                images = rotate(images, angle[start : start + self.batch_size])
             # torchvision's ToDtype(float32, scale=True) and Normalize, operation for operation, so
             # that the values are bit-identical to the per-item path's.
             x = images.to(torch.float32).mul_(1.0 / 255).sub_(self.mean).div_(self.std)
