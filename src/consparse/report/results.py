@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from consparse.atomic_write import write_atomically
+from consparse.curve_kinds import CURVE_KINDS
 
 RESULTS_FILE = "results.json"
 SCHEMA_VERSION = 1
@@ -45,7 +46,6 @@ COMPLETED_KEYS = (
     "export",
 )
 CURVE_KEYS = ("kind", "amount", "test_accuracy", "density", "params", "macs")
-CURVE_KINDS = ("unstructured", "filter", "lowrank")
 # failed: an error; diverged: the training loss stopped being finite; interrupted: stopped by a signal
 # (a rerun in the same directory continues). All three say why in ``error``.
 STATUSES = ("completed", "failed", "diverged", "interrupted")
