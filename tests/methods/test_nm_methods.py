@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 
 from consparse.compress.count import sparsifiable_weights
 from consparse.compress.nm import load_nm_export
 from consparse.errors import ConfigError
+from consparse.evaluate_run import evaluate
 from consparse.nm_pattern import NMPattern
 from consparse.train import run
 
@@ -40,6 +42,15 @@ def test_magnitude_nm_deploys_two_four_in_every_layer(make_config, tmp_path, fin
     two_four = next(p for p in results["compression_curve"] if p.get("pattern") == "2:4")
     # The deployed model is 2:4 already: pruning it to 2:4 again changes nothing.
     assert two_four["test_accuracy"] == results["test_accuracy"]
+    if finetune:
+        return
+    # eval.py measures the export again, N:M block included (its pattern read from export/nm.json).
+    config = make_config("method=magnitude", "method.nm=2:4", "method.target_density=null",
+                         f"method.finetune_epochs={finetune}", *QUICK, output_dir=tmp_path / "run")
+    (tmp_path / "run" / ".hydra").mkdir()
+    OmegaConf.save(config, tmp_path / "run" / ".hydra" / "config.yaml")
+    again, _ = evaluate(tmp_path / "run", [])
+    assert again["nm"] == results["nm"] and again["test_accuracy"] == results["test_accuracy"]
 
 
 def test_sfw_with_the_nm_set_deploys_two_four(make_config, tmp_path) -> None:

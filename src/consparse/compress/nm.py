@@ -117,6 +117,17 @@ def load_nm_export(path: str | os.PathLike[str]) -> tuple[nn.Module, dict[str, t
     return model, masks, pattern
 
 
+def exported_pattern(export_dir: str | os.PathLike[str]) -> NMPattern | None:
+    """The pattern an export directory's ``nm.json`` records (None for an export without one)."""
+    path = Path(export_dir) / NM_FILE
+    if not path.is_file():
+        return None
+    try:
+        return parse_nm(_read_description(path).get("pattern"), f"{path}: pattern")
+    except ValueError as exc:
+        raise ExportError(f"cannot read {path}: {exc}") from None
+
+
 def _read_description(path: Path) -> dict[str, Any]:
     try:
         description = json.loads(path.read_text())
