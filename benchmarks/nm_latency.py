@@ -29,12 +29,12 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
-from consparse.compress.count import sparsifiable_weights  # noqa: E402
-from consparse.compress.export import export_model  # noqa: E402
-from consparse.compress.nm import export_nm, load_nm_export, nm_prune  # noqa: E402
-from consparse.compress.semi_structured import DTYPES, GPU_BATCH, compare_semi_structured  # noqa: E402
-from consparse.models.mlp import MLP  # noqa: E402
-from consparse.nm_pattern import NMPattern  # noqa: E402
+from consparse.compress.count import sparsifiable_weights
+from consparse.compress.export import export_model
+from consparse.compress.nm import export_nm, load_nm_export, nm_prune
+from consparse.compress.semi_structured import DTYPES, GPU_BATCH, compare_semi_structured
+from consparse.models.mlp import MLP
+from consparse.nm_pattern import NMPattern
 
 TWO_FOUR = NMPattern(2, 4)
 # name -> (input features, hidden widths, classes)

@@ -38,7 +38,7 @@ class EvaluationSettings:
     device: str = "auto"
 
     @classmethod
-    def from_config(cls, node: DictConfig | dict | None) -> "EvaluationSettings":
+    def from_config(cls, node: DictConfig | dict | None) -> EvaluationSettings:
         raw = OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else dict(node or {})
         grid = raw.get("compression_grid") or {}
         for kind, amounts in grid.items():

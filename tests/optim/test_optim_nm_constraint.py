@@ -20,7 +20,7 @@ from consparse.optim.constraints.init_norm import expected_init_norms
 SHAPES = [((2, 6), "2:4"), ((3, 4), "1:4"), ((1, 3, 2, 2), "2:4"), ((2, 2, 3), "1:3")]
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def candidates_under_pattern(shape: tuple[int, ...], pattern: str) -> torch.Tensor:
     """Every tensor of ``shape`` with entries in {-1, 0, 1} and at most N non-zeros per group, written
     out group by group from the definition (input dimension = dim 1), without the module's helpers."""

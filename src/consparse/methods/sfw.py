@@ -25,8 +25,8 @@ from torch import nn
 from consparse.compress.nm import nm_prune
 from consparse.errors import ConfigError
 from consparse.methods.base import SparseMethod
-from consparse.optim import FrankWolfe
 from consparse.nm_pattern import NMPattern
+from consparse.optim import FrankWolfe
 from consparse.optim.constraints import ConstrainedGroup, ConstraintSpec, build_model_constraints
 from consparse.validation import check_range
 
