@@ -39,7 +39,7 @@ class SFWMethod(SparseMethod):
 
     Args (beside ``SparseMethod``'s):
         constraint: the ``method.constraint`` node (fields of ``ConstraintSpec``: kind, k, scope,
-            mode, value, init_norm_samples, init_norm_seed, svd_iterations, table).
+            mode, value, init_norm_samples, init_norm_seed, svd_iterations, table, nm).
         unconstrained_lr: learning rate of the parameters the table leaves unconstrained
             (``none``), which take momentum-SGD steps; null uses the optimiser's lr.
     """
