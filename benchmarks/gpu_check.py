@@ -16,6 +16,7 @@ as seconds per epoch, images/s, the ratio to the bare loop and to dense, and the
 the GPU's dense bf16 peak. Then: WRN-28-10 (the L0 paper's CIFAR model) steps at batch 128 for
 dense and for the L0 preset ``experiment=l0_cifar10_wrn28_10``, extrapolated to an epoch and to
 200 epochs; the implicit_lasso row solver's rows/s on the GPU against one CPU thread;
+2:4 semi-structured sparse Linear stacks against dense at batch 256 (``benchmarks/nm_latency.py``);
 ``pytest -m gpu``; and, if ``--budget`` leaves time, ``dense`` with ``hardware.compile=true`` (its
 compilation reported beside the timed epochs).
 Everything goes into ``<out>/gpu_check.json``, rewritten after every item, so a failure or a
@@ -70,6 +71,10 @@ from consparse.models import build_model
 from consparse.quiet import silence_known_noise
 from consparse.train import _build_trainer
 from data_loader import measure_loader  # benchmarks/data_loader.py, beside this script
+from nm_latency import GOAL_SPEEDUP as NM_GOAL_SPEEDUP  # benchmarks/nm_latency.py, beside this script
+from nm_latency import STACKS as NM_STACKS
+from nm_latency import TINY_STACKS as NM_TINY_STACKS
+from nm_latency import measure as measure_nm
 
 CONF = REPO / "conf"
 # Dense (no sparsity) bf16 tensor-core peaks, FLOP/s, by a fragment of torch.cuda.get_device_name().
@@ -447,6 +452,10 @@ def main() -> None:
         num_workers=0 if tiny else min(8, os.cpu_count() or 1), cpu_loader_batches=None if tiny else 40,
         model_steps=2 if tiny else 10))
 
+    # --- 2:4 semi-structured Linear stacks against dense, batch 256, float16 (goal on a GPU: >= 1.3x)
+    report.item("nm_semi_structured", "batch_256_float16", lambda: measure_nm(
+        stacks=NM_TINY_STACKS if tiny else NM_STACKS))
+
     # --- WRN-28-10 steps: dense and the L0 paper's CIFAR-10 preset
     wrn_info = DatasetInfo("synthetic", (3, sizes.side, sizes.side), 10, "image")
     wrn_loader = device_batches(images, labels, sizes.wrn_batch, limit_batches=sizes.wrn_warmup_steps + sizes.wrn_steps)
@@ -481,6 +490,11 @@ def main() -> None:
     delivered = (report.record.get("data_loader", {}).get("cifar") or {}).get("device_loader_to_model")
     report.record["goal_results"]["device_loader_over_model"] = {
         "measured": delivered, "goal": f">= {LOADER_GOAL}", "met": None if delivered is None else delivered >= LOADER_GOAL}
+    nm_rows = (report.record.get("nm_semi_structured", {}).get("batch_256_float16") or {}).get("stacks", {})
+    for name, row in nm_rows.items():
+        speedup = row["gpu"].get("speedup")
+        report.record["goal_results"][f"nm_speedup {name}"] = {
+            "measured": speedup, "goal": f">= {NM_GOAL_SPEEDUP}", "met": None if speedup is None else speedup >= NM_GOAL_SPEEDUP}
     report.record["bare_seconds_per_epoch"] = bare_row.get("seconds_per_epoch")
     report.write()
 
@@ -546,6 +560,11 @@ def print_table(record: dict[str, Any]) -> None:
     for key, result in record.get("goal_results", {}).items():
         goal = result["goal"] if isinstance(result["goal"], str) else f"<= {result['goal']}"
         print(f"goal {key}: {number(result['measured'], '%.3f')} ({goal}) met={result['met']}")
+    for name, row in (record.get("nm_semi_structured", {}).get("batch_256_float16") or {}).get("stacks", {}).items():
+        gpu = row["gpu"]
+        print(f"2:4 {name}: " + (f"{gpu['latency_ms']:.3f} ms vs {gpu['dense_latency_ms']:.3f} ms dense "
+                                 f"({gpu['speedup']:.2f}x, {gpu['dtype']}, batch {gpu['batch_size']}, {gpu['gpu']})"
+                                 if gpu["measured"] else gpu["reason"]))
     tests = record.get("tests", {}).get("pytest -m gpu", {})
     if tests:
         print(f"pytest -m gpu: {tests.get('summary', tests.get('error', 'timed out' if tests.get('timed_out') else ''))}")

@@ -21,7 +21,9 @@ REPO = Path(__file__).resolve().parents[1]
 
 # The evaluation node as conf/config.yaml held it before it became the `evaluation` group.
 PREVIOUS_EVALUATION = {
-    "compression_grid": {"unstructured": [0.0, 0.5, 0.9, 0.95, 0.98, 0.99], "filter": [0.5], "lowrank": [0.5]},
+    # nm came later, empty by default (its key there so that the command line can set it).
+    "compression_grid": {"unstructured": [0.0, 0.5, 0.9, 0.95, 0.98, 0.99], "filter": [0.5], "lowrank": [0.5],
+                         "nm": []},
     "recalibrate_bn_batches": 0,
     "latency": {"threads": 1, "batch_size": 1, "min_run_time": 0.2, "rounds": 3},
     "export": True,

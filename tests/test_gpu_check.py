@@ -36,7 +36,11 @@ def test_the_tiny_check_measures_every_item(tmp_path: Path) -> None:
     assert lasso["device"]["rows_per_second"] > 0 and lasso["cpu_1_thread"]["rows_per_second"] > 0
     assert lasso["device"]["rows_fallback"] == 0
     assert set(record["goal_results"]) == {"dense_epoch_seconds", "platform_over_bare", "sfw_over_dense_step",
-                                           "l0_over_dense_step", "device_loader_over_model"}
+                                           "l0_over_dense_step", "device_loader_over_model",
+                                           "nm_speedup mlp 64-64-32"}
+    nm_row = record["nm_semi_structured"]["batch_256_float16"]["stacks"]["mlp 64-64-32"]
+    assert nm_row["gpu"]["reason"] == "not measured: no CUDA device"
+    assert nm_row["cpu_export_check"]["layers_two_four"] == nm_row["cpu_export_check"]["layers"] == 2
     loaders = record["data_loader"]["cifar"]
     assert "error" not in loaders, loaders.get("traceback")
     assert loaders["device_loader_to_model"] > 0 and loaders["cpu_loader_to_model"] > 0

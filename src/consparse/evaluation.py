@@ -8,10 +8,11 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from consparse.curve_kinds import CURVE_KINDS, PATTERN_KINDS
 from consparse.errors import ConfigError
+from consparse.nm_pattern import parse_nm
 from consparse.validation import check_choice, check_int, check_range
 
-CURVE_KINDS = ("unstructured", "filter", "lowrank")
 # Which layers the low-rank curve decomposes.
 LOWRANK_LAYERS = ("all", "conv", "linear")
 LATENCY_KEYS = ("threads", "batch_size", "large_batch_size", "min_run_time", "rounds", "budget_s", "min_repeats", "warmup")
@@ -22,7 +23,8 @@ class EvaluationSettings:
     """What is measured after training.
 
     Attributes:
-        compression_grid: ``{kind: [amounts removed]}`` for the compression curve (empty: no curve).
+        compression_grid: ``{kind: [amounts removed]}`` for the compression curve (empty: no curve);
+            ``nm`` lists patterns ``"N:M"`` instead (``consparse.curve_kinds``).
         recalibrate_bn_batches: training batches used to re-estimate BatchNorm statistics of each
             pruned model in the curve (0: off, as in the SFW paper).
         lowrank_layers: the layers the ``lowrank`` curve decomposes: ``all`` (Linear and Conv2d),
@@ -34,7 +36,7 @@ class EvaluationSettings:
         device: ``auto`` (the training accelerator's device), ``cpu`` or ``cuda``.
     """
 
-    compression_grid: dict[str, list[float]] = field(default_factory=dict)
+    compression_grid: dict[str, list[float | str]] = field(default_factory=dict)
     recalibrate_bn_batches: int = 0
     lowrank_layers: str = "all"
     latency: dict[str, Any] = field(default_factory=dict)
@@ -42,7 +44,7 @@ class EvaluationSettings:
     device: str = "auto"
 
     @classmethod
-    def from_config(cls, node: DictConfig | dict | None) -> "EvaluationSettings":
+    def from_config(cls, node: DictConfig | dict | None) -> EvaluationSettings:
         raw = OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else dict(node or {})
         grid = raw.get("compression_grid") or {}
         for kind, amounts in grid.items():
@@ -50,9 +52,16 @@ class EvaluationSettings:
             if not isinstance(amounts, list):
                 raise ConfigError(f"evaluation.compression_grid.{kind}", f"expected a list of fractions, got {amounts!r}")
             for amount in amounts:
-                check_range(f"evaluation.compression_grid.{kind}", amount, 0.0, 1.0, high_inclusive=False)
+                if kind in PATTERN_KINDS:
+                    parse_nm(amount, f"evaluation.compression_grid.{kind}")
+                else:
+                    check_range(f"evaluation.compression_grid.{kind}", amount, 0.0, 1.0, high_inclusive=False)
         settings = cls(
-            compression_grid={kind: [float(a) for a in amounts] for kind, amounts in grid.items() if amounts},
+            compression_grid={
+                kind: [a if kind in PATTERN_KINDS else float(a) for a in amounts]
+                for kind, amounts in grid.items()
+                if amounts
+            },
             recalibrate_bn_batches=raw.get("recalibrate_bn_batches", 0),
             lowrank_layers=raw.get("lowrank_layers", "all"),
             latency=dict(raw.get("latency") or {}),

@@ -48,6 +48,7 @@ from consparse.compress.count import model_stats
 from consparse.compress.evaluate import compression_curve, evaluate_accuracy
 from consparse.compress.export import export_model
 from consparse.compress.latency import compare_latency
+from consparse.compress.nm import export_nm, nm_record
 from consparse.config import instantiate_node, job_description, job_identity
 from consparse.configured_callbacks import configured_callbacks, wants_progress_bar
 from consparse.data.base import ConsparseDataModule
@@ -319,6 +320,8 @@ def _measure(
                 "num_classes": datamodule.info.num_classes}
         spec.pop("name", None)
         export_path = export_model(deployed.cpu(), run_dir, OmegaConf.to_container(cfg, resolve=True), spec)
+        if method.nm_pattern is not None:
+            export_nm(deployed, run_dir, method.nm_pattern)
     phases.lap("export")
     method_metrics = method.method_metrics()
     phases.lap("method_metrics")
@@ -339,6 +342,7 @@ def _measure(
         "compression_curve": curve,
         "method_metrics": method_metrics,
         "export": export_path,
+        **nm_record(method.nm_pattern, deployed, reference, input_shape, device),
     }
 
 

@@ -24,6 +24,7 @@ from consparse.compress.export import export_model, load_exported
 from consparse.compress.latency import compare_latency, measure_latency
 from consparse.compress.layers import ChannelScatter, IndexSelect, LowRankConv2d, LowRankLinear
 from consparse.compress.lowrank import lowrank_decompose
+from consparse.compress.nm import export_nm, load_nm_export, nm_masks, nm_prune
 from consparse.compress.prune import (
     apply_masks,
     compute_masks,
@@ -49,13 +50,17 @@ __all__ = [
     "evaluate_accuracies",
     "evaluate_accuracy",
     "export_model",
+    "export_nm",
     "filter_prune",
     "load_exported",
+    "load_nm_export",
     "lowrank_decompose",
     "magnitude_prune",
     "magnitude_prune_amounts",
     "measure_latency",
     "model_stats",
+    "nm_masks",
+    "nm_prune",
     "nonzero_count",
     "numel_count",
     "per_layer_density",

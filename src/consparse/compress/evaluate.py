@@ -11,11 +11,12 @@ from torch import nn
 
 from consparse.compress.count import count_macs, count_params, density, flop_profile
 from consparse.compress.lowrank import decomposable_layers, lowrank_decompose
+from consparse.compress.nm import nm_prune
 from consparse.compress.prune import Scope, filter_prunable_layers, filter_prune, magnitude_prune_amounts
+from consparse.curve_kinds import CURVE_KINDS, PATTERN_KINDS
 from consparse.errors import ConfigError
+from consparse.nm_pattern import parse_nm
 from consparse.validation import check_int, check_range
-
-CURVE_KINDS = ("unstructured", "filter", "lowrank")
 
 
 def _on_device(model: nn.Module, device: torch.device) -> nn.Module:
@@ -121,24 +122,28 @@ def recalibrate_batchnorms(
     return recalibrated
 
 
-def _check_grid(grid: Mapping[str, Sequence[float]]) -> None:
+def _check_grid(grid: Mapping[str, Sequence[float | str]]) -> None:
     for kind, amounts in grid.items():
         if kind not in CURVE_KINDS:
             raise ConfigError(
                 "evaluation.compression_grid", f"unknown kind {kind!r}; allowed: {', '.join(CURVE_KINDS)}"
             )
         for amount in amounts:
-            check_range(f"evaluation.compression_grid.{kind}", amount, 0.0, 1.0, high_inclusive=False)
+            if kind in PATTERN_KINDS:
+                parse_nm(amount, f"evaluation.compression_grid.{kind}")
+            else:
+                check_range(f"evaluation.compression_grid.{kind}", amount, 0.0, 1.0, high_inclusive=False)
 
 
 def compressed_models(
     model: nn.Module,
-    grid: Mapping[str, Sequence[float]],
+    grid: Mapping[str, Sequence[float | str]],
     scope: Scope = "global",
     filter_include_linear: bool = False,
     lowrank_layers: str = "all",
-) -> list[tuple[str, float, nn.Module]]:
-    """``(kind, amount, compressed copy)`` of every grid point, in curve order (see ``compression_curve``)."""
+) -> list[tuple[str, float | str, nn.Module]]:
+    """``(kind, amount or N:M pattern, compressed copy)`` of every grid point, in curve order (see
+    ``compression_curve``)."""
     _check_grid(grid)
     if lowrank_layers not in ("all", "conv", "linear"):
         raise ConfigError("evaluation.lowrank_layers", f"got {lowrank_layers!r}; allowed: all, conv, linear")
@@ -147,12 +152,17 @@ def compressed_models(
         "unstructured": True,
         "filter": bool(filter_prunable_layers(model, include_linear=filter_include_linear)),
         "lowrank": bool(decomposable_layers(model, **lowrank_kinds)),
+        "nm": True,
     }
-    points: list[tuple[str, float, nn.Module]] = []
+    points: list[tuple[str, float | str, nn.Module]] = []
     for kind in CURVE_KINDS:
-        amounts = [float(amount) for amount in grid.get(kind, ())]
-        if not applicable[kind] or not amounts:
+        if not applicable[kind] or not grid.get(kind):
             continue
+        if kind in PATTERN_KINDS:
+            patterns = [parse_nm(value, f"evaluation.compression_grid.{kind}") for value in grid[kind]]
+            points.extend((kind, str(pattern), nm_prune(model, pattern)) for pattern in patterns)
+            continue
+        amounts = [float(amount) for amount in grid[kind]]
         if kind == "unstructured":
             models = magnitude_prune_amounts(model, amounts, scope)
         elif kind == "filter":
@@ -166,7 +176,7 @@ def compressed_models(
 def compression_curve(
     model: nn.Module,
     test_loader: Iterable[Any],
-    grid: Mapping[str, Sequence[float]],
+    grid: Mapping[str, Sequence[float | str]],
     input_shape: Sequence[int],
     reference: nn.Module,
     recalibrate_loader: Iterable[Any] | None = None,
@@ -180,12 +190,13 @@ def compression_curve(
 
     ``grid`` maps a kind to the fractions removed: ``unstructured`` (magnitude pruning in
     ``scope``), ``filter`` (PFEC on convolutions; Linear neurons too with
-    ``filter_include_linear``) and ``lowrank`` (truncated SVD of the Linear and Conv2d layers
-    ``lowrank_layers`` names: ``all``, ``conv`` or ``linear``). Kinds
-    with no layer to act on are skipped. ``params`` counts nonzero parameters for the pruning kinds
+    ``filter_include_linear``), ``lowrank`` (truncated SVD of the Linear and Conv2d layers
+    ``lowrank_layers`` names: ``all``, ``conv`` or ``linear``) and ``nm`` (patterns ``"N:M"``: N:M
+    magnitude pruning of every layer; the point's ``amount`` is ``1 - N/M`` and ``pattern`` the
+    pattern). Kinds with no layer to act on are skipped. ``params`` counts nonzero parameters for the pruning kinds
     and all parameters (the structural size) for ``lowrank``. With ``recalibrate_loader`` and
     ``recalibrate_batches > 0``, BatchNorm statistics are re-estimated after each compression.
-    Points come in the order unstructured, filter, lowrank, each in the grid's order.
+    Points come in the order unstructured, filter, lowrank, nm, each in the grid's order.
 
     Every compressed copy is built first and all are evaluated in one pass over ``test_loader``
     (and recalibrated in one pass over ``recalibrate_loader``): the points are what evaluating
@@ -202,7 +213,7 @@ def compression_curve(
     return [
         {
             "kind": kind,
-            "amount": amount,
+            **_amount(kind, amount),
             "test_accuracy": accuracy,
             "density": density(compressed, reference),
             "params": count_params(compressed, nonzero_only=kind != "lowrank"),
@@ -210,3 +221,11 @@ def compression_curve(
         }
         for (kind, amount, _), compressed, accuracy in zip(points, models, accuracies)
     ]
+
+
+def _amount(kind: str, amount: float | str) -> dict[str, Any]:
+    """A point's ``amount`` (the fraction removed), and its ``pattern`` for an N:M point."""
+    if kind not in PATTERN_KINDS:
+        return {"amount": amount}
+    pattern = parse_nm(amount, f"evaluation.compression_grid.{kind}")
+    return {"amount": 1.0 - pattern.density, "pattern": str(pattern)}

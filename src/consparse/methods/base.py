@@ -21,6 +21,7 @@ from consparse.compress.count import sparsifiable_weights
 from consparse.data.info import DatasetInfo
 from consparse.compress.prune import prune_to_density
 from consparse.errors import ConfigError
+from consparse.nm_pattern import NMPattern
 from consparse.validation import check_choice, check_density, check_range
 
 OptimizerFactory = Callable[[Iterable[Any]], torch.optim.Optimizer]
@@ -49,6 +50,10 @@ class SparseMethod(pl.LightningModule):
         scheduler_interval: ``epoch`` or ``step``.
         label_smoothing: cross-entropy label smoothing in [0, 1).
     """
+
+    #: The N:M pattern of the deployed model where a method prunes to one (``consparse.nm_pattern``):
+    #: the run then exports its masks and, on a GPU, times it as semi-structured sparse.
+    nm_pattern: NMPattern | None = None
 
     def __init__(
         self,

@@ -5,6 +5,10 @@ with its mask fixed (pruned weights are re-zeroed after every optimiser step). B
 (``finetune_epochs: null``) that is the second half, rounded down, so that ``magnitude`` differs from
 ``dense`` with the same ``target_density`` (train, prune, no retraining) wherever the epochs allow.
 With no fine-tuning the pruning happens in ``finalize``: then the two are the same experiment.
+
+``nm: "2:4"`` prunes to the N:M pattern instead (the N largest ``|w|`` of every M consecutive input
+weights of every layer, ``consparse.nm_pattern``), the format Ampere / Hopper GPUs run faster;
+``target_density`` is then null or N/M and ``prune_scope`` does not apply.
 """
 
 from __future__ import annotations
@@ -16,9 +20,11 @@ import pytorch_lightning as pl
 import torch
 from torch import nn
 
+from consparse.compress.nm import nm_masks, nm_prune
 from consparse.compress.prune import apply_masks, compute_masks, prune_to_density
 from consparse.errors import ConfigError
 from consparse.methods.base import SparseMethod
+from consparse.nm_pattern import NMPattern, parse_nm
 from consparse.validation import check_choice, check_int
 
 log = logging.getLogger(__name__)
@@ -32,8 +38,18 @@ def resolve_finetune_epochs(finetune_epochs: int | None, max_epochs: int) -> int
 class MagnitudeMethod(SparseMethod):
     """Magnitude pruning baseline (global or layer-wise) with optional fine-tuning epochs."""
 
-    def __init__(self, *args, prune_scope: str = "global", finetune_epochs: int | None = None, **kwargs) -> None:
+    def __init__(
+        self,
+        *args,
+        prune_scope: str = "global",
+        finetune_epochs: int | None = None,
+        nm: str | None = None,
+        **kwargs,
+    ) -> None:
         super().__init__(*args, **kwargs)
+        self.nm_pattern = None if nm is None else parse_nm(nm, "method.nm")
+        if self.nm_pattern is not None:
+            self.target_density = _nm_target(self.target_density, self.nm_pattern)
         if self.target_density is None:
             raise ConfigError("method.target_density", "magnitude pruning needs a target density in (0, 1]")
         check_choice("method.prune_scope", prune_scope, ["global", "layer"])
@@ -70,7 +86,7 @@ class MagnitudeMethod(SparseMethod):
 
     def on_train_epoch_start(self) -> None:
         if self.finetune_epochs and self.masks is None and self.current_epoch >= self.prune_epoch:
-            self.masks = compute_masks(self.model, 1.0 - self.target_density, scope=self.prune_scope)
+            self.masks = self._masks()
             apply_masks(self.model, self.masks)
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
@@ -83,11 +99,33 @@ class MagnitudeMethod(SparseMethod):
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.masks = checkpoint.get("magnitude_masks")
 
+    def _masks(self) -> dict[str, torch.Tensor]:
+        if self.nm_pattern is not None:
+            return nm_masks(self.model, self.nm_pattern)
+        return compute_masks(self.model, 1.0 - self.target_density, scope=self.prune_scope)
+
     def finalize(self, datamodule: pl.LightningDataModule) -> nn.Module:
         model = self.model.eval()
-        if self.masks is None:
-            return prune_to_density(model, self.target_density, scope=self.prune_scope)
-        return model
+        if self.masks is not None:
+            return model
+        if self.nm_pattern is not None:
+            return nm_prune(model, self.nm_pattern)
+        return prune_to_density(model, self.target_density, scope=self.prune_scope)
 
     def method_metrics(self) -> dict[str, Any]:
-        return {"finetune_epochs": self.finetune_epochs, "prune_scope": self.prune_scope}
+        return {
+            "finetune_epochs": self.finetune_epochs,
+            "prune_scope": self.prune_scope if self.nm_pattern is None else None,
+            "nm": None if self.nm_pattern is None else str(self.nm_pattern),
+        }
+
+
+def _nm_target(target_density: float | None, pattern: NMPattern) -> float:
+    """The target density of N:M pruning: N/M, which a given ``method.target_density`` must equal."""
+    if target_density is not None and abs(target_density - pattern.density) > 1e-9:
+        raise ConfigError(
+            "method.target_density",
+            f"{target_density} disagrees with method.nm={pattern} (density {pattern.density:g}); "
+            f"set method.target_density={pattern.density:g} or null",
+        )
+    return pattern.density

@@ -8,7 +8,8 @@ or low-rank decomposition *without retraining*. Which parameter gets which set, 
 ``consparse.optim.FrankWolfe``.
 
 The deployed model is the trained network magnitude-pruned (globally) to ``target_density`` when
-one is given, and the shared compression curve (``evaluation.compression_grid``) evaluates
+one is given; with the ``nm`` set (``constraint.kind: nm``, ``constraint.nm: "2:4"``) it is the
+trained network N:M-pruned, and ``target_density`` is null or N/M. The shared compression curve (``evaluation.compression_grid``) evaluates
 unstructured, filter and low-rank compression of the trained network, all without retraining.
 """
 
@@ -17,10 +18,14 @@ from __future__ import annotations
 import functools
 from typing import Any
 
+import pytorch_lightning as pl
 import torch
+from torch import nn
 
+from consparse.compress.nm import nm_prune
 from consparse.errors import ConfigError
 from consparse.methods.base import SparseMethod
+from consparse.nm_pattern import NMPattern
 from consparse.optim import FrankWolfe
 from consparse.optim.constraints import ConstrainedGroup, ConstraintSpec, build_model_constraints
 from consparse.validation import check_range
@@ -34,7 +39,7 @@ class SFWMethod(SparseMethod):
 
     Args (beside ``SparseMethod``'s):
         constraint: the ``method.constraint`` node (fields of ``ConstraintSpec``: kind, k, scope,
-            mode, value, init_norm_samples, init_norm_seed, svd_iterations, table).
+            mode, value, init_norm_samples, init_norm_seed, svd_iterations, table, nm).
         unconstrained_lr: learning rate of the parameters the table leaves unconstrained
             (``none``), which take momentum-SGD steps; null uses the optimiser's lr.
     """
@@ -50,6 +55,7 @@ class SFWMethod(SparseMethod):
         self.constraint_spec = (
             constraint if isinstance(constraint, ConstraintSpec) else ConstraintSpec.from_config(constraint)
         )
+        self.nm_pattern = self._deployed_pattern()
         self.k = self.constraint_spec.resolved_k(self.target_density)
         check_range("method.unconstrained_lr", unconstrained_lr, 0.0, low_inclusive=False, allow_none=True)
         self.unconstrained_lr = unconstrained_lr
@@ -64,6 +70,21 @@ class SFWMethod(SparseMethod):
         self.initially_infeasible = 0
         self._gap_sum: torch.Tensor | None = None  # the epoch's summed FW gaps (logged as their mean)
         self._gap_steps = 0
+
+    def _deployed_pattern(self) -> NMPattern | None:
+        """The N:M pattern of the deployed model (with the nm set), ``target_density`` made N/M."""
+        if self.constraint_spec.kind != "nm":
+            return None
+        pattern = self.constraint_spec.nm
+        if self.target_density is None:
+            self.target_density = pattern.density
+        elif abs(self.target_density - pattern.density) > 1e-9:
+            raise ConfigError(
+                "method.target_density",
+                f"{self.target_density} disagrees with method.constraint.nm={pattern} (density {pattern.density:g}); "
+                f"set method.target_density={pattern.density:g} or null",
+            )
+        return pattern
 
     # ------------------------------------------------------------------ optimisation
     def parameter_groups(self) -> list[dict[str, Any]]:
@@ -123,6 +144,11 @@ class SFWMethod(SparseMethod):
                 "train/fw_gap", self._gap_sum / self._gap_steps, on_step=False, on_epoch=True, sync_dist=True
             )
 
+    def finalize(self, datamodule: pl.LightningDataModule) -> nn.Module:
+        if self.nm_pattern is None:
+            return super().finalize(datamodule)
+        return nm_prune(self.model.eval(), self.nm_pattern)
+
     # ------------------------------------------------------------------ reporting
     def method_metrics(self) -> dict[str, Any]:
         spec = self.constraint_spec
@@ -133,6 +159,7 @@ class SFWMethod(SparseMethod):
             "mode": spec.mode,
             "value": spec.value,
             "table": dict(spec.table),
+            "nm": str(spec.nm) if self.nm_pattern is not None else None,
             "initially_infeasible_groups": self.initially_infeasible,
         }
         if self._trainer is None or not self.groups:

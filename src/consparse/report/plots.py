@@ -32,6 +32,7 @@ CURVE_PANELS = {
     "unstructured": ("density", "density (fraction of weights kept)", "unstructured pruning"),
     "filter": ("params", "parameters", "filter pruning"),
     "lowrank": ("params", "parameters", "low-rank decomposition"),
+    "nm": ("density", "density (fraction of weights kept)", "N:M pruning"),
 }
 COUNT_COLUMNS = ("params", "macs")
 MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "<", ">")

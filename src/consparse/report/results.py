@@ -26,13 +26,13 @@ from pathlib import Path
 from typing import Any, get_args, get_type_hints
 
 from consparse.atomic_write import write_atomically
+from consparse.curve_kinds import CURVE_KINDS
 
 RESULTS_FILE = "results.json"
 SCHEMA_VERSION = 2
 # failed: an error; diverged: the training loss stopped being finite; interrupted: stopped by a signal
 # (a rerun in the same directory continues). All three say why in ``error``.
 STATUSES = ("completed", "failed", "diverged", "interrupted")
-CURVE_KINDS = ("unstructured", "filter", "lowrank")
 # Marks a field that a completed run must carry (it may hold null, e.g. ``target_density`` of dense).
 _COMPLETED = {"completed": True}
 
@@ -84,6 +84,8 @@ class Results:
     latency: dict[str, Any] | None = field(default=None, metadata=_COMPLETED)
     # Per batch size ("1", "64"): the deployed and the dense model's ms, measured side by side.
     latency_by_batch: dict[str, dict[str, float]] | None = None
+    # N:M runs only: the pattern, weights that break it, and the GPU's semi-structured deployment.
+    nm: dict[str, Any] | None = None
     compression_curve: list[dict[str, Any]] | None = field(default=None, metadata=_COMPLETED)
     method_metrics: dict[str, Any] | None = field(default=None, metadata=_COMPLETED)
     train_seconds: float | None = field(default=None, metadata=_COMPLETED)

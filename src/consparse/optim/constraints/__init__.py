@@ -7,6 +7,7 @@ from consparse.optim.constraints.init_norm import expected_init_norms
 from consparse.optim.constraints.ksparse import KSparsePolytope
 from consparse.optim.constraints.ksupport import KSupportNormBall, ksupport_norm_rows
 from consparse.optim.constraints.lp import LpBall
+from consparse.optim.constraints.nm import NMSparsePolytope
 from consparse.optim.constraints.model_constraints import (
     ConstrainedGroup,
     ConstraintSpec,
@@ -28,6 +29,7 @@ __all__ = [
     "KSparsePolytope",
     "KSupportNormBall",
     "LpBall",
+    "NMSparsePolytope",
     "NuclearNormBall",
     "RowwiseKSparsePolytope",
     "RowwiseKSupportNormBall",

@@ -22,7 +22,8 @@ as one set over all of them (``scope: global``):
 
 ``k`` (k-sparse, k-support, group and spectral sets) is a fraction in (0, 1] of the entries /
 groups / maximal rank of each set, or an absolute count > 1; when it is null it follows the target
-density (the fraction of weights the deployed model keeps).
+density (the fraction of weights the deployed model keeps). ``nm`` (the ``nm`` set) is the pattern
+``"N:M"``: at most N non-zeros in every M consecutive input weights (``consparse.nm_pattern``).
 """
 
 from __future__ import annotations
@@ -36,17 +37,19 @@ import torch
 from torch import nn
 
 from consparse.errors import ConfigError
+from consparse.nm_pattern import NMPattern, parse_nm
 from consparse.optim.constraints.base import ConstraintSet
 from consparse.optim.constraints.group import GroupKSupportNormBall
 from consparse.optim.constraints.init_norm import expected_init_norms
 from consparse.optim.constraints.ksparse import KSparsePolytope
 from consparse.optim.constraints.ksupport import KSupportNormBall
 from consparse.optim.constraints.lp import LpBall
+from consparse.optim.constraints.nm import NMSparsePolytope
 from consparse.optim.constraints.spectral import NuclearNormBall, SpectralKSupportNormBall
 from consparse.validation import check_choice, check_int, check_range
 
 TENSOR_KINDS = ("conv", "linear", "bias", "batchnorm", "other")
-SET_KINDS = ("l1", "l2", "linf", "ksparse", "ksupport", "group_ksupport", "nuclear", "spectral_ksupport")
+SET_KINDS = ("l1", "l2", "linf", "ksparse", "ksupport", "group_ksupport", "nuclear", "spectral_ksupport", "nm")
 SAME = "same"
 UNCONSTRAINED = "none"
 SCOPES = ("layer", "global")
@@ -54,7 +57,7 @@ MODES = ("radius", "diameter", "initialization")
 
 # Sets that need k, and sets that exist only per tensor (a matrix view of one weight).
 K_SETS = ("ksparse", "ksupport", "group_ksupport", "spectral_ksupport")
-PER_TENSOR_SETS = ("nuclear", "spectral_ksupport")
+PER_TENSOR_SETS = ("nuclear", "spectral_ksupport", "nm")
 
 DEFAULT_TABLE = {"conv": SAME, "linear": SAME, "bias": "l2", "batchnorm": "l2", "other": "l2"}
 
@@ -76,6 +79,7 @@ class ConstraintSpec:
     init_norm_seed: int = 0
     svd_iterations: int = 1
     table: Mapping[str, str] = field(default_factory=lambda: dict(DEFAULT_TABLE))
+    nm: str | NMPattern = "2:4"
 
     def __post_init__(self) -> None:
         check_choice(f"{FIELD}.kind", self.kind, SET_KINDS)
@@ -97,6 +101,7 @@ class ConstraintSpec:
             check_choice(f"{FIELD}.table.{key}", value, (*SET_KINDS, SAME, UNCONSTRAINED))
             table[key] = value
         self.table = table
+        self.nm = parse_nm(self.nm, f"{FIELD}.nm")
         if self.scope == "global" and self.kind in PER_TENSOR_SETS:
             raise ConfigError(
                 f"{FIELD}.scope",
@@ -176,7 +181,7 @@ def classify_parameters(model: nn.Module) -> list[tuple[str, str, nn.Parameter]]
 
 
 def _set_class_and_options(
-    kind: str, k: float | None, svd_iterations: int
+    kind: str, k: float | None, svd_iterations: int, nm: str | NMPattern
 ) -> tuple[type[ConstraintSet], dict[str, Any]]:
     if kind in ("l1", "l2", "linf"):
         return LpBall, {"p": {"l1": 1.0, "l2": 2.0, "linf": math.inf}[kind]}
@@ -186,6 +191,8 @@ def _set_class_and_options(
         return KSupportNormBall, {"k": k}
     if kind == "group_ksupport":
         return GroupKSupportNormBall, {"k": k}
+    if kind == "nm":
+        return NMSparsePolytope, {"nm": nm}
     if kind == "nuclear":
         return NuclearNormBall, {"svd_iterations": svd_iterations}
     return SpectralKSupportNormBall, {"k": k, "svd_iterations": svd_iterations}
@@ -194,7 +201,7 @@ def _set_class_and_options(
 def _sized_set(
     spec: ConstraintSpec, kind: str, k: float | None, shape: torch.Size, init_norm: float, **extra: Any
 ) -> ConstraintSet:
-    cls, options = _set_class_and_options(kind, k, spec.svd_iterations)
+    cls, options = _set_class_and_options(kind, k, spec.svd_iterations, spec.nm)
     options.update(extra)
     if spec.mode == "radius":
         return cls(shape, spec.value, **options)
