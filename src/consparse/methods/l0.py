@@ -224,6 +224,11 @@ class L0Method(HardConcreteMethod):
             on the constraint that counts); ``expected``: the expectation itself, as in the paper. The
             expectation over-counts a closed gate (``P(z != 0)`` stays above 0.047 at the clamp of
             ``log_alpha``), so holding it lands the deployed model under its target.
+        relative_constraint: hold ``density / target - 1 <= 0`` instead of ``density - target <= 0``.
+            The multiplier a target needs grows as the target shrinks (a gate's share of the kept
+            weights shrinks with the density of the layers beside it), so with the absolute form one
+            ``dual_lr`` is slow at small targets and overshoots large ones; the relative form is
+            the absolute one with ``dual_lr / target**2``, one step size for every target.
         dual_lr: step size of the projected ascent on the multipliers.
         dual_restarts: reset a multiplier to 0 whenever its constraint is strictly satisfied.
         **kwargs: see ``HardConcreteMethod``.
@@ -236,6 +241,7 @@ class L0Method(HardConcreteMethod):
         target_density: float | Sequence[float] | None = 0.5,
         density_measure: str = "kept_weights",
         dual_defect: str = "deployed",
+        relative_constraint: bool = False,
         dual_lr: float = 1e-3,
         dual_restarts: bool = True,
         **kwargs: Any,
@@ -250,6 +256,8 @@ class L0Method(HardConcreteMethod):
         check_choice("method.dual_restarts", dual_restarts, [True, False])
         check_choice("method.density_measure", density_measure, DENSITY_MEASURES)
         check_choice("method.dual_defect", dual_defect, DUAL_DEFECTS)
+        check_choice("method.relative_constraint", relative_constraint, [True, False])
+        self.relative_constraint = relative_constraint
         self.density_measure = density_measure
         self.dual_defect = dual_defect
         self.kept = KeptWeights(self.model, info.input_shape) if density_measure == "kept_weights" else None
@@ -279,11 +287,16 @@ class L0Method(HardConcreteMethod):
         values = [shares[name] for name in self.gated_names] if self.layerwise else [shares["model"]]
         return torch.tensor(values, device=self.targets.device)
 
+    def defects(self, densities: torch.Tensor) -> torch.Tensor:
+        """``g_j``: the constraints' values, ``<= 0`` where the target is met."""
+        if self.relative_constraint:
+            return densities / self.targets - 1.0
+        return densities - self.targets
+
     def density_term(self, densities: torch.Tensor) -> torch.Tensor:
-        defects = densities - self.targets
         measured = self.deployed_densities() if self.dual_defect == "deployed" else densities
-        self._defects = (measured - self.targets).detach()
-        return self.multipliers.lagrangian_term(defects)
+        self._defects = self.defects(measured).detach()
+        return self.multipliers.lagrangian_term(self.defects(densities))
 
     def epoch_figures(self) -> dict[str, float]:
         figures = super().epoch_figures()
@@ -307,6 +320,7 @@ class L0Method(HardConcreteMethod):
             **super().method_metrics(),
             "density_measure": self.density_measure,
             "dual_defect": self.dual_defect,
+            "relative_constraint": self.relative_constraint,
             "expected_kept_density": {"model": model, "layers": dict(zip(self.gated_names, layers))},
             "multipliers": self.multipliers.values.tolist(),
             "dual_lr": self.multipliers.dual_lr,
