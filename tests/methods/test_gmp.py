@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 import torch
 
@@ -25,9 +27,9 @@ def test_schedule_values_at_start_middle_and_end() -> None:
 def test_schedule_is_monotone_and_prunes_fast_first() -> None:
     schedule = CubicSchedule(start=0, end=97, every=7, initial=0.8, final=0.02)
     values = [schedule.density(step) for step in range(120)]
-    assert all(later <= earlier for earlier, later in zip(values, values[1:]))
+    assert all(later <= earlier for earlier, later in itertools.pairwise(values))
     assert values[0] == pytest.approx(0.8) and values[97] == pytest.approx(0.02)
-    drops = [a - b for a, b in zip(values, values[1:]) if a > b]
+    drops = [a - b for a, b in itertools.pairwise(values) if a > b]
     assert drops == sorted(drops, reverse=True)  # each event removes less than the one before
 
 

@@ -15,9 +15,9 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 import consparse.train
+from consparse.compress.count import density
 from consparse.config import instantiate_node
 from consparse.errors import ConfigError
-from consparse.compress.count import density
 from consparse.gates import (
     GatedLayer,
     deterministic_gate_densities,

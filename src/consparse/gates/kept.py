@@ -152,9 +152,9 @@ def _forward_nonzero(steps: list[_Step], probability: GateProbability, device: t
     nonzero = [torch.ones(steps[0].size_in, device=device)]
     for step in steps:
         module = step.module
-        if isinstance(module, GatedConv2d) and module.structured and not module.gate_applied_by_norm:
-            nonzero.append(probability(module.gate))
-        elif isinstance(module, GatedBatchNorm2d):
+        gates_its_outputs = isinstance(module, GatedBatchNorm2d) or (
+            isinstance(module, GatedConv2d) and module.structured and not module.gate_applied_by_norm)
+        if gates_its_outputs:
             nonzero.append(probability(module.gate))
         elif isinstance(module, POINTWISE):
             nonzero.append(nonzero[-1])

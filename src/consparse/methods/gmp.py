@@ -77,7 +77,7 @@ def default_schedule(steps: int, final: float, initial: float = 1.0, start: int 
                      end: int | None = None, every: int | None = None) -> CubicSchedule:
     """The schedule over ``steps`` optimiser steps (those before fine-tuning), unset keys from the run length."""
     start = int(DEFAULT_START * steps) if start is None else start
-    end = max(start + 1, int(math.ceil(DEFAULT_END * steps))) if end is None else end
+    end = max(start + 1, math.ceil(DEFAULT_END * steps)) if end is None else end
     every = max(1, (end - start) // DEFAULT_EVENTS) if every is None else every
     if not 0 <= start < end:
         raise ConfigError("method.start_step", f"got start_step={start}, end_step={end}; need 0 <= start_step < end_step")

@@ -35,7 +35,6 @@ from torch import nn
 
 from consparse.data.info import DatasetInfo
 from consparse.errors import ConfigError
-from consparse.gates.kept import KeptWeights
 from consparse.gates import (
     batch_noise_seed,
     clamp_gates,
@@ -49,6 +48,7 @@ from consparse.gates import (
     purge,
     seeded_gate_noise,
 )
+from consparse.gates.kept import KeptWeights
 from consparse.methods.base import SparseMethod
 from consparse.optim.lagrangian import LagrangeMultipliers
 from consparse.validation import check_choice, check_density, check_length, check_range
