@@ -22,10 +22,10 @@ CONF = REPO / "conf"
 TARGETS = ["0.5", "0.2", "0.1", "0.05", "0.02"]
 # Which methods each setting compares.
 PRESETS = {
-    "compare_mnist_mlp": ("mnist", "mlp", {"dense", "magnitude", "sfw", "l0", "l0_penalty", "implicit_lasso", "implicit_fw"}),
-    "compare_fashion_mnist_mlp": ("fashion_mnist", "mlp", {"dense", "magnitude", "sfw", "l0", "l0_penalty", "implicit_lasso", "implicit_fw"}),
-    "compare_mnist_lenet5": ("mnist", "lenet5", {"dense", "magnitude", "sfw", "l0", "l0_penalty", "implicit_lasso"}),
-    "compare_newsgroups20_text_mlp": ("newsgroups20", "text_mlp", {"dense", "magnitude", "sfw", "l0", "implicit_lasso"}),
+    "compare_mnist_mlp": ("mnist", "mlp", {"dense", "magnitude", "gmp", "sfw", "l0", "l0_penalty", "implicit_lasso", "implicit_fw"}),
+    "compare_fashion_mnist_mlp": ("fashion_mnist", "mlp", {"dense", "magnitude", "gmp", "sfw", "l0", "l0_penalty", "implicit_lasso", "implicit_fw"}),
+    "compare_mnist_lenet5": ("mnist", "lenet5", {"dense", "magnitude", "gmp", "sfw", "l0", "l0_penalty", "implicit_lasso"}),
+    "compare_newsgroups20_text_mlp": ("newsgroups20", "text_mlp", {"dense", "magnitude", "gmp", "sfw", "l0", "implicit_lasso"}),
 }  # fmt: skip
 
 

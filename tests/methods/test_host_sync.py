@@ -11,6 +11,8 @@ Exceptions, by the calling file:
   check ``ImplicitModel._check``): a tolerance-based solve decides on the device's numbers whether to iterate
   again, once per iteration; only a fixed iteration count would avoid it. implicit_fw's budget
   allocation reads the room left once per step for the same kind of decision (its docstring says why);
+* magnitude ranking (``consparse/compress/prune.py``) at gmp's pruning events: a threshold over all
+  weights, once every ``prune_every`` steps (about 100 times a run), not once per step;
 * PyTorch's own optimisers (``torch/optim``) read their step counters, which they keep on the CPU
   for that reason, and the DataLoader's sampler (``torch/utils/data``) works on CPU index tensors.
 """
@@ -36,6 +38,7 @@ ALLOWED_CALLERS = (
     ("consparse/implicit/solvers.py", None),
     ("consparse/models/implicit.py", "_check"),
     ("consparse/methods/implicit_fw.py", "_allocate_budget"),
+    ("consparse/compress/prune.py", None),
 )
 ALLOWED_LIBRARY_DIRS = ("torch/optim/", "torch/utils/data/")
 
@@ -112,6 +115,7 @@ METHODS = {
     "magnitude": ("method=magnitude", "model=lenet5", "method.finetune_epochs=1", "trainer.max_epochs=2"),
     "sfw": ("method=sfw", "model=lenet5"),
     "sfw_spectral": ("method=sfw", "model=lenet5", "method.constraint.kind=spectral_ksupport"),
+    "gmp": ("method=gmp", "model=lenet5", "method.target_density=0.2", "trainer.max_epochs=2"),
     "l0": ("method=l0", "model=lenet5"),
     "l0_penalty": ("method=l0_penalty", "model=lenet5"),
     "implicit_fw": ("method=implicit_fw", "model=implicit", "model.state_size=24"),

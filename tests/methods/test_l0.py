@@ -15,9 +15,17 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 import consparse.train
+from consparse.compress.count import density
 from consparse.config import instantiate_node
 from consparse.errors import ConfigError
-from consparse.gates import GatedLayer, expected_layer_densities, expected_model_density, gated_layers
+from consparse.gates import (
+    GatedLayer,
+    deterministic_gate_densities,
+    expected_layer_densities,
+    expected_model_density,
+    gated_layers,
+)
+from consparse.gates.kept import KeptWeights
 from consparse.methods import build_method
 from consparse.methods.base import SparseMethod
 from consparse.methods.l0 import L0Method
@@ -67,6 +75,9 @@ def test_a_wrong_length_target_list_names_the_number_of_gated_layers(make_config
         (("method=l0", "method.target_density=1.5"), "method.target_density"),
         (("method=l0", "method.target_density=[0.3,0.0,0.5]"), "method.target_density"),
         (("method=l0", "method.dual_lr=0"), "method.dual_lr"),
+        (("method=l0", "method.density_measure=weights"), "method.density_measure"),
+        (("method=l0", "method.dual_defect=sampled"), "method.dual_defect"),
+        (("method=l0", "method.relative_constraint=maybe"), "method.relative_constraint"),
         (("method=l0", "method.gates_lr=-1"), "method.gates_lr"),
         (("method=l0", "method.sparsity=rows"), "method.sparsity"),
         (("method=l0", "method.optimizer.weight_decay=0.1"), "method.optimizer.weight_decay"),
@@ -94,7 +105,8 @@ def test_two_learning_rates_and_every_parameter_once(make_config) -> None:
 
 
 def test_penalised_method_differs_from_the_constrained_one_only_in_the_coefficient(make_config) -> None:
-    constrained = _method(make_config, "method=l0", "method.target_density=0.3")
+    constrained = _method(make_config, "method=l0", "method.target_density=0.3", "method.density_measure=gates",
+                          "method.relative_constraint=false")
     penalised = _method(make_config, "method=l0_penalty", "method.penalty=0.7")
     penalised.model.load_state_dict(constrained.model.state_dict())
     constrained.multipliers.values.fill_(0.7)
@@ -129,12 +141,55 @@ def _fit(method, steps: int, **trainer_kwargs) -> pl.Trainer:
 
 def test_dual_step_uses_the_defect_before_the_primal_step_and_gates_are_clamped(make_config) -> None:
     method = _method(make_config, "method=l0", "method.target_density=0.1", "method.dual_lr=0.5",
-                     "method.gates_lr=50")
+                     "method.gates_lr=50", "method.density_measure=gates", "method.dual_defect=expected",
+                     "method.relative_constraint=false")
     before = float(expected_model_density(method.model))
     _fit(method, steps=1)
     assert float(method.multipliers.values) == pytest.approx(0.5 * (before - 0.1), rel=1e-5)
     for _, layer in gated_layers(method.model):
         assert float(layer.gate.log_alpha.abs().max()) <= 4.6052  # a huge step, clamped
+
+
+@pytest.mark.parametrize("relative", [False, True], ids=["absolute", "relative"])
+@pytest.mark.parametrize("dual_defect", ["deployed", "expected"])
+def test_kept_weights_constraint_ascends_on_the_purged_models_density(make_config, dual_defect: str,
+                                                                      relative: bool) -> None:
+    method = _method(make_config, "method=l0", "method.target_density=0.1", "method.dual_lr=0.5",
+                     f"method.dual_defect={dual_defect}", f"method.relative_constraint={relative}")
+    kept = KeptWeights(method.model, method.info.input_shape)
+    with torch.no_grad():
+        expected = float(kept.model_density())
+        deployed = float(kept.model_density(deployed=True))
+        torch.testing.assert_close(method.constrained_densities(), kept.model_density().unsqueeze(0))
+    # The primal term's gradient is the expectation's, whatever the dual step measures.
+    method.density_term(method.constrained_densities()).backward()
+    measured = deployed if dual_defect == "deployed" else expected
+    method.after_optimizer_step()
+    defect = measured / 0.1 - 1 if relative else measured - 0.1
+    assert float(method.multipliers.values) == pytest.approx(0.5 * defect, rel=1e-5)
+    # The purged model measures what the deployed count says.
+    purged = method.finalize(None)
+    assert density(purged, method.reference_model()) == pytest.approx(deployed, abs=1e-6)
+    metrics = method.method_metrics()
+    assert (metrics["density_measure"], metrics["dual_defect"]) == ("kept_weights", dual_defect)
+    assert metrics["expected_kept_density"]["model"] == pytest.approx(expected, rel=1e-5)
+
+
+def test_layer_wise_kept_weights_targets_each_layers_kept_share(make_config) -> None:
+    method = _method(make_config, "method=l0", "method.target_density=[0.3,0.4,0.9]")
+    kept = KeptWeights(method.model, method.info.input_shape)
+    with torch.no_grad():
+        torch.testing.assert_close(method.constrained_densities(), kept.layer_densities(method.gated_names))
+        torch.testing.assert_close(method.deployed_densities(), kept.layer_densities(method.gated_names, deployed=True))
+
+
+def test_gate_share_measure_keeps_the_papers_constraint(make_config) -> None:
+    method = _method(make_config, "method=l0", "method.target_density=[0.3,0.4,0.9]", "method.density_measure=gates")
+    with torch.no_grad():
+        torch.testing.assert_close(method.constrained_densities(), expected_layer_densities(method.model))
+        shares = deterministic_gate_densities(method.model)
+        assert method.deployed_densities().tolist() == pytest.approx([shares[n] for n in method.gated_names])
+    assert method.method_metrics()["density_measure"] == "gates"
 
 
 def test_constraint_pressure_lowers_the_expected_density(make_config) -> None:
@@ -146,7 +201,9 @@ def test_constraint_pressure_lowers_the_expected_density(make_config) -> None:
 
 
 def test_restarts_zero_the_multiplier_once_the_target_is_met(make_config) -> None:
-    method = _method(make_config, "method=l0", "method.target_density=0.99", "method.dual_lr=0.5")
+    # Expected kept weights: every test gate starts open, so the deployed model starts dense.
+    method = _method(make_config, "method=l0", "method.target_density=0.99", "method.dual_lr=0.5",
+                     "method.dual_defect=expected")
     method.multipliers.values.fill_(3.0)
     _fit(method, steps=1)
     assert float(method.multipliers.values) == 0.0

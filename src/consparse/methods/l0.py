@@ -1,9 +1,13 @@
 """``method=l0`` and ``method=l0_penalty``: hard-concrete gates, purged into a smaller model.
 
 ``l0`` is "Controlled Sparsity via Constrained Optimization" (Gallego-Posada et al., NeurIPS 2022):
-the expected density of the gated weights is held below ``target_density`` (one number: the whole
-model; a list: one target per gated layer) by Lagrange multipliers updated by projected gradient
-ascent, simultaneously with the primal step, with dual restarts. ``l0_penalty`` is the penalised
+an expected density is held below ``target_density`` (one number: the whole model; a list: one
+target per gated layer) by Lagrange multipliers updated by projected gradient ascent,
+simultaneously with the primal step, with dual restarts. Which density is ``density_measure``:
+``kept_weights`` (default) is the expected share of weights the purged model keeps, the platform's
+``density``, cascade included (``consparse.gates.kept``); ``gates`` is the paper's expected share of
+weights whose own gate is open, which ignores the cascade and so lands the purged model under its
+target. ``l0_penalty`` is the penalised
 baseline (Louizos et al. 2018, with the density normalised as in the 2022 paper): the same gates
 and loss with a fixed ``penalty * expected density`` term instead of the multipliers.
 
@@ -44,11 +48,16 @@ from consparse.gates import (
     purge,
     seeded_gate_noise,
 )
+from consparse.gates.kept import KeptWeights
 from consparse.methods.base import SparseMethod
 from consparse.optim.lagrangian import LagrangeMultipliers
 from consparse.validation import check_choice, check_density, check_length, check_range
 
 SPARSITY_TYPES = ("structured", "unstructured")
+# What l0's target constrains: the purged model's kept weights (the platform's density) or the paper's open-gate share.
+DENSITY_MEASURES = ("kept_weights", "gates")
+# What the multipliers ascend on: that density for the test gates (the deployed model) or its expectation.
+DUAL_DEFECTS = ("deployed", "expected")
 
 
 def _per_constraint(field: str, value: Any, layers: Sequence[str], check: Any) -> tuple[list[float], bool]:
@@ -216,6 +225,20 @@ class L0Method(HardConcreteMethod):
     Args:
         target_density: a number in (0, 1] (one model-wise constraint) or a list with one number per
             gated layer (layer-wise constraints).
+        density_measure: ``kept_weights``: the expected share of weights the purged model keeps (of
+            the whole model's sparsifiable weights, or of each gated layer's); ``gates``: the expected
+            share of gated weights whose own gate is open (the paper's constraint).
+        dual_defect: what the multipliers' ascent measures. ``deployed``: the density for the test
+            gates, as the platform will measure the purged model (a proxy-Lagrangian, Cotter et al.
+            2019: the primal step descends on the differentiable expectation, the dual step ascends
+            on the constraint that counts); ``expected``: the expectation itself, as in the paper. The
+            expectation over-counts a closed gate (``P(z != 0)`` stays above 0.047 at the clamp of
+            ``log_alpha``), so holding it lands the deployed model under its target.
+        relative_constraint: hold ``density / target - 1 <= 0`` instead of ``density - target <= 0``.
+            The multiplier a target needs grows as the target shrinks (a gate's share of the kept
+            weights shrinks with the density of the layers beside it), so with the absolute form one
+            ``dual_lr`` is slow at small targets and overshoots large ones; the relative form is
+            the absolute one with ``dual_lr / target**2``, one step size for every target.
         dual_lr: step size of the projected ascent on the multipliers.
         dual_restarts: reset a multiplier to 0 whenever its constraint is strictly satisfied.
         **kwargs: see ``HardConcreteMethod``.
@@ -226,6 +249,9 @@ class L0Method(HardConcreteMethod):
         model: nn.Module,
         info: DatasetInfo,
         target_density: float | Sequence[float] | None = 0.5,
+        density_measure: str = "kept_weights",
+        dual_defect: str = "deployed",
+        relative_constraint: bool = False,
         dual_lr: float = 1e-3,
         dual_restarts: bool = True,
         **kwargs: Any,
@@ -238,6 +264,13 @@ class L0Method(HardConcreteMethod):
                 f"in (0, 1] (layer-wise, one per gated layer: {self.gated_names})",
             )
         check_choice("method.dual_restarts", dual_restarts, [True, False])
+        check_choice("method.density_measure", density_measure, DENSITY_MEASURES)
+        check_choice("method.dual_defect", dual_defect, DUAL_DEFECTS)
+        check_choice("method.relative_constraint", relative_constraint, [True, False])
+        self.relative_constraint = relative_constraint
+        self.density_measure = density_measure
+        self.dual_defect = dual_defect
+        self.kept = KeptWeights(self.model, info.input_shape) if density_measure == "kept_weights" else None
         targets, self.layerwise = _per_constraint(
             "method.target_density", target_density, self.gated_names, lambda f, v: check_density(f, v, allow_none=False)
         )
@@ -246,15 +279,42 @@ class L0Method(HardConcreteMethod):
         self.multipliers = LagrangeMultipliers(len(targets), dual_lr, restarts=dual_restarts)
         self._defects: torch.Tensor | None = None
 
+    def constrained_densities(self) -> torch.Tensor:
+        if self.kept is None:
+            return super().constrained_densities()
+        if self.layerwise:
+            return self.kept.layer_densities(self.gated_names)
+        return self.kept.model_density().unsqueeze(0)
+
+    @torch.no_grad()
+    def deployed_densities(self) -> torch.Tensor:
+        """The constrained densities for the test gates: what the purged model will measure."""
+        if self.kept is not None:
+            if self.layerwise:
+                return self.kept.layer_densities(self.gated_names, deployed=True)
+            return self.kept.model_density(deployed=True).unsqueeze(0)
+        shares = deterministic_gate_densities(self.model)
+        values = [shares[name] for name in self.gated_names] if self.layerwise else [shares["model"]]
+        return torch.tensor(values, device=self.targets.device)
+
+    def defects(self, densities: torch.Tensor) -> torch.Tensor:
+        """``g_j``: the constraints' values, ``<= 0`` where the target is met."""
+        if self.relative_constraint:
+            return densities / self.targets - 1.0
+        return densities - self.targets
+
     def density_term(self, densities: torch.Tensor) -> torch.Tensor:
-        defects = densities - self.targets
-        self._defects = defects.detach()
-        return self.multipliers.lagrangian_term(defects)
+        measured = self.deployed_densities() if self.dual_defect == "deployed" else densities
+        self._defects = self.defects(measured).detach()
+        return self.multipliers.lagrangian_term(self.defects(densities))
 
     def epoch_figures(self) -> dict[str, float]:
         figures = super().epoch_figures()
         for index, value in enumerate(self.multipliers.values.tolist()):
             figures[f"train/multiplier_{index}" if self.layerwise else "train/multiplier"] = value
+        if self.kept is not None:
+            with torch.no_grad():
+                figures["train/expected_kept_density"] = float(self.kept.model_density())
         return figures
 
     def after_optimizer_step(self) -> None:
@@ -262,8 +322,16 @@ class L0Method(HardConcreteMethod):
             self.multipliers.update(self._defects)
 
     def method_metrics(self) -> dict[str, Any]:
+        kept = self.kept or KeptWeights(self.model, self.info.input_shape)
+        with torch.no_grad():
+            layers = kept.layer_densities(self.gated_names).tolist()
+            model = float(kept.model_density())
         return {
             **super().method_metrics(),
+            "density_measure": self.density_measure,
+            "dual_defect": self.dual_defect,
+            "relative_constraint": self.relative_constraint,
+            "expected_kept_density": {"model": model, "layers": dict(zip(self.gated_names, layers))},
             "multipliers": self.multipliers.values.tolist(),
             "dual_lr": self.multipliers.dual_lr,
             "dual_restarts": self.multipliers.restarts,
