@@ -24,7 +24,7 @@ from consparse.models import build_model
 from consparse.report.results import read_results, validate_results
 from consparse.train import run
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 SMALL_MLP = ("model=mlp", "model.hidden=[24,12]", "dataset=digits", "evaluation.compression_grid=null")
 
 
