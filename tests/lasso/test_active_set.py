@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import pytest
 import torch
+from tests.lasso.reference import sklearn_constrained_lasso
 
 from consparse.lasso.active_set import ActiveSet, ActiveSetSettings
 from consparse.lasso.path import LassoPath
 from consparse.lasso.problem import LassoProblem
 from consparse.lasso.search import SearchSettings, constrained_lasso
-from tests.lasso.reference import sklearn_constrained_lasso
 
 PROBLEMS = [
     pytest.param({"samples": 120, "features": 40, "rows": 6, "seed": 0}, id="tall"),

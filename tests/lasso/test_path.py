@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from tests.lasso.reference import sklearn_lasso
 
 from consparse.lasso.path import LassoPath, PathSettings, solve_lasso
 from consparse.lasso.problem import kkt_violation, lasso_objective
-from tests.lasso.reference import sklearn_lasso
 
 PROBLEMS = [
     pytest.param({"samples": 120, "features": 40, "rows": 6, "seed": 0}, id="tall"),

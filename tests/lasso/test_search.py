@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from tests.lasso.reference import sklearn_constrained_lasso
 
 from consparse.lasso.path import LassoPath
 from consparse.lasso.search import PathSearch, SearchSettings, constrained_lasso
-from tests.lasso.reference import sklearn_constrained_lasso
 
 PROBLEMS = [
     pytest.param({"samples": 120, "features": 40, "rows": 6, "seed": 0}, id="tall"),

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import pytest
 import torch
+from tests.lasso.reference import sklearn_constrained_lasso, sklearn_lasso
 
 from consparse.errors import ConfigError
 from consparse.lasso.active_set import ActiveSet, ActiveSetSettings
 from consparse.lasso.problem import lasso_objective
 from consparse.lasso.search import PathSearch, SearchSettings
 from consparse.lasso.solvers import SOLVERS, get_solver, make_solver, solver_settings
-from tests.lasso.reference import sklearn_constrained_lasso, sklearn_lasso
 
 
 def test_every_step_name_has_a_solver() -> None:

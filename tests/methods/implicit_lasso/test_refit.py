@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import torch
+from tests.lasso.conftest import random_problem
 
 from consparse.lasso.path import LassoPath
 from consparse.lasso.search import SearchSettings, constrained_lasso
 from consparse.methods.implicit_lasso.refit import RowBlock, RowSolver
-from tests.lasso.conftest import random_problem
 
 
 def test_row_chunks_give_the_same_rows_as_one_batch() -> None:
