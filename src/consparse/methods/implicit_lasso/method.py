@@ -56,8 +56,6 @@ from consparse.validation import check_choice, check_int, check_range
 log = logging.getLogger(__name__)
 
 FORMULATIONS = ("auto", "implicit", "layerwise")
-# Solver keys that are not search or path settings.
-
 
 def _settings(cls: type, values: dict[str, Any] | None, field: str, exclude: tuple[str, ...] = ()) -> Any:
     """A frozen settings dataclass from a config node; unknown keys and bad values name the field."""
