@@ -63,8 +63,7 @@ from consparse.callbacks import TrainTimer
 from consparse.data.cifar import CROP_PADDING, CIFAR10DataModule
 from consparse.data.device_batches import DeviceBatches, EpochSampler, ImageTensors
 from consparse.data.info import DatasetInfo
-from consparse.lasso.search import SearchSettings
-from consparse.lasso.path import LassoProblem
+from consparse.lasso.problem import LassoProblem
 from consparse.methods.implicit_lasso.refit import RowBlock, RowSolver
 from consparse.methods import build_method
 from consparse.models import build_model
@@ -272,7 +271,7 @@ def lasso_rows_per_second(sizes: Sizes, rows: int, row_batch: int, device: torch
     solver = RowSolver([RowBlock("synthetic", problem)], row_batch)
     synchronize(device)
     started = time.perf_counter()
-    solution = solver.solve([radius], SearchSettings(step="active_set"))[0]
+    solution = solver.solve([radius])[0]
     synchronize(device)
     seconds = time.perf_counter() - started
     return {"rows": rows, "row_batch": row_batch, "seconds": seconds, "rows_per_second": rows / seconds,

@@ -34,7 +34,7 @@ from pathlib import Path
 import torch
 
 from consparse.data.mnist import MNISTDataModule
-from consparse.lasso.search import SearchSettings
+from consparse.lasso.solvers import solver_settings
 from consparse.methods.implicit_lasso.matching import MatchingSettings
 from consparse.methods.implicit_lasso.refit import RowBlock, RowSolver
 from consparse.methods.implicit_lasso.state_matching import ImplicitStateMatching
@@ -82,9 +82,9 @@ def main() -> None:
           f"(measured on {len(rows)} rows, {reference.steps.float().mean():.1f} solves per row)")
 
     for step in args.steps:
-        solver = RowSolver(matcher.blocks, args.row_batch)
+        solver = RowSolver(matcher.blocks, args.row_batch, solver_settings({"step": step, "eps": args.eps}))
         start = time.perf_counter()
-        solution = solver.solve([torch.full((problem.rows,), args.kappa, dtype=torch.float64)], SearchSettings(step=step, eps=args.eps))[0]
+        solution = solver.solve([torch.full((problem.rows,), args.kappa, dtype=torch.float64)])[0]
         ours = time.perf_counter() - start
         difference = float(((solution.loss[rows] - reference_loss) / reference_loss.clamp_min(1e-300)).max())
         print(f"batched ({step:6s}): {ours:7.1f} s   ratio {baseline / ours:5.1f}x   "
@@ -97,9 +97,9 @@ def main() -> None:
         radius = [torch.full((len(rows),), args.kappa, dtype=torch.float64)]
         timings = {}
         for warm in (True, False):
-            solver = RowSolver(subset, args.row_batch)
+            solver = RowSolver(subset, args.row_batch, solver_settings({"step": "bisect", "eps": args.eps, "warm_start": warm}))
             start = time.perf_counter()
-            solution = solver.solve(radius, SearchSettings(step="bisect", eps=args.eps, warm_start=warm))[0]
+            solution = solver.solve(radius)[0]
             timings[warm] = time.perf_counter() - start
             print(f"bisect, warm start {warm!s:5s} on the {len(rows)} rows: {timings[warm]:6.1f} s   "
                   f"knots {int(solution.knots.sum())}   solves per row {solution.steps.float().mean():.1f}")

@@ -15,9 +15,9 @@ from torch import nn
 from consparse.gates import expected_l2, expected_layer_densities, expected_model_density, gate_model
 from consparse.gates.hard_concrete import deterministic_gate, prob_active, sample_gate
 from consparse.lasso.active_set import ActiveSet
-from consparse.lasso.search import SearchSettings
 from consparse.implicit.function import SolveRecord, equilibrium
-from consparse.lasso.path import LassoProblem, solve_lasso
+from consparse.lasso.path import solve_lasso
+from consparse.lasso.problem import LassoProblem
 from consparse.implicit.solvers import FixedPointSettings
 from consparse.optim import FrankWolfe
 from consparse.optim.constraints import (
@@ -172,10 +172,10 @@ def test_lasso_solves_are_exact_under_autocast() -> None:
     lam = 0.2 * problem.lambda_max()
     plain, _ = solve_lasso(problem, lam)
     radius = torch.full((problem.rows,), 1.0)
-    constrained = ActiveSet(problem).solve(radius, SearchSettings(step="active_set"))
+    constrained = ActiveSet(problem).solve(radius)
     with bf16_autocast():
         inside, _ = solve_lasso(problem, lam)
-        constrained_inside = ActiveSet(problem).solve(radius, SearchSettings(step="active_set"))
+        constrained_inside = ActiveSet(problem).solve(radius)
     assert inside.dtype == torch.float32
     torch.testing.assert_close(inside, plain, rtol=0, atol=0)
     torch.testing.assert_close(constrained_inside.weights, constrained.weights, rtol=0, atol=0)

@@ -20,9 +20,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from sklearn.exceptions import ConvergenceWarning
-from sklearn.linear_model import enet_path
+from sklearn.linear_model import Lasso, enet_path
 
-from consparse.lasso.path import LassoProblem
+from consparse.lasso.problem import LassoProblem
 
 
 @dataclass
@@ -52,6 +52,22 @@ def sklearn_lasso_row(
             coef_init=init, tol=tol, max_iter=max_iter, check_input=False,
         )
     return coefs[:, 0]
+
+
+def sklearn_lasso(design: torch.Tensor, targets: torch.Tensor, lam: torch.Tensor, tol: float = 1e-12) -> torch.Tensor:
+    """Every row's penalised LASSO at its penalty ``lam[r]`` by scikit-learn on the design itself (rows x d).
+
+    scikit-learn's objective is ``1/(2 m) ||z - M w||^2 + alpha ||w||_1`` for m samples: ``alpha = lam / m``.
+    """
+    samples = design.shape[0]
+    weights = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        for row in range(targets.shape[0]):
+            fitted = Lasso(alpha=float(lam[row]) / samples, fit_intercept=False, tol=tol, max_iter=100_000)
+            fitted.fit(design.detach().cpu().double().numpy(), targets[row].detach().cpu().double().numpy())
+            weights.append(torch.from_numpy(fitted.coef_.copy()))
+    return torch.stack(weights).to(design)
 
 
 def sklearn_constrained_lasso(

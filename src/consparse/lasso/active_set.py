@@ -21,8 +21,10 @@ implicit-models.md, section 8.2). The optimum, though, is known in closed form o
 
 A row whose conditions hold is exact (to rounding) and leaves the batch. The iteration is a
 primal-dual active-set scheme without a convergence guarantee, so a row that is not resolved within
-``max_rounds`` (or whose ``G_SS`` is numerically singular) is solved on the exact path instead; the
-solution reports it (``fallback``). Warm starts: a new solve starts from the previous solution's
+``max_rounds`` (or whose ``G_SS`` is numerically singular: duplicated or dependent columns without a
+ridge) is solved on the exact path instead; the solution reports it (``fallback``). With the ridge,
+duplicated columns may share a coefficient here where the path keeps one of them: both are optima
+of the LASSO (the same fit and ``||w||_1``). Warm starts: a new solve starts from the previous solution's
 support, which is what the outer search over radii reuses. Solves run with autocast off, in the
 statistics' dtype (``consparse.precision``).
 """
@@ -33,17 +35,12 @@ from dataclasses import dataclass
 
 import torch
 
-from consparse.lasso.search import ConstrainedLassoSolution, SearchSettings, constrained_lasso
-from consparse.lasso.path import (
-    VIOLATION,
-    LassoPath,
-    LassoProblem,
-    PathSettings,
-    kkt_violation,
-    ridge_delta,
-)
+from consparse.lasso.path import LassoPath, PathSettings
+from consparse.lasso.problem import VIOLATION, LassoProblem, ridge_delta
+from consparse.lasso.search import SearchSettings, constrained_lasso
+from consparse.lasso.solution import ConstrainedLassoSolution
 from consparse.precision import full_precision
-from consparse.validation import check_int, check_range
+from consparse.validation import check_choice, check_int, check_range
 
 # Coordinates a round may add to a row at least (the first round of a cold start adds this many).
 _MIN_GROWTH = 8
@@ -51,22 +48,43 @@ _MIN_GROWTH = 8
 
 @dataclass(frozen=True)
 class ActiveSetSettings:
-    """Numerical settings of ``ActiveSet``.
+    """Settings of the ``active_set`` solver.
 
     Attributes:
+        step: ``active_set`` (the solver's name in ``consparse.lasso.solvers``).
         max_rounds: rounds (factorise, check, update) before a row is handed to the exact path.
         growth: a round adds at most this fraction of the row's support size (and at least 8).
         row_group: rows factorised together, taken in order of support size.
+        lambda_min_ratio: the penalty floor, relative to the row's ``lam_max``.
+        warm_start: start from the previous solve's supports.
+        ridge, max_knots, screen: ``PathSettings`` of the exact path the unresolved rows fall back
+            to; its ``ridge`` is the ``delta`` here as well, so both solve the same problem.
     """
 
+    step: str = "active_set"
     max_rounds: int = 100
     growth: float = 0.5
     row_group: int = 8
+    lambda_min_ratio: float = SearchSettings.lambda_min_ratio
+    warm_start: bool = True
+    ridge: float = PathSettings.ridge
+    max_knots: int = PathSettings.max_knots
+    screen: int = PathSettings.screen
+
+    @property
+    def fallback(self) -> SearchSettings:
+        """The exact path's settings, for the rows (or masked blocks) this solver hands over."""
+        return SearchSettings(
+            step="path", lambda_min_ratio=self.lambda_min_ratio, warm_start=self.warm_start,
+            ridge=self.ridge, max_knots=self.max_knots, screen=self.screen,
+        )
 
     def validate(self, prefix: str) -> None:
+        check_choice(f"{prefix}step", self.step, ["active_set"])
         check_int(f"{prefix}max_rounds", self.max_rounds, 1)
         check_range(f"{prefix}growth", self.growth, 0.0, 10.0, low_inclusive=False)
         check_int(f"{prefix}row_group", self.row_group, 1)
+        self.fallback.validate(prefix)
 
 
 class ActiveSet:
@@ -74,36 +92,35 @@ class ActiveSet:
 
     Args:
         problem: the shared Gram matrix and the rows' correlations.
-        settings: rounds, growth and grouping.
-        path: settings of the exact path the unresolved rows fall back to; its ``ridge`` is the
-            ``delta`` here as well, so both solve the same problem.
+        settings: rounds, growth, grouping, the penalty floor and the fallback path.
+        mask: must be None: a radius on part of the row is not this solver's problem (see the
+            module doc of ``consparse.lasso.solvers``).
     """
 
-    def __init__(self, problem: LassoProblem, settings: ActiveSetSettings = ActiveSetSettings(), path: PathSettings = PathSettings()) -> None:
+    Settings = ActiveSetSettings
+    handles_mask = False
+
+    def __init__(self, problem: LassoProblem, settings: ActiveSetSettings = ActiveSetSettings(), mask: torch.Tensor | None = None) -> None:
+        if mask is not None:
+            raise ValueError("the active set constrains whole rows; solve a masked block on the path")
         self.problem = problem
         self.settings = settings
-        self.path_settings = path
         self._flat_gram = problem.gram.contiguous().reshape(-1)
-        # The same delta as the fallback path's, so both solve the same problem.
-        self.delta = ridge_delta(problem.gram, path.ridge)
+        self.delta = ridge_delta(problem.gram, settings.ridge)
         self.lam_max = problem.lambda_max()
         self.previous: torch.Tensor | None = None
 
     @full_precision
-    def solve(self, radius: float | torch.Tensor, search: SearchSettings = SearchSettings()) -> ConstrainedLassoSolution:
-        """Every row's exact constrained solution for its radius (a number or one per row, > 0).
-
-        Of ``search`` only ``lambda_min_ratio`` and ``warm_start`` apply (no bisection: the
-        penalty is solved for, not searched); the fallback path uses ``step: path``.
-        """
-        problem = self.problem
+    def solve(self, radius: float | torch.Tensor) -> ConstrainedLassoSolution:
+        """Every row's exact constrained solution for its radius (a number or one per row, > 0)."""
+        problem, settings = self.problem, self.settings
         dtype, device = problem.gram.dtype, problem.gram.device
         rows, d = problem.rows, problem.features
         radius = torch.as_tensor(radius, dtype=dtype, device=device).expand(rows).clone()
         if bool((radius <= 0).any()):
             raise ValueError("the radius of the constrained LASSO must be positive")
-        floor = search.lambda_min_ratio * self.lam_max
-        start = self.previous if search.warm_start and self.previous is not None else None
+        floor = settings.lambda_min_ratio * self.lam_max
+        start = self.previous if settings.warm_start and self.previous is not None else None
         support = torch.zeros(rows, d, dtype=torch.bool, device=device) if start is None else start != 0
         signs = torch.zeros(rows, d, dtype=dtype, device=device) if start is None else torch.sign(start)
         weights, lam, rounds, unresolved = self._rounds(radius, floor, support, signs)
@@ -111,29 +128,14 @@ class ActiveSet:
         exhausted = torch.zeros(rows, dtype=torch.bool, device=device)
         fallback = torch.zeros(rows, dtype=torch.bool, device=device)
         if unresolved.numel():
-            exact = constrained_lasso(
-                LassoPath(problem.select(unresolved), self.path_settings),
-                radius[unresolved],
-                SearchSettings(step="path", lambda_min_ratio=search.lambda_min_ratio),
-            )
+            path = LassoPath(problem.select(unresolved), settings.fallback.path)
+            exact = constrained_lasso(path, radius[unresolved], settings.fallback)
             weights[unresolved], lam[unresolved] = exact.weights, exact.lam
             knots[unresolved], exhausted[unresolved] = exact.knots, exact.exhausted
             fallback[unresolved] = True
         self.previous = weights
-        norm = weights.abs().sum(dim=1)
-        on_sphere = (norm - radius).abs() <= 1e-9 * radius
-        return ConstrainedLassoSolution(
-            weights=weights,
-            lam=lam,
-            norm=norm,
-            loss=problem.loss(weights),
-            active=((lam > floor * (1 + 1e-9)) | on_sphere) & (self.lam_max > 0),
-            on_sphere=on_sphere,
-            steps=rounds,
-            knots=knots,
-            kkt=kkt_violation(problem, weights, lam),
-            exhausted=exhausted,
-            fallback=fallback,
+        return ConstrainedLassoSolution.assess(
+            problem, weights, lam, radius, floor, steps=rounds, knots=knots, exhausted=exhausted, fallback=fallback
         )
 
     def _rounds(

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from consparse.lasso.path import LassoProblem
+from consparse.lasso.problem import LassoProblem
 
 
 def debias_rows(problem: LassoProblem, weights: torch.Tensor, free: torch.Tensor | None = None, ridge: float = 1e-8) -> torch.Tensor:

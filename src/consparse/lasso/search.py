@@ -7,7 +7,7 @@ the radius, warm-starting every solve from the previous one. ``||w(lam)||_1`` is
 
 Every row searches its own penalty, all rows at once, on a ``consparse.lasso.path.LassoPath``
 (exact penalised solutions; a solve from the previous penalty only pays for the path in between).
-``step`` chooses how the next penalty is proposed:
+``step`` chooses how the next penalty is proposed (each is a solver of ``consparse.lasso.solvers``):
 
 * ``bisect``: the paper's bisection: halve ``lam`` (from ``lam_max / 2``) while the solution is
   feasible, down to the floor ``lambda_min_ratio * lam_max``; once an infeasible penalty is known,
@@ -33,85 +33,76 @@ from dataclasses import dataclass
 
 import torch
 
-from consparse.lasso.path import LassoPath, kkt_violation
+from consparse.lasso.path import LassoPath, PathSettings
+from consparse.lasso.problem import LassoProblem
+from consparse.lasso.solution import ConstrainedLassoSolution
 from consparse.validation import check_choice, check_int, check_range
 
-# Steps of the search on the path; ``active_set`` (consparse.lasso.active_set) solves for the
-# penalty instead of searching it, and falls back to ``path``.
 PATH_STEPS = ("path", "newton", "bisect")
-STEPS = ("active_set", *PATH_STEPS)
 
 
 @dataclass(frozen=True)
 class SearchSettings:
-    """How each row's penalty is searched.
+    """Settings of a constrained-LASSO search on the path (the solvers ``path``, ``newton``, ``bisect``).
 
     Attributes:
-        step: ``active_set`` (``consparse.lasso.active_set``), ``path``, ``newton`` or
-            ``bisect`` (see the module doc).
+        step: ``path``, ``newton`` or ``bisect`` (see the module doc).
         eps: a bisection stops when ``||w_K||_1`` is within ``eps * kappa`` of the radius.
         max_steps: penalised solves per row at most (bisect, newton).
         lambda_min_ratio: the smallest penalty tried, relative to the row's ``lam_max``.
         warm_start: start each penalised solve from the previous solution (False: from ``lam_max``,
             which is what a solver without warm starts pays).
         polish: finish a bisection exactly on the sphere (see the module doc).
+        ridge, max_knots, screen: the path's ``PathSettings``.
     """
 
-    step: str = "active_set"
+    step: str = "path"
     eps: float = 1e-3
     max_steps: int = 60
     lambda_min_ratio: float = 1e-4
     warm_start: bool = True
     polish: bool = True
+    ridge: float = PathSettings.ridge
+    max_knots: int = PathSettings.max_knots
+    screen: int = PathSettings.screen
+
+    @property
+    def path(self) -> PathSettings:
+        return PathSettings(ridge=self.ridge, max_knots=self.max_knots, screen=self.screen)
 
     def validate(self, prefix: str) -> None:
-        check_choice(f"{prefix}step", self.step, STEPS)
+        check_choice(f"{prefix}step", self.step, PATH_STEPS)
         check_range(f"{prefix}eps", self.eps, 0.0, 1.0, low_inclusive=False, high_inclusive=False)
         check_int(f"{prefix}max_steps", self.max_steps, 1)
         check_range(f"{prefix}lambda_min_ratio", self.lambda_min_ratio, 0.0, 1.0, low_inclusive=False, high_inclusive=False)
         check_choice(f"{prefix}warm_start", self.warm_start, [True, False])
         check_choice(f"{prefix}polish", self.polish, [True, False])
+        self.path.validate(prefix)
 
 
-@dataclass
-class ConstrainedLassoSolution:
-    """Per-row result of ``constrained_lasso``.
+class PathSearch:
+    """The constrained LASSO of every row of ``problem`` by a search on its exact path (kept: warm starts).
 
-    Attributes:
-        weights: solutions (rows x d), exact zeros off the supports.
-        lam: the penalty of each returned solution.
-        norm: ``||w_K||_1`` of each solution.
-        loss: ``1/2 ||M w - z||^2``.
-        active: the constraint binds (the row did not stop at the penalty floor).
-        on_sphere: ``||w_K||_1`` equals the radius (to rounding).
-        steps: penalised solves (bisection steps) spent on the row; ``path`` counts one.
-        knots: knots of the path traversed over all those solves.
-        kkt: largest violation of the penalised optimality conditions at ``lam`` (relative to it).
-        exhausted: a solve ran out of knots or the search out of steps before the tolerance.
-        fallback: the row was solved on the exact path because the active-set solver did not
-            resolve it (always False for the path's own steps).
+    Args:
+        problem: the shared Gram matrix and the rows' correlations.
+        settings: the search and its path.
+        mask: the coordinates the radius counts (None: all).
     """
 
-    weights: torch.Tensor
-    lam: torch.Tensor
-    norm: torch.Tensor
-    loss: torch.Tensor
-    active: torch.Tensor
-    on_sphere: torch.Tensor
-    steps: torch.Tensor
-    knots: torch.Tensor
-    kkt: torch.Tensor
-    exhausted: torch.Tensor
-    fallback: torch.Tensor
+    Settings = SearchSettings
+    handles_mask = True
 
-    @staticmethod
-    def concatenate(parts: list[ConstrainedLassoSolution]) -> ConstrainedLassoSolution:
-        names = ConstrainedLassoSolution.__dataclass_fields__
-        return ConstrainedLassoSolution(**{name: torch.cat([getattr(part, name) for part in parts]) for name in names})
+    def __init__(self, problem: LassoProblem, settings: SearchSettings = SearchSettings(), mask: torch.Tensor | None = None) -> None:
+        self.settings = settings
+        self.path = LassoPath(problem, settings.path, mask)
+
+    def solve(self, radius: float | torch.Tensor) -> ConstrainedLassoSolution:
+        """Every row's solution for its radius (a number or one per row, > 0), from the previous one."""
+        return constrained_lasso(self.path, radius, self.settings)
 
 
 def constrained_lasso(
-    path: LassoPath, radius: float | torch.Tensor, search: SearchSettings = SearchSettings(step="path")
+    path: LassoPath, radius: float | torch.Tensor, search: SearchSettings = SearchSettings()
 ) -> ConstrainedLassoSolution:
     """Solve every row's constrained LASSO, starting from the path's current solutions (a warm start).
 
@@ -119,7 +110,7 @@ def constrained_lasso(
         path: the rows' penalised paths; their state is left at the returned solutions, so the next
             call (e.g. another radius) starts from here.
         radius: the radius (a number, or one per row), > 0.
-        search: how the penalty is searched.
+        search: how the penalty is searched (its path settings are the path's own business).
     """
     if search.step not in PATH_STEPS:
         raise ValueError(f"constrained_lasso searches the path with one of {PATH_STEPS}, not {search.step!r}")
@@ -152,25 +143,8 @@ def constrained_lasso(
         steps[live] += 1
     else:
         _bisect(path, live, radius, floor, search, solve, steps, exhausted)
-
-    weights = path.weights()
-    norm, _ = path.norms()
-    lam = path.lam.clone()
-    on_sphere = (norm - radius).abs() <= 1e-9 * radius
-    active = (lam > floor * (1 + 1e-9)) | on_sphere
-    problem = path.problem
-    return ConstrainedLassoSolution(
-        weights=weights,
-        lam=lam,
-        norm=norm,
-        loss=problem.loss(weights),
-        active=active & (path.lam_max > 0),
-        on_sphere=on_sphere,
-        steps=steps,
-        knots=knots,
-        kkt=kkt_violation(problem, weights, lam),
-        exhausted=exhausted,
-        fallback=torch.zeros(rows, dtype=torch.bool, device=device),
+    return ConstrainedLassoSolution.assess(
+        path.problem, path.weights(), path.lam.clone(), radius, floor, path.mask, steps=steps, knots=knots, exhausted=exhausted
     )
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from consparse.lasso.path import LassoProblem
+from consparse.lasso.problem import LassoProblem
 
 
 class GramAccumulator:

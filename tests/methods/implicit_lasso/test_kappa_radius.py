@@ -45,8 +45,8 @@ def _loader(shape: list[int], batches: int = 4) -> list[tuple[torch.Tensor, torc
 
 
 def _solve(matcher, kappa: float):
-    solver = RowSolver(matcher.blocks, 64)
-    return matcher.build(solver.solve(matcher.radii(kappa), SearchSettings(step="path")), kappa)
+    solver = RowSolver(matcher.blocks, 64, SearchSettings(step="path"))
+    return matcher.build(solver.solve(matcher.radii(kappa)), kappa)
 
 
 def _row_norms(model) -> torch.Tensor:

@@ -10,7 +10,7 @@ from torch import nn
 
 from consparse.compress.count import density
 from consparse.errors import ConfigError
-from consparse.lasso.search import SearchSettings
+from consparse.lasso.active_set import ActiveSetSettings
 from consparse.methods.implicit_lasso.layerwise import LayerwiseStateMatching, check_layerwise
 from consparse.methods.implicit_lasso.matching import MatchingSettings
 from consparse.methods.implicit_lasso.readout import ReadoutSettings
@@ -70,7 +70,7 @@ def test_statistics_and_write_back_are_exact_for_the_teachers_rows(name: str) ->
 def test_the_teachers_radius_reproduces_a_lenet() -> None:
     teacher, loader, matcher = _match("lenet5")
     assert [unit.name for unit in matcher.units] == ["layers.0", "layers.3", "layers.7"]
-    solutions = RowSolver(matcher.blocks, row_batch=16).solve(matcher.radii(matcher.settings.conversion_kappa), SearchSettings(lambda_min_ratio=1e-9))
+    solutions = RowSolver(matcher.blocks, 16, ActiveSetSettings(lambda_min_ratio=1e-9)).solve(matcher.radii(matcher.settings.conversion_kappa))
     student = matcher.build(solutions, matcher.settings.conversion_kappa)
     x = loader[0][0]
     with torch.no_grad():
@@ -84,7 +84,7 @@ def test_batchnorm_is_folded_into_its_convolution() -> None:
     first = matcher.units[0]
     assert first.name == "conv1" and first.norm_name == "bn1"
     assert {unit.norm_name for unit in matcher.units} >= {"layer1.0.bn1", "layer1.0.bn2", "layer2.0.downsample.1"}
-    solutions = RowSolver(matcher.blocks, row_batch=64).solve(matcher.radii(0.02), SearchSettings())
+    solutions = RowSolver(matcher.blocks, row_batch=64).solve(matcher.radii(0.02))
     student = matcher.build(solutions, 0.02)
     norm = dict(student.named_modules())["bn1"]
     torch.testing.assert_close(norm.running_mean, -solutions[0].weights[:, -1].float())
@@ -98,7 +98,7 @@ def test_smaller_radii_give_sparser_networks() -> None:
     solver = RowSolver(matcher.blocks, row_batch=64)
     densities = []
     for kappa in (0.1, 0.03, 0.01):
-        solutions = solver.solve(matcher.radii(kappa), SearchSettings())
+        solutions = solver.solve(matcher.radii(kappa))
         student = matcher.build(solutions, kappa)
         densities.append(density(student, teacher))
         for radius, solution in zip(matcher.radii(kappa), solutions):

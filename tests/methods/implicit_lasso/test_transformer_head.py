@@ -57,7 +57,7 @@ def test_the_teachers_radius_reproduces_the_transformer_through_its_implicit_hea
     assert matcher.samples == 80 and [block.problem.gram.shape[0] for block in matcher.blocks] == [16 + 16 + 1]
     # At the conversion's radius the teacher's own rows are feasible and fit exactly (80 samples, 33 columns),
     # up to the LASSO's floor penalty (lambda_min_ratio).
-    solutions = RowSolver(matcher.blocks, 64).solve(matcher.radii(0.95), SearchSettings(step="path"))
+    solutions = RowSolver(matcher.blocks, 64, SearchSettings(step="path")).solve(matcher.radii(0.95))
     student = matcher.build(solutions, 0.95).float().eval()
     assert isinstance(student.head, ImplicitModel) and student.encoder is not teacher.encoder
     with torch.no_grad():

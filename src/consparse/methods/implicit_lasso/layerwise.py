@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from consparse.errors import ConfigError
-from consparse.lasso.search import ConstrainedLassoSolution
+from consparse.lasso.solution import ConstrainedLassoSolution
 from consparse.methods.implicit_lasso.matching import MatchingSettings
 from consparse.methods.implicit_lasso.readout import fit_readout
 from consparse.methods.implicit_lasso.refit import RowBlock

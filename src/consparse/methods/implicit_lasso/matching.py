@@ -16,7 +16,7 @@ from typing import Any, Protocol
 import torch
 from torch import nn
 
-from consparse.lasso.search import ConstrainedLassoSolution
+from consparse.lasso.solution import ConstrainedLassoSolution
 from consparse.methods.implicit_lasso.readout import ReadoutSettings
 from consparse.methods.implicit_lasso.refit import RowBlock
 from consparse.validation import check_choice, check_range

@@ -42,13 +42,12 @@ from consparse.compress.count import density, nonzero_count
 from consparse.compress.evaluate import evaluate_accuracy
 from consparse.compress.export import ExportError, load_exported
 from consparse.errors import ConfigError
-from consparse.lasso.active_set import ActiveSetSettings
-from consparse.lasso.search import ConstrainedLassoSolution, SearchSettings
+from consparse.lasso.solution import ConstrainedLassoSolution
+from consparse.lasso.solvers import solver_settings
 from consparse.implicit.convert import linear_relu_chain
 from consparse.lasso.debias import debias_rows
 from consparse.methods.implicit_lasso.head import HeadStateMatching, has_head
 from consparse.methods.implicit_lasso.kappa_search import DensitySearchSettings, search_kappa
-from consparse.lasso.path import PathSettings
 from consparse.methods.implicit_lasso.layerwise import LayerwiseStateMatching, check_layerwise
 from consparse.methods.implicit_lasso.matching import MatchingSettings, StateMatching
 from consparse.models.implicit import NONCONVERGENCE_POLICIES, ImplicitModel
@@ -63,9 +62,6 @@ from consparse.validation import check_choice, check_int, check_range
 log = logging.getLogger(__name__)
 
 FORMULATIONS = ("auto", "implicit", "layerwise", "head")
-# Solver keys that are not search or path settings.
-_SOLVER_EXTRA = ("row_batch",)
-
 
 def _settings(cls: type, values: dict[str, Any] | None, field: str, exclude: tuple[str, ...] = ()) -> Any:
     """A frozen settings dataclass from a config node; unknown keys and bad values name the field."""
@@ -148,8 +144,8 @@ class ImplicitLassoMethod(SparseMethod):
         data_fraction: share of the training split the states are extracted on, in (0, 1].
         extraction_batch_size: batch of the extraction and regeneration passes (fixed, so that the
             statistics do not depend on the DDP world size).
-        solver: ``SearchSettings``, ``PathSettings`` and ``ActiveSetSettings`` keys, plus
-            ``row_batch`` (rows per chunk).
+        solver: the constrained-LASSO solver (``step``) and its settings
+            (``consparse.lasso.solvers.solver_settings``), plus ``row_batch`` (rows per chunk).
         readout: ``ReadoutSettings`` keys.
         density_search: ``DensitySearchSettings`` keys.
         fixed_point: solver options of the deployed implicit model (``ImplicitModel`` keywords).
@@ -182,16 +178,9 @@ class ImplicitLassoMethod(SparseMethod):
         check_choice("method.debias", debias, [True, False])
         self.debias = debias
         solver = dict(solver or {})
-        self.row_batch = solver.get("row_batch", 128)
+        self.row_batch = solver.pop("row_batch", 128)
         check_int("method.solver.row_batch", self.row_batch, 1)
-        groups = {cls: [f.name for f in fields(cls)] for cls in (SearchSettings, PathSettings, ActiveSetSettings)}
-        allowed = [key for keys in groups.values() for key in keys] + list(_SOLVER_EXTRA)
-        unknown = sorted(set(solver) - set(allowed))
-        if unknown:
-            raise ConfigError("method.solver", f"unknown keys {unknown}; allowed: {', '.join(allowed)}")
-        self.search, self.path_settings, self.active_set_settings = (
-            _settings(cls, {k: v for k, v in solver.items() if k in keys}, "method.solver") for cls, keys in groups.items()
-        )
+        self.solver_settings = solver_settings(solver, "method.solver")
         self.density_search = _settings(DensitySearchSettings, density_search, "method.density_search")
         self.matching = MatchingSettings(
             conversion_kappa=conversion_kappa,
@@ -254,13 +243,13 @@ class ImplicitLassoMethod(SparseMethod):
         matching_class = {"implicit": ImplicitStateMatching, "layerwise": LayerwiseStateMatching, "head": HeadStateMatching}[self.formulation]
         matcher: StateMatching = matching_class(teacher, loader, datamodule.info.input_shape, self.matching, device)
         metrics["extraction_seconds"] = time.perf_counter() - start
-        solver = RowSolver(matcher.blocks, self.row_batch, self.path_settings, self.active_set_settings)
+        solver = RowSolver(matcher.blocks, self.row_batch, self.solver_settings)
         log.info("state matching: %d rows on %d samples (extraction %.1f s); solving the constrained LASSO",
                  solver.rows, matcher.samples, metrics["extraction_seconds"])
         evaluations: list[dict[str, Any]] = []
 
         def evaluate(kappa: float) -> tuple[float, tuple[nn.Module, list[ConstrainedLassoSolution]]]:
-            solutions = solver.solve(matcher.radii(kappa), self.search)
+            solutions = solver.solve(matcher.radii(kappa))
             started = time.perf_counter()
             if self.debias:
                 for block, solution in zip(matcher.blocks, solutions):

@@ -13,7 +13,8 @@ from dataclasses import dataclass
 
 import torch
 
-from consparse.lasso.path import LassoProblem, solve_lasso
+from consparse.lasso.path import solve_lasso
+from consparse.lasso.problem import LassoProblem
 from consparse.validation import check_choice, check_range
 
 READOUT_MODES = ("lstsq", "lasso", "none")

@@ -4,26 +4,26 @@ The rows of each problem (the rows of ``[A B]``, or one conv layer's output chan
 chunks of ``row_batch`` rows, numbered in a fixed order; chunk ``i`` is solved by rank
 ``i % world_size`` and the results are gathered on every rank. A chunk's result depends only on
 its rows (never on which rank solves it or on the world size), so a run on several processes
-returns exactly what one process returns. Each chunk keeps its solver (an ``ActiveSet``, or a
-``LassoPath`` for the path's steps) between solves, which is the warm start across radii (the
-outer search for a density target).
+returns exactly what one process returns. Each chunk keeps its solver (``consparse.lasso.solvers``)
+between solves, which is the warm start across radii (the outer search for a density target).
 
-A block with a ``mask`` (``constrain: A``) is always solved on the path: its radius counts only
-some coordinates while the penalty applies to all, and the path's "first crossing from the feasible
-side" is not a point the active set's closed form singles out.
+A block with a ``mask`` (``constrain: A``) is solved by a solver that can constrain part of a row:
+the exact path when the configured one cannot (``make_solver``).
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.distributed as dist
 
-from consparse.lasso.active_set import ActiveSet, ActiveSetSettings
-from consparse.lasso.search import ConstrainedLassoSolution, SearchSettings, constrained_lasso
-from consparse.lasso.path import LassoPath, LassoProblem, PathSettings
+from consparse.lasso.active_set import ActiveSetSettings
+from consparse.lasso.problem import LassoProblem
+from consparse.lasso.solution import ConstrainedLassoSolution
+from consparse.lasso.solvers import ConstrainedSolver, make_solver
 
 
 @dataclass
@@ -56,20 +56,13 @@ class RowSolver:
     Args:
         blocks: the problems; their statistics must be identical on every rank.
         row_batch: rows per chunk (the unit of batching and of the split across ranks).
-        path: numerical settings of each chunk's ``LassoPath`` (and of the active set's fallback).
-        active_set: settings of each chunk's ``ActiveSet``.
+        settings: the solver's settings (``consparse.lasso.solvers.solver_settings``; default: the
+            active set's defaults).
     """
 
-    def __init__(
-        self,
-        blocks: list[RowBlock],
-        row_batch: int,
-        path: PathSettings | None = None,
-        active_set: ActiveSetSettings | None = None,
-    ) -> None:
+    def __init__(self, blocks: list[RowBlock], row_batch: int, settings: Any = None) -> None:
         self.blocks = blocks
-        self.path_settings = path or PathSettings()
-        self.active_set_settings = active_set or ActiveSetSettings()
+        self.settings = ActiveSetSettings() if settings is None else settings
         self.rank, self.world_size = process_group()
         self.chunks: list[tuple[int, slice]] = [
             (number, slice(start, min(start + row_batch, block.problem.rows)))
@@ -77,22 +70,21 @@ class RowSolver:
             for start in range(0, block.problem.rows, row_batch)
         ]
         self.mine = [chunk for chunk in range(len(self.chunks)) if chunk % self.world_size == self.rank]
-        # Created at the first solve that needs them, then kept (the warm start across radii).
-        self.paths: dict[int, LassoPath] = {}
-        self.active_sets: dict[int, ActiveSet] = {}
+        # Created at the first solve, then kept (the warm start across radii).
+        self.solvers: dict[int, ConstrainedSolver] = {}
         self.seconds = 0.0
 
     @property
     def rows(self) -> int:
         return sum(block.problem.rows for block in self.blocks)
 
-    def solve(self, radii: list[torch.Tensor], search: SearchSettings) -> list[ConstrainedLassoSolution]:
+    def solve(self, radii: list[torch.Tensor]) -> list[ConstrainedLassoSolution]:
         """Every block's solution for its rows' radii (one tensor per block), gathered on all ranks.
 
         ``seconds`` becomes the longest rank's solve time (the wall time of the split solve).
         """
         start = time.perf_counter()
-        local = {chunk: _to_cpu(self._solve_chunk(chunk, radii, search)) for chunk in self.mine}
+        local = {chunk: self._solve_chunk(chunk, radii).to("cpu") for chunk in self.mine}
         elapsed = time.perf_counter() - start
         if self.world_size > 1:
             everything: list[tuple[dict[int, ConstrainedLassoSolution], float] | None] = [None] * self.world_size
@@ -105,21 +97,9 @@ class RowSolver:
             for number in range(len(self.blocks))
         ]
 
-    def _solve_chunk(self, chunk: int, radii: list[torch.Tensor], search: SearchSettings) -> ConstrainedLassoSolution:
+    def _solve_chunk(self, chunk: int, radii: list[torch.Tensor]) -> ConstrainedLassoSolution:
         number, rows = self.chunks[chunk]
         block = self.blocks[number]
-        radius = radii[number][rows]
-        if search.step == "active_set" and block.mask is None:
-            if chunk not in self.active_sets:
-                self.active_sets[chunk] = ActiveSet(block.problem.select(rows), self.active_set_settings, self.path_settings)
-            return self.active_sets[chunk].solve(radius, search)
-        if search.step == "active_set":
-            search = replace(search, step="path")
-        if chunk not in self.paths:
-            self.paths[chunk] = LassoPath(block.problem.select(rows), self.path_settings, block.mask)
-        return constrained_lasso(self.paths[chunk], radius, search)
-
-
-def _to_cpu(solution: ConstrainedLassoSolution) -> ConstrainedLassoSolution:
-    names = ConstrainedLassoSolution.__dataclass_fields__
-    return ConstrainedLassoSolution(**{name: getattr(solution, name).cpu() for name in names})
+        if chunk not in self.solvers:
+            self.solvers[chunk] = make_solver(self.settings, block.problem.select(rows), block.mask)
+        return self.solvers[chunk].solve(radii[number][rows])

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from consparse.lasso.search import ConstrainedLassoSolution
+from consparse.lasso.solution import ConstrainedLassoSolution
 from consparse.implicit.convert import sequential_to_matrices
 from consparse.methods.implicit_lasso.matching import MatchingSettings
 from consparse.models.implicit import ImplicitModel
