@@ -14,11 +14,10 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
-from torch import nn
 
 from consparse.compress.prune import apply_masks, compute_masks, prune_to_density
 from consparse.errors import ConfigError
-from consparse.methods.base import SparseMethod
+from consparse.methods.base import Deployment, SparseMethod
 from consparse.validation import check_choice, check_int
 
 log = logging.getLogger(__name__)
@@ -83,11 +82,11 @@ class MagnitudeMethod(SparseMethod):
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.masks = checkpoint.get("magnitude_masks")
 
-    def finalize(self, datamodule: pl.LightningDataModule) -> nn.Module:
+    def finalize(self, datamodule: pl.LightningDataModule) -> Deployment:
         model = self.model.eval()
         if self.masks is None:
-            return prune_to_density(model, self.target_density, scope=self.prune_scope)
-        return model
+            return self.deployment(prune_to_density(model, self.target_density, scope=self.prune_scope))
+        return self.deployment(model)
 
     def method_metrics(self) -> dict[str, Any]:
         return {"finetune_epochs": self.finetune_epochs, "prune_scope": self.prune_scope}

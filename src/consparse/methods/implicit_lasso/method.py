@@ -16,11 +16,12 @@ Tsai, Gao & El Ghaoui, "Constrained Implicit Learning Framework for Neural Netwo
 
 With ``target_density`` set, ``kappa`` is only the first guess of an outer search for the radius
 whose deployed model meets the density (nonzero sparsifiable weights over the teacher's, as every
-method is measured). ``reference_model()`` is the teacher.
+method is measured). The deployment's dense reference is the teacher.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import time
@@ -52,7 +53,7 @@ from consparse.methods.implicit_lasso.readout import ReadoutSettings
 from consparse.methods.implicit_lasso.refit import RowSolver
 from consparse.implicit.solvers import FixedPointSettings
 from consparse.methods.implicit_lasso.state_matching import ImplicitStateMatching
-from consparse.methods.base import SparseMethod
+from consparse.methods.base import Deployment, SparseMethod
 from consparse.validation import check_choice, check_int, check_range
 
 log = logging.getLogger(__name__)
@@ -185,8 +186,6 @@ class ImplicitLassoMethod(SparseMethod):
         self.extraction_batch_size = extraction_batch_size
         self.formulation = self._resolve_formulation(formulation)
         self.teacher_checkpoint = str(load_teacher(self.model, teacher_checkpoint)) if teacher_checkpoint else None
-        self.deployed: nn.Module | None = None
-        self._metrics: dict[str, Any] = {}
 
     def _resolve_formulation(self, formulation: str) -> str:
         if formulation in ("auto", "implicit"):
@@ -209,7 +208,7 @@ class ImplicitLassoMethod(SparseMethod):
             self.trainer.should_stop = True
 
     # ------------------------------------------------------------------ finalize
-    def finalize(self, datamodule: pl.LightningDataModule) -> nn.Module:
+    def finalize(self, datamodule: pl.LightningDataModule) -> Deployment:
         teacher = self.model.eval()
         device = self.device
         teacher_dtype = next(teacher.parameters()).dtype
@@ -273,9 +272,7 @@ class ImplicitLassoMethod(SparseMethod):
         if isinstance(deployed, ImplicitModel):
             metrics["well_posedness"] = deployed.well_posedness()
             deployed = deploy_implicit(deployed)
-        self._metrics = metrics
-        self.deployed = deployed
-        return deployed
+        return Deployment(deployed, teacher, teacher, functools.partial(_reported_metrics, metrics, deployed))
 
     @staticmethod
     def _row_metrics(solutions: list[ConstrainedLassoSolution], radii: list[torch.Tensor], hidden_parameters: int) -> dict[str, Any]:
@@ -304,10 +301,13 @@ class ImplicitLassoMethod(SparseMethod):
             "row_sparsity": 1.0 - nonzeros / hidden_parameters,
         }
 
-    def method_metrics(self) -> dict[str, Any]:
-        metrics = dict(self._metrics)
-        if isinstance(self.deployed, DeployedImplicitModel):
-            # Every forward since finalize: the test evaluation and the latency runs.
-            metrics["fixed_point"] = self.deployed.fixed_point_summary()
-            metrics["deployed"] = deployment_metrics(self.deployed)
-        return metrics
+
+
+def _reported_metrics(metrics: dict[str, Any], deployed: nn.Module) -> dict[str, Any]:
+    """``finalize``'s figures and, for an implicit ``deployed``, its structure and solves."""
+    metrics = dict(metrics)
+    if isinstance(deployed, DeployedImplicitModel):
+        # Every forward since finalize: the test evaluation and the latency runs.
+        metrics["fixed_point"] = deployed.fixed_point_summary()
+        metrics["deployed"] = deployment_metrics(deployed)
+    return metrics
