@@ -12,8 +12,9 @@ implicit backward and report the same figures, so that their runs compare line b
   (density of A, B, C, D together and per matrix), logged as ``train/density*`` and kept in
   ``method_metrics["density_curve"]`` (saved in checkpoints, so a resumed run keeps its curve).
 
-The dense reference (``SparseMethod``'s default) is the trained model itself counted dense: an implicit model of the same state
-size with every entry of A, B, C, D nonzero (design.md), so ``density = nnz(A,B,C,D) / size``.
+The dense reference (``SparseMethod``'s default) is the trained model itself counted dense: an
+implicit model of the same state size with every entry of A, B, C, D nonzero (design.md), so
+``density = nnz(A,B,C,D) / size``.
 """
 
 from __future__ import annotations

@@ -186,9 +186,11 @@ class HardConcreteMethod(SparseMethod):
 
     # ------------------------------------------------------------------ the method seam
     def finalize(self, datamodule: pl.LightningDataModule) -> Deployment:
-        """The purged model (same classes, sliced layers, equal to the gated model in eval mode), measured
-        against the dense architecture with the trained weights and the test gates folded in (no gates),
-        which the compression curve prunes (a copy of its own)."""
+        """The purged model: same classes, sliced layers, equal to the gated model in eval mode.
+
+        Its reference is the dense architecture with the trained weights and the test gates folded in
+        (no gates); the compression curve prunes a copy of its own of the same.
+        """
         deployed = purge(self.model.eval(), self.info.input_shape)
         reference = fold_gates(self.model).eval()
         return Deployment(deployed, reference, fold_gates(self.model).eval(), self.method_metrics)
