@@ -5,16 +5,23 @@ from __future__ import annotations
 import pytest
 import torch
 
+from omegaconf import OmegaConf
+
+from consparse.compress.count import sparsifiable_weights
 from consparse.config import instantiate_node
 from consparse.errors import ConfigError
 from consparse.methods import build_method
+from consparse.methods.registry import required_model
 from consparse.models import build_model
+from consparse.models.registry import ARCHITECTURES
 
 REPO_CONF = __import__("pathlib").Path(__file__).resolve().parents[1] / "conf"
 METHODS = sorted(p.stem for p in (REPO_CONF / "method").glob("*.yaml"))
 MODELS = sorted(p.stem for p in (REPO_CONF / "model").glob("*.yaml"))
 DATASETS = sorted(p.stem for p in (REPO_CONF / "dataset").glob("*.yaml"))
 HARDWARE = sorted(p.stem for p in (REPO_CONF / "hardware").glob("*.yaml"))
+# The model each method trains, from its class's requires_model (None: any model).
+REQUIRED_MODEL = {method: required_model(OmegaConf.load(REPO_CONF / "method" / f"{method}.yaml")) for method in METHODS}
 EXPERIMENTS = sorted(p.stem for p in (REPO_CONF / "experiment").glob("*.yaml"))
 
 CONV_MODELS = {"lenet5", "resnet18", "resnet20", "resnet50", "wrn28_10"}
@@ -59,24 +66,27 @@ def test_every_model_takes_every_dataset_or_says_why(make_config, model: str, da
 def test_every_method_builds_around_small_models(make_config, method: str, model: str) -> None:
     cfg = make_config(f"method={method}", f"model={model}", "dataset=synthetic")
     info = instantiate_node(cfg.dataset).info
-    if method in IMPLICIT_ONLY_METHODS:
-        with pytest.raises(ConfigError, match="model=implicit"):
+    required = REQUIRED_MODEL[method]
+    if required is not None and required != model:
+        with pytest.raises(ConfigError, match=f"use model={required}"):
             build_method(cfg.method, build_model(cfg.model, info), info)
         return
     built = build_method(cfg.method, build_model(cfg.model, info), info)
-    assert built.sparsifiable(), f"{method} sparsifies nothing on {model}"
+    assert sparsifiable_weights(built.model), f"{method} sparsifies nothing on {model}"
 
 
-# Methods that train model=implicit from scratch and refuse any other model.
-IMPLICIT_ONLY_METHODS = {"implicit_fw", "implicit_pgd"}
+def test_the_implicit_training_methods_require_the_implicit_model() -> None:
+    assert {method for method, model in REQUIRED_MODEL.items() if model == "implicit"} >= {"implicit_fw", "implicit_pgd"}
 
 
-@pytest.mark.parametrize("method", sorted(IMPLICIT_ONLY_METHODS))
-def test_implicit_only_methods_build_around_the_implicit_model(make_config, method: str) -> None:
-    cfg = make_config(f"method={method}", "model=implicit", "model.state_size=16", "dataset=synthetic")
+@pytest.mark.parametrize("method", sorted(method for method, model in REQUIRED_MODEL.items() if model is not None))
+def test_a_method_builds_around_the_model_it_requires(make_config, method: str) -> None:
+    required = REQUIRED_MODEL[method]
+    cfg = make_config(f"method={method}", f"model={required}", "dataset=synthetic")
     info = instantiate_node(cfg.dataset).info
     built = build_method(cfg.method, build_model(cfg.model, info), info)
-    assert set(built.sparsifiable()) == {"A", "B", "C", "D"}
+    assert isinstance(built.model, ARCHITECTURES[required])
+    assert sparsifiable_weights(built.model), f"{method} sparsifies nothing on model={required}"
 
 
 @pytest.mark.parametrize("hardware", HARDWARE)

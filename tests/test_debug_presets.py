@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.method_models import method_models
 from consparse.evaluation import EvaluationSettings
 from consparse.report.results import read_results, validate_results
 from consparse.train import run
@@ -14,17 +15,8 @@ from consparse.train import run
 # `evaluation.compression_grid={}` would merge into the grid, not replace it: each kind is emptied.
 NO_CURVE = tuple(f"evaluation.compression_grid.{kind}=[]" for kind in ("unstructured", "filter", "lowrank"))
 
-# Every method with a model it accepts, on the embedded digits.
-METHOD_MODELS = [
-    ("dense", "mlp"),
-    ("magnitude", "mlp"),
-    ("sfw", "mlp"),
-    ("l0", "mlp"),
-    ("l0_penalty", "mlp"),
-    ("implicit_lasso", "mlp"),
-    ("implicit_fw", "implicit"),
-    ("implicit_pgd", "implicit"),
-]
+# Every method with a model it accepts, on the embedded digits; dense first (the one not marked slow).
+METHOD_MODELS = sorted(method_models(), key=lambda pair: pair[0] != "dense")
 
 
 def test_fast_preset_wins_over_an_experiment_and_empties_the_curve(make_config) -> None:

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.method_models import method_models
 from consparse.errors import ConfigError
 from consparse.report.results import read_results
 from consparse.train import run
@@ -52,11 +53,8 @@ def test_checkpoint_of_another_model_is_refused_before_training(make_config, tmp
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(
-    "method,model",
-    [("magnitude", "mlp"), ("sfw", "mlp"), ("l0_penalty", "mlp"), ("implicit_lasso", "mlp"), ("implicit_fw", "implicit"),
-     ("implicit_pgd", "implicit")],
-)
+# dense and l0 start from checkpoints in the tests above.
+@pytest.mark.parametrize("method,model", [pair for pair in method_models() if pair[0] not in ("dense", "l0")])
 def test_every_method_starts_from_its_own_checkpoint(make_config, tmp_path: Path, method: str, model: str) -> None:
     overrides = ["debug=fast", f"method={method}", f"model={model}"] + (["model.state_size=16"] if model == "implicit" else [])
     first, second = tmp_path / "first", tmp_path / "second"

@@ -27,13 +27,13 @@ import torch
 import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
-from torch import nn
 
 from consparse.compress.export import DESCRIPTION_FILE, EXPORT_DIR, load_exported
 from consparse.compress.nm import exported_pattern
 from consparse.config import instantiate_node, job_description, job_identity
 from consparse.errors import ConfigError, ConsparseError
 from consparse.evaluation import EvaluationSettings
+from consparse.methods import Deployment
 from consparse.models import build_model
 from consparse.nm_pattern import NMPattern
 from consparse.report.results import RESULTS_FILE, read_results, write_results_file
@@ -55,23 +55,6 @@ MACs, CPU latency and the compression curve, measured as at the end of training.
                  evaluation.latency.threads=4, evaluation.compression_grid.unstructured=[0.5,0.9],
                  evaluation.device=cpu
 """
-
-
-class _DeployedOnly:
-    """What ``_measure`` asks of a method, answered from an export: no training state is left."""
-
-    def __init__(self, reference: nn.Module, deployed: nn.Module, nm_pattern: NMPattern | None = None) -> None:
-        self.reference, self.deployed = reference, deployed
-        self.nm_pattern = nm_pattern  # recorded by an N:M export (export/nm.json)
-
-    def reference_model(self) -> nn.Module:
-        return self.reference
-
-    def compression_base(self) -> nn.Module:
-        return self.deployed
-
-    def method_metrics(self) -> dict[str, Any]:
-        return {}
 
 
 def locate(path: str | os.PathLike[str]) -> tuple[Path, Path]:
@@ -135,8 +118,10 @@ def evaluate(run: str | os.PathLike[str], overrides: list[str], output: str | No
     datamodule.check_available()
     deployed = load_exported(export_dir)
     reference = build_model(cfg.model, datamodule.info)
-    measured = measure_deployed(cfg, _DeployedOnly(reference, deployed, exported_pattern(export_dir)), deployed,
-                                datamodule, settings, run_dir)
+    # An export keeps no training state: the curve prunes the deployed model and there are no method figures.
+    deployment = Deployment(deployed, reference, compression_base=deployed, metrics=dict,
+                            nm_pattern=exported_pattern(export_dir))
+    measured = measure_deployed(cfg, deployment, datamodule, settings, run_dir)
     training = read_results(run_dir) if (run_dir / RESULTS_FILE).is_file() else {}
     results = {
         **job_identity(cfg),

@@ -57,7 +57,7 @@ from consparse.evaluation import EvaluationSettings
 from consparse.gates.sync_batchnorm import SyncBatchNormKeepingGates
 from consparse.interruption import RunInterrupted, SignalWatch
 from consparse.loggers import finish_wandb, instantiate_logger, log_results
-from consparse.methods import SparseMethod, build_method
+from consparse.methods import Deployment, build_method
 from consparse.models import build_model
 from consparse.report.results import Results, write_results
 from consparse.run_config import check_run_config
@@ -182,8 +182,8 @@ def _train_and_measure(
     release_model(method.model)
     phases.lap("fit")
 
-    deployed = method.finalize(datamodule)
-    _check_finite(deployed)
+    deployment = method.finalize(datamodule)
+    _check_finite(deployment.model)
     phases.lap("finalize")
     # Measuring, the compression curve and the export run once, on rank 0; the other ranks wait.
     waiting = _results_barrier_group()
@@ -191,7 +191,7 @@ def _train_and_measure(
         _wait(waiting)
         return {}
     try:
-        measured = _measure(cfg, method, deployed, datamodule, settings, run_dir, phases)
+        measured = _measure(cfg, deployment, datamodule, settings, run_dir, phases)
         warnings = _chance_warning(measured["test_accuracy"], info.num_classes)
         epochs, train_seconds = timer.fit_record(trainer)
         record = Results(
@@ -272,14 +272,13 @@ def _chance_warning(accuracy: float, num_classes: int) -> list[str]:
 
 def _measure(
     cfg: DictConfig,
-    method: SparseMethod,
-    deployed: torch.nn.Module,
+    deployment: Deployment,
     datamodule: ConsparseDataModule,
     settings: EvaluationSettings,
     run_dir: Path,
     phases: PhaseTimer | None = None,
 ) -> dict[str, Any]:
-    """Everything results.json reports about the deployed model, measured with the shared compress code.
+    """Everything results.json reports about ``deployment.model``, measured with the shared compress code.
 
     ``phases`` books the seconds of each measurement (test_accuracy, model_stats, latency, curve,
     export, method_metrics).
@@ -287,8 +286,8 @@ def _measure(
     phases = phases or PhaseTimer()
     input_shape = datamodule.info.input_shape
     device = settings.resolve_device(cfg.trainer.get("accelerator"))
-    reference = method.reference_model().eval()
-    deployed = deployed.eval()
+    reference = deployment.reference.eval()
+    deployed = deployment.model.eval()
     test_loader = datamodule.test_dataloader()
 
     accuracy = evaluate_accuracy(deployed, test_loader, device)
@@ -299,7 +298,7 @@ def _measure(
     phases.lap("latency")
 
     curve: list[dict[str, Any]] = []
-    base = method.compression_base()
+    base = deployment.compression_base
     if base is not None and settings.compression_grid:
         curve = compression_curve(
             base.eval(),
@@ -320,10 +319,10 @@ def _measure(
                 "num_classes": datamodule.info.num_classes}
         spec.pop("name", None)
         export_path = export_model(deployed.cpu(), run_dir, OmegaConf.to_container(cfg, resolve=True), spec)
-        if method.nm_pattern is not None:
-            export_nm(deployed, run_dir, method.nm_pattern)
+        if deployment.nm_pattern is not None:
+            export_nm(deployed, run_dir, deployment.nm_pattern)
     phases.lap("export")
-    method_metrics = method.method_metrics()
+    method_metrics = deployment.metrics()
     phases.lap("method_metrics")
 
     return {
@@ -342,7 +341,7 @@ def _measure(
         "compression_curve": curve,
         "method_metrics": method_metrics,
         "export": export_path,
-        **nm_record(method.nm_pattern, deployed, reference, input_shape, device),
+        **nm_record(deployment.nm_pattern, deployed, reference, input_shape, device),
     }
 
 

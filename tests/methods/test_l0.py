@@ -168,8 +168,8 @@ def test_kept_weights_constraint_ascends_on_the_purged_models_density(make_confi
     defect = measured / 0.1 - 1 if relative else measured - 0.1
     assert float(method.multipliers.values) == pytest.approx(0.5 * defect, rel=1e-5)
     # The purged model measures what the deployed count says.
-    purged = method.finalize(None)
-    assert density(purged, method.reference_model()) == pytest.approx(deployed, abs=1e-6)
+    deployment = method.finalize(None)
+    assert density(deployment.model, deployment.reference) == pytest.approx(deployed, abs=1e-6)
     metrics = method.method_metrics()
     assert (metrics["density_measure"], metrics["dual_defect"]) == ("kept_weights", dual_defect)
     assert metrics["expected_kept_density"]["model"] == pytest.approx(expected, rel=1e-5)
@@ -252,13 +252,16 @@ def test_finalize_returns_a_plain_model_equal_to_the_gated_one(make_config) -> N
     with torch.no_grad():
         for _, layer in gated_layers(method.model):
             layer.gate.log_alpha.uniform_(-3, 3)
-    deployed = method.finalize(None)
+    deployment = method.finalize(None)
+    deployed = deployment.model
     assert not any(isinstance(m, GatedLayer) for m in deployed.modules())
     x, _ = _batch(method, size=4)
     with torch.no_grad():
         torch.testing.assert_close(deployed(x), method.model.eval()(x), atol=1e-5, rtol=0)
-    reference = method.reference_model()
-    assert not any(isinstance(m, GatedLayer) for m in reference.modules())
+    for dense in (deployment.reference, deployment.compression_base):
+        assert not any(isinstance(m, GatedLayer) for m in dense.modules())
+    assert deployment.compression_base is not deployment.reference  # the curve prunes a copy of its own
+    assert deployment.metrics()["constraint"] == "layer"
 
 
 # ----------------------------------------------------------------------------- DDP

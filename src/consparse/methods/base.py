@@ -1,14 +1,17 @@
 """The LightningModule every method derives from: metrics, optimiser wiring and the finalize seam.
 
 A method owns how it optimises (automatic or manual), its constraint or projection step and its
-sparsity bookkeeping. It does not measure or write results: ``consparse.train`` measures the model
-returned by ``finalize`` against ``reference_model`` with the shared ``compress`` code.
+sparsity bookkeeping. It does not measure or write results: ``finalize`` returns a ``Deployment``
+and ``consparse.train`` measures its model against its reference with the shared ``compress`` code.
+A method that trains one kind of model only names it in ``requires_model`` (checked when the method
+is built, ``consparse.methods.registry``).
 """
 
 from __future__ import annotations
 
 import functools
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import Any
 
 import pytorch_lightning as pl
@@ -17,7 +20,6 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from consparse.compress.count import sparsifiable_weights
 from consparse.data.info import DatasetInfo
 from consparse.compress.prune import prune_to_density
 from consparse.errors import ConfigError
@@ -37,6 +39,29 @@ def _totals_name(stage: str) -> str:
     return f"{stage}_totals"
 
 
+@dataclass(frozen=True)
+class Deployment:
+    """What a method hands over after training, for ``consparse.train`` to measure.
+
+    Attributes:
+        model: the deployed model, measured and exported.
+        reference: the dense reference that density, params, MACs and latency are compared against.
+        compression_base: the trained model that the compression curve prunes without retraining
+            (None: no curve).
+        metrics: the method's figures for ``results.json`` (``method_metrics``). A callable, called
+            once the model is measured: some figures count work the measurement itself does (an
+            implicit model's forward solves during the test evaluation and the latency runs).
+        nm_pattern: the N:M pattern the deployed model follows (None: none), whose masks are
+            exported and, on a GPU, timed as semi-structured sparse.
+    """
+
+    model: nn.Module
+    reference: nn.Module
+    compression_base: nn.Module | None
+    metrics: Callable[[], dict[str, Any]]
+    nm_pattern: NMPattern | None = None
+
+
 class SparseMethod(pl.LightningModule):
     """Shared training loop for classification with a sparsity goal.
 
@@ -54,6 +79,9 @@ class SparseMethod(pl.LightningModule):
     #: The N:M pattern of the deployed model where a method prunes to one (``consparse.nm_pattern``):
     #: the run then exports its masks and, on a GPU, times it as semi-structured sparse.
     nm_pattern: NMPattern | None = None
+    # The ``model`` config this method trains (a key of ``consparse.models.registry.ARCHITECTURES``);
+    # None: any model.
+    requires_model: str | None = None
 
     def __init__(
         self,
@@ -90,27 +118,20 @@ class SparseMethod(pl.LightningModule):
         self._epoch_values: dict[str, dict[str, torch.Tensor]] = {}
 
     # ------------------------------------------------------------------ the method seam
-    def sparsifiable(self) -> dict[str, torch.Tensor]:
-        """The weights this method sparsifies (default: Linear and Conv weights of the model)."""
-        return sparsifiable_weights(self.model)
-
-    def reference_model(self) -> nn.Module:
-        """The dense reference that density, params, MACs and latency are compared against."""
-        return self.model
-
-    def finalize(self, datamodule: pl.LightningDataModule) -> nn.Module:
-        """The deployed model. Default: the trained model, magnitude-pruned to ``target_density`` if set."""
+    def finalize(self, datamodule: pl.LightningDataModule) -> Deployment:
+        """What training deploys. Default: the trained model, magnitude-pruned to ``target_density`` if set."""
         model = self.model.eval()
         if self.target_density is None:
-            return model
-        return prune_to_density(model, self.target_density, scope="global")
+            return self.deployment(model)
+        return self.deployment(prune_to_density(model, self.target_density, scope="global"))
 
-    def compression_base(self) -> nn.Module | None:
-        """The trained model that the compression curve prunes without retraining (None: no curve)."""
-        return self.model
+    def deployment(self, model: nn.Module) -> Deployment:
+        """``model`` deployed with the defaults: the trained model as dense reference and compression base."""
+        return Deployment(model, reference=self.model, compression_base=self.model, metrics=self.method_metrics,
+                          nm_pattern=self.nm_pattern)
 
     def method_metrics(self) -> dict[str, Any]:
-        """Method-specific figures for ``results.json`` (``method_metrics``)."""
+        """Method-specific figures for ``results.json`` (``method_metrics``), read after the measurement."""
         return {}
 
     # ------------------------------------------------------------------ training loop

@@ -7,10 +7,9 @@ density without retraining: the baseline that compression-aware training (SFW) i
 from __future__ import annotations
 
 import pytorch_lightning as pl
-from torch import nn
 
 from consparse.compress.prune import prune_to_density
-from consparse.methods.base import SparseMethod
+from consparse.methods.base import Deployment, SparseMethod
 from consparse.validation import check_choice
 
 
@@ -22,8 +21,8 @@ class DenseMethod(SparseMethod):
         check_choice("method.prune_scope", prune_scope, ["global", "layer"])
         self.prune_scope = prune_scope
 
-    def finalize(self, datamodule: pl.LightningDataModule) -> nn.Module:
+    def finalize(self, datamodule: pl.LightningDataModule) -> Deployment:
         model = self.model.eval()
         if self.target_density is None:
-            return model
-        return prune_to_density(model, self.target_density, scope=self.prune_scope)
+            return self.deployment(model)
+        return self.deployment(prune_to_density(model, self.target_density, scope=self.prune_scope))

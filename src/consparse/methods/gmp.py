@@ -29,11 +29,10 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
-from torch import nn
 
 from consparse.compress.prune import SCOPES, apply_masks, compute_masks, prune_to_density
 from consparse.errors import ConfigError
-from consparse.methods.base import SparseMethod
+from consparse.methods.base import Deployment, SparseMethod
 from consparse.validation import check_choice, check_density, check_int
 
 log = logging.getLogger(__name__)
@@ -161,12 +160,12 @@ class GradualMagnitudeMethod(SparseMethod):
         self.masks = state.get("masks")
         self.density_now = float(state.get("density", 1.0))
 
-    def finalize(self, datamodule: pl.LightningDataModule) -> nn.Module:
+    def finalize(self, datamodule: pl.LightningDataModule) -> Deployment:
         """The trained model at ``target_density`` (already there unless training stopped before ``end_step``)."""
         if self.density_now > self.target_density and self.trainer.is_global_zero:
             log.warning("gmp stopped at density %.4g before its schedule's end; pruning to the target %s at once",
                         self.density_now, self.target_density)
-        return prune_to_density(self.model.eval(), self.target_density, scope=self.prune_scope)
+        return self.deployment(prune_to_density(self.model.eval(), self.target_density, scope=self.prune_scope))
 
     def method_metrics(self) -> dict[str, Any]:
         schedule = self.pruning_schedule

@@ -54,9 +54,10 @@ from torch import nn
 
 from consparse.data.info import DatasetInfo
 from consparse.errors import ConfigError
+from consparse.methods.base import Deployment
+from consparse.methods.frank_wolfe_method import FrankWolfeMethod
 from consparse.methods.implicit_training import MATRICES, ImplicitTrainingMethod
 from consparse.models.implicit_deployed import DeployedImplicitModel, deploy_implicit, deployment_metrics
-from consparse.optim import FrankWolfe
 from consparse.optim.constraints import RowwiseKSparsePolytope, RowwiseKSupportNormBall, RowwiseL1Ball
 from consparse.validation import check_choice, check_range
 
@@ -112,7 +113,7 @@ class MatrixSet:
         return RowwiseKSupportNormBall(shape, radius, k=self.k, support_budget=budget)
 
 
-class ImplicitFWMethod(ImplicitTrainingMethod):
+class ImplicitFWMethod(FrankWolfeMethod, ImplicitTrainingMethod):
     """Frank-Wolfe training of an implicit model in row-wise sets (see the module docstring).
 
     Args:
@@ -138,16 +139,9 @@ class ImplicitFWMethod(ImplicitTrainingMethod):
         seed: dict[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
-        super().__init__(model, info, "implicit_fw", target_density=target_density, **kwargs)
+        super().__init__(model, info, target_density=target_density, **kwargs)
         check_choice("method.capacity", capacity, CAPACITIES)
         self.capacity = capacity
-        factory = self.optimizer_factory
-        target = factory.func if isinstance(factory, functools.partial) else factory
-        if not (isinstance(target, type) and issubclass(target, FrankWolfe)):
-            raise ConfigError(
-                "method.optimizer",
-                "implicit_fw needs the Frank-Wolfe optimiser (_target_: consparse.optim.FrankWolfe, _partial_: true)",
-            )
         constraints = dict(constraints or {})
         unknown = sorted(set(constraints) - set(MATRICES))
         if unknown:
@@ -183,13 +177,11 @@ class ImplicitFWMethod(ImplicitTrainingMethod):
         # Fails here, before any data is read, on a bad optimiser setting (the real one is built by Lightning).
         self.optimizer_factory(self.parameter_groups())
         self._start_from_seed()
-        self._support_before: dict[str, torch.Tensor] = {}
-        self._gap_sum: torch.Tensor | None = None
-        self._gap_steps = 0
         self._evaluations = 0.0
         self._line_searches = 0
+        # The current batch, for the short step's trial losses (batch_loss): Lightning calls
+        # optimizer_step without the batch, and training_step runs inside the step's closure.
         self._batch: tuple[torch.Tensor, torch.Tensor] | None = None
-        self.deployed: DeployedImplicitModel | None = None
 
     # ------------------------------------------------------------------ counters
     @property
@@ -224,14 +216,14 @@ class ImplicitFWMethod(ImplicitTrainingMethod):
         return [{"params": [self.matrix(name)], "constraint": constraint, "name": name}
                 for name, constraint in self.sets.items()]
 
-    def frank_wolfe(self) -> FrankWolfe:
-        """The optimiser the trainer drives (unwrapped from Lightning's ``LightningOptimizer``)."""
-        optimizer = self.optimizers(use_pl_optimizer=False)
-        return optimizer[0] if isinstance(optimizer, list) else optimizer
+    def supports(self) -> dict[str, torch.Tensor]:
+        """The nonzero pattern of every trained matrix."""
+        return {name: self.matrix(name).detach() != 0 for name in self.sets}
 
-    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> dict[str, Any]:
         self._batch = batch
-        return super().training_step(batch, batch_idx)
+        # The supports before this step's update: on_train_batch_end counts the atoms it added and removed.
+        return {**super().training_step(batch, batch_idx), "support_before": self.supports()}
 
     @torch.no_grad()
     def batch_loss(self) -> torch.Tensor:
@@ -249,12 +241,11 @@ class ImplicitFWMethod(ImplicitTrainingMethod):
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         super().on_before_optimizer_step(optimizer)
-        self._support_before = {name: self.matrix(name).detach() != 0 for name in self.sets}
         if self.budget is not None:
-            self._allocate_budget()
+            self._allocate_budget(self.supports())
 
     @torch.no_grad()
-    def _allocate_budget(self) -> None:
+    def _allocate_budget(self, supports: dict[str, torch.Tensor]) -> None:
         """Per-row budgets for this step under ``capacity: model`` (module docstring).
 
         Reads one number back per step, the room left: while it is at least what one step can add,
@@ -262,7 +253,6 @@ class ImplicitFWMethod(ImplicitTrainingMethod):
         then) costs a top-k and a sort over every row at every step, a large part of a small model's
         step on the CPU; on a GPU the step reads back each fixed-point iteration's convergence anyway.
         """
-        supports = self._support_before
         room = int(self.budget - torch.stack([support.sum() for support in supports.values()]).sum())
         if room >= self.max_growth:
             for constraint in self.sets.values():
@@ -290,39 +280,28 @@ class ImplicitFWMethod(ImplicitTrainingMethod):
         for name, row_grant in zip(names, torch.split(grant, [self.sets[n].rows for n in names])):
             self.sets[name].support_budget = supports[name].sum(dim=1) + row_grant
 
-    def on_train_epoch_start(self) -> None:
-        super().on_train_epoch_start()
-        self._gap_sum = None
-        self._gap_steps = 0
-
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         super().on_train_batch_end(outputs, batch, batch_idx)
-        self._count_atoms()
+        self._count_atoms(outputs["support_before"])
         optimizer = self.frank_wolfe()
-        gaps = optimizer.frank_wolfe_gaps()
-        if gaps:
-            # Summed on the device, logged once per epoch (a log call per step costs more than the step).
-            total = torch.stack(list(gaps.values())).sum().detach()
-            self._gap_sum = total if self._gap_sum is None else self._gap_sum + total
-            self._gap_steps += 1
         if optimizer.last_line_search:
             self._evaluations += optimizer.last_line_search["evaluations"]
             self._line_searches += 1
 
-    def _count_atoms(self) -> None:
+    def _count_atoms(self, supports_before: dict[str, torch.Tensor]) -> None:
         counts = self._atom_counts
-        for name, before in self._support_before.items():
+        for name, before in supports_before.items():
             now = self.matrix(name).detach() != 0
             new = now & ~before
             counts[0] += new.sum()
             counts[1] += (before & ~now).sum()
             counts[2] = torch.maximum(counts[2], new.sum(dim=1).max())
-        self._support_before = {}
 
     def epoch_figures(self) -> dict[str, float]:
         figures = super().epoch_figures()
-        if self._gap_sum is not None:
-            figures["train/fw_gap"] = float(self._gap_sum) / self._gap_steps
+        gap = self.epoch_gap()
+        if gap is not None:
+            figures["train/fw_gap"] = float(gap)
         figures["train/atoms_added"] = float(self.atoms["added"])
         figures["train/atoms_removed"] = float(self.atoms["removed"])
         return figures
@@ -344,12 +323,13 @@ class ImplicitFWMethod(ImplicitTrainingMethod):
             self.first_frozen_step = saved["first_frozen_step"]
 
     # ------------------------------------------------------------------ the method seam
-    def finalize(self, datamodule: pl.LightningDataModule) -> nn.Module:
+    def finalize(self, datamodule: pl.LightningDataModule) -> Deployment:
         """The trained model in deployed form: the support budget already holds the density at or below the target."""
-        self.deployed = deploy_implicit(self.implicit.eval())
-        return self.deployed
+        deployed = deploy_implicit(self.implicit.eval())
+        return Deployment(deployed, self.model, self.model, functools.partial(self.method_metrics, deployed))
 
-    def method_metrics(self) -> dict[str, Any]:
+    def method_metrics(self, deployed: DeployedImplicitModel | None = None) -> dict[str, Any]:
+        """The figures of ``ImplicitTrainingMethod`` and the Frank-Wolfe training's, with ``deployed``'s structure."""
         metrics = super().method_metrics()
         metrics.update(
             {
@@ -370,12 +350,12 @@ class ImplicitFWMethod(ImplicitTrainingMethod):
                 "atoms": dict(self.atoms),
             }
         )
-        if self.deployed is not None:
-            metrics["deployed"] = deployment_metrics(self.deployed)
+        if deployed is not None:
+            metrics["deployed"] = deployment_metrics(deployed)
         if self._trainer is None:
             return metrics
         optimizer = self.frank_wolfe()
-        gaps = {name: float(gap) for name, gap in optimizer.frank_wolfe_gaps().items()}
+        gaps = self.final_gaps()
         metrics["optimizer"] = {
             key: optimizer.defaults[key] for key in ("lr", "momentum", "momentum_form", "rescale", "step_rule", "direction")
         }

@@ -31,7 +31,7 @@ class ImplicitPGDMethod(ImplicitTrainingMethod):
     """
 
     def __init__(self, model: nn.Module, info: DatasetInfo, target_density: float | None = None, **kwargs: Any) -> None:
-        super().__init__(model, info, "implicit_pgd", target_density=target_density, **kwargs)
+        super().__init__(model, info, target_density=target_density, **kwargs)
         self.implicit.project_()
         self.projections = 0
 

@@ -12,8 +12,9 @@ implicit backward and report the same figures, so that their runs compare line b
   (density of A, B, C, D together and per matrix), logged as ``train/density*`` and kept in
   ``method_metrics["density_curve"]`` (saved in checkpoints, so a resumed run keeps its curve).
 
-The dense reference is the trained model itself counted dense: an implicit model of the same state
-size with every entry of A, B, C, D nonzero (design.md), so ``density = nnz(A,B,C,D) / size``.
+The dense reference (``SparseMethod``'s default) is the trained model itself counted dense: an
+implicit model of the same state size with every entry of A, B, C, D nonzero (design.md), so
+``density = nnz(A,B,C,D) / size``.
 """
 
 from __future__ import annotations
@@ -26,7 +27,6 @@ from torch import nn
 
 from consparse.compress.count import nonzero_count, numel_count
 from consparse.data.info import DatasetInfo
-from consparse.errors import ConfigError
 from consparse.implicit.function import SolveRecord
 from consparse.models.implicit import FixedPointSummary, ImplicitModel
 from consparse.implicit.projection import row_l1_norms
@@ -36,41 +36,29 @@ MATRICES = ("A", "B", "C", "D")
 CURVE_KEY = "implicit_density_curve"
 
 
-def require_implicit_model(model: nn.Module, method: str) -> ImplicitModel:
-    """``model`` if it is an implicit model, else a ConfigError naming ``model``."""
-    if not isinstance(model, ImplicitModel):
-        raise ConfigError(
-            "model",
-            f"method={method} trains an implicit model from scratch: use model=implicit "
-            f"(got {type(model).__name__})",
-        )
-    return model
-
-
 class ImplicitTrainingMethod(SparseMethod):
     """A ``SparseMethod`` around an ``ImplicitModel`` with the shared bookkeeping of the module docstring.
 
     Args:
-        model: an ``ImplicitModel`` (``model=implicit``); any other model is a ConfigError.
+        model: an ``ImplicitModel`` (``model=implicit``; ``build_method`` refuses any other model).
         info: the dataset's description.
-        method_name: the method's config name, for error messages.
         **kwargs: ``SparseMethod``'s (``target_density``, ``optimizer``, ``scheduler``, ...).
     """
 
-    def __init__(self, model: nn.Module, info: DatasetInfo, method_name: str, **kwargs: Any) -> None:
-        implicit = require_implicit_model(model, method_name)
-        super().__init__(implicit, info, **kwargs)
-        self.implicit: ImplicitModel = implicit
+    requires_model = "implicit"
+
+    def __init__(self, model: nn.Module, info: DatasetInfo, **kwargs: Any) -> None:
+        super().__init__(model, info, **kwargs)
+        self.implicit: ImplicitModel = model
         # The largest ||A||_inf seen after a step, kept on the device (read back only when reported).
         self.register_buffer(
-            "_well_posedness_peak", torch.tensor(implicit.well_posedness(), dtype=torch.float64), persistent=False
+            "_well_posedness_peak", torch.tensor(model.well_posedness(), dtype=torch.float64), persistent=False
         )
         self.steps_checked = 0
         self.density_curve: list[dict[str, Any]] = []
         # Solves of the training steps, over the run (kept in checkpoints) and over the current epoch.
         self.solves = {"forward": FixedPointSummary(), "backward": FixedPointSummary()}
         self.epoch_solves = {"forward": FixedPointSummary(), "backward": FixedPointSummary()}
-        self._train_record: SolveRecord | None = None
 
     @property
     def max_well_posedness(self) -> float:
@@ -95,11 +83,10 @@ class ImplicitTrainingMethod(SparseMethod):
         return getattr(self.implicit, name)
 
     # ------------------------------------------------------------------ hooks
-    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> dict[str, Any]:
         loss = super().training_step(batch, batch_idx)
-        # The training forward's record; its backward writes into the same record later.
-        self._train_record = self.implicit.last_solve
-        return loss
+        # The training forward's record, for on_train_batch_end; its backward writes into the same record later.
+        return {"loss": loss, "solve_record": self.implicit.last_solve}
 
     def on_train_epoch_start(self) -> None:
         super().on_train_epoch_start()
@@ -111,7 +98,7 @@ class ImplicitTrainingMethod(SparseMethod):
             peak = row_l1_norms(self.implicit.A.detach()).max().to(self._well_posedness_peak)
             torch.maximum(self._well_posedness_peak, peak, out=self._well_posedness_peak)
         self.steps_checked += 1
-        record = self._train_record
+        record: SolveRecord | None = outputs["solve_record"]
         if record is None:
             return
         for kind, stats in (("forward", record.forward), ("backward", record.backward)):
@@ -170,13 +157,6 @@ class ImplicitTrainingMethod(SparseMethod):
                 vars(self.solves[kind]).update(summary)
 
     # ------------------------------------------------------------------ the method seam
-    def reference_model(self) -> nn.Module:
-        """The trained implicit model counted dense: same state size, every entry of A, B, C, D kept."""
-        return self.implicit
-
-    def compression_base(self) -> nn.Module | None:
-        return self.implicit
-
     def method_metrics(self) -> dict[str, Any]:
         model = self.implicit
         return {

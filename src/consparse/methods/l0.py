@@ -49,7 +49,7 @@ from consparse.gates import (
     seeded_gate_noise,
 )
 from consparse.gates.kept import KeptWeights
-from consparse.methods.base import SparseMethod
+from consparse.methods.base import Deployment, SparseMethod
 from consparse.optim.lagrangian import LagrangeMultipliers
 from consparse.validation import check_choice, check_density, check_length, check_range
 
@@ -194,16 +194,15 @@ class HardConcreteMethod(SparseMethod):
                     group["lr"] = self.gates_lr
 
     # ------------------------------------------------------------------ the method seam
-    def reference_model(self) -> nn.Module:
-        """The dense architecture with the trained weights and the test gates folded in (no gates)."""
-        return fold_gates(self.model).eval()
+    def finalize(self, datamodule: pl.LightningDataModule) -> Deployment:
+        """The purged model: same classes, sliced layers, equal to the gated model in eval mode.
 
-    def compression_base(self) -> nn.Module | None:
-        return self.reference_model()
-
-    def finalize(self, datamodule: pl.LightningDataModule) -> nn.Module:
-        """The purged model: same classes, sliced layers, equal to the gated model in eval mode."""
-        return purge(self.model.eval(), self.info.input_shape)
+        Its reference is the dense architecture with the trained weights and the test gates folded in
+        (no gates); the compression curve prunes a copy of its own of the same.
+        """
+        deployed = purge(self.model.eval(), self.info.input_shape)
+        reference = fold_gates(self.model).eval()
+        return Deployment(deployed, reference, fold_gates(self.model).eval(), self.method_metrics)
 
     def method_metrics(self) -> dict[str, Any]:
         with torch.no_grad():
@@ -277,6 +276,9 @@ class L0Method(HardConcreteMethod):
         self.target_density = targets if self.layerwise else targets[0]
         self.register_buffer("targets", torch.tensor(targets), persistent=False)
         self.multipliers = LagrangeMultipliers(len(targets), dual_lr, restarts=dual_restarts)
+        # The last training step's constraint defects, for the multiplier update after the optimiser
+        # step: training_step runs inside the optimiser's closure and Lightning hands its outputs to
+        # on_train_batch_end only, which also runs between the steps of an accumulated batch.
         self._defects: torch.Tensor | None = None
 
     def constrained_densities(self) -> torch.Tensor:

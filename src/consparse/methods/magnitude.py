@@ -18,12 +18,11 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
-from torch import nn
 
 from consparse.compress.nm import nm_masks, nm_prune
 from consparse.compress.prune import apply_masks, compute_masks, prune_to_density
 from consparse.errors import ConfigError
-from consparse.methods.base import SparseMethod
+from consparse.methods.base import Deployment, SparseMethod
 from consparse.nm_pattern import NMPattern, parse_nm
 from consparse.validation import check_choice, check_int
 
@@ -104,13 +103,13 @@ class MagnitudeMethod(SparseMethod):
             return nm_masks(self.model, self.nm_pattern)
         return compute_masks(self.model, 1.0 - self.target_density, scope=self.prune_scope)
 
-    def finalize(self, datamodule: pl.LightningDataModule) -> nn.Module:
+    def finalize(self, datamodule: pl.LightningDataModule) -> Deployment:
         model = self.model.eval()
         if self.masks is not None:
-            return model
+            return self.deployment(model)
         if self.nm_pattern is not None:
-            return nm_prune(model, self.nm_pattern)
-        return prune_to_density(model, self.target_density, scope=self.prune_scope)
+            return self.deployment(nm_prune(model, self.nm_pattern))
+        return self.deployment(prune_to_density(model, self.target_density, scope=self.prune_scope))
 
     def method_metrics(self) -> dict[str, Any]:
         return {

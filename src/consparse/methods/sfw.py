@@ -15,7 +15,6 @@ unstructured, filter and low-rank compression of the trained network, all withou
 
 from __future__ import annotations
 
-import functools
 from typing import Any
 
 import pytorch_lightning as pl
@@ -24,9 +23,9 @@ from torch import nn
 
 from consparse.compress.nm import nm_prune
 from consparse.errors import ConfigError
-from consparse.methods.base import SparseMethod
+from consparse.methods.base import Deployment
+from consparse.methods.frank_wolfe_method import FrankWolfeMethod
 from consparse.nm_pattern import NMPattern
-from consparse.optim import FrankWolfe
 from consparse.optim.constraints import ConstrainedGroup, ConstraintSpec, build_model_constraints
 from consparse.validation import check_range
 
@@ -34,7 +33,7 @@ from consparse.validation import check_range
 INFEASIBLE_KEY = "sfw_initially_infeasible_groups"
 
 
-class SFWMethod(SparseMethod):
+class SFWMethod(FrankWolfeMethod):
     """Frank-Wolfe training in constraint sets; pruning / decomposition afterwards without retraining.
 
     Args (beside ``SparseMethod``'s):
@@ -59,17 +58,8 @@ class SFWMethod(SparseMethod):
         self.k = self.constraint_spec.resolved_k(self.target_density)
         check_range("method.unconstrained_lr", unconstrained_lr, 0.0, low_inclusive=False, allow_none=True)
         self.unconstrained_lr = unconstrained_lr
-        factory = self.optimizer_factory
-        target = factory.func if isinstance(factory, functools.partial) else factory
-        if not (isinstance(target, type) and issubclass(target, FrankWolfe)):
-            raise ConfigError(
-                "method.optimizer",
-                "sfw needs the Frank-Wolfe optimiser (_target_: consparse.optim.FrankWolfe, _partial_: true)",
-            )
         self.groups: list[ConstrainedGroup] = []
         self.initially_infeasible = 0
-        self._gap_sum: torch.Tensor | None = None  # the epoch's summed FW gaps (logged as their mean)
-        self._gap_steps = 0
 
     def _deployed_pattern(self) -> NMPattern | None:
         """The N:M pattern of the deployed model (with the nm set), ``target_density`` made N/M."""
@@ -113,41 +103,18 @@ class SFWMethod(SparseMethod):
         super().on_load_checkpoint(checkpoint)
         self.initially_infeasible = int(checkpoint.get(INFEASIBLE_KEY, 0))
 
-    def frank_wolfe(self) -> FrankWolfe:
-        """The optimiser the trainer drives (unwrapped from Lightning's ``LightningOptimizer``)."""
-        optimizer = self.optimizers(use_pl_optimizer=False)
-        if isinstance(optimizer, list):
-            optimizer = optimizer[0]
-        return optimizer
-
-    def on_train_epoch_start(self) -> None:
-        super().on_train_epoch_start()
-        self._gap_sum = None
-        self._gap_steps = 0
-
-    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
-        super().on_train_batch_end(outputs, batch, batch_idx)
-        # Summed on the device and logged once per epoch: a log call per step costs more than a
-        # small model's forward pass, and reading the value would force a device sync.
-        gaps = self.frank_wolfe().frank_wolfe_gaps()
-        if gaps:
-            total = torch.stack(list(gaps.values())).sum().detach()
-            self._gap_sum = total if self._gap_sum is None else self._gap_sum + total
-            self._gap_steps += 1
-
     def on_train_epoch_end(self) -> None:
         super().on_train_epoch_end()
-        if self._gap_sum is not None:
+        gap = self.epoch_gap()
+        if gap is not None:
             # Every rank holds the same gap (same reduced gradients); the once-per-epoch mean over
             # ranks changes nothing and keeps Lightning from warning about unsynchronised epoch logs.
-            self.log(
-                "train/fw_gap", self._gap_sum / self._gap_steps, on_step=False, on_epoch=True, sync_dist=True
-            )
+            self.log("train/fw_gap", gap, on_step=False, on_epoch=True, sync_dist=True)
 
-    def finalize(self, datamodule: pl.LightningDataModule) -> nn.Module:
+    def finalize(self, datamodule: pl.LightningDataModule) -> Deployment:
         if self.nm_pattern is None:
             return super().finalize(datamodule)
-        return nm_prune(self.model.eval(), self.nm_pattern)
+        return self.deployment(nm_prune(self.model.eval(), self.nm_pattern))
 
     # ------------------------------------------------------------------ reporting
     def method_metrics(self) -> dict[str, Any]:
@@ -165,7 +132,7 @@ class SFWMethod(SparseMethod):
         if self._trainer is None or not self.groups:
             return metrics
         optimizer = self.frank_wolfe()
-        gaps = {name: float(gap) for name, gap in optimizer.frank_wolfe_gaps().items()}
+        gaps = self.final_gaps()
         metrics.update(
             {
                 "optimizer": {

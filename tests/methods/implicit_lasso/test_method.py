@@ -207,8 +207,9 @@ def test_rows_split_across_two_ranks_equal_one_process(make_config, tmp_path: Pa
     split = json.loads((tmp_path / "ddp" / "results.json").read_text())
     assert single["method_metrics"]["row_ranks"] == 1 and split["method_metrics"]["row_ranks"] == 2
     assert split["hardware"]["world_size"] == 2 and split["method_metrics"]["chunks"] == 5
-    weights = [load_file(str(tmp_path / name / "export" / "model.safetensors")) for name in ("cpu", "ddp")]
-    assert weights[0].keys() == weights[1].keys()
-    for key in weights[0]:
-        assert torch.equal(weights[0][key], weights[1][key]), f"{key} differs between 1 and 2 processes"
+    # The exports are deployed forms whose kernels (dense or CSR) are chosen by timing them: compared by what they compute.
+    exports = [load_exported(tmp_path / name) for name in ("cpu", "ddp")]
+    x = torch.randn(16, 1, 8, 8)
+    with torch.no_grad():
+        torch.testing.assert_close(exports[0](x), exports[1](x))
     assert single["test_accuracy"] == split["test_accuracy"] and single["density"] == split["density"]

@@ -20,11 +20,12 @@ Tsai, Gao & El Ghaoui, "Constrained Implicit Learning Framework for Neural Netwo
 
 With ``target_density`` set, ``kappa`` is only the first guess of an outer search for the radius
 whose deployed model meets the density (nonzero sparsifiable weights over the teacher's, as every
-method is measured). ``reference_model()`` is the teacher.
+method is measured). The deployment's dense reference is the teacher.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import time
@@ -56,7 +57,7 @@ from consparse.methods.implicit_lasso.readout import ReadoutSettings
 from consparse.methods.implicit_lasso.refit import RowSolver
 from consparse.implicit.solvers import FixedPointSettings
 from consparse.methods.implicit_lasso.state_matching import ImplicitStateMatching
-from consparse.methods.base import SparseMethod
+from consparse.methods.base import Deployment, SparseMethod
 from consparse.validation import check_choice, check_int, check_range
 
 log = logging.getLogger(__name__)
@@ -194,8 +195,6 @@ class ImplicitLassoMethod(SparseMethod):
         self.extraction_batch_size = extraction_batch_size
         self.formulation = self._resolve_formulation(formulation)
         self.teacher_checkpoint = str(load_teacher(self.model, teacher_checkpoint)) if teacher_checkpoint else None
-        self.deployed: nn.Module | None = None
-        self._metrics: dict[str, Any] = {}
 
     def _resolve_formulation(self, formulation: str) -> str:
         if formulation in ("auto", "head") and has_head(self.model):
@@ -223,7 +222,7 @@ class ImplicitLassoMethod(SparseMethod):
             self.trainer.should_stop = True
 
     # ------------------------------------------------------------------ finalize
-    def finalize(self, datamodule: pl.LightningDataModule) -> nn.Module:
+    def finalize(self, datamodule: pl.LightningDataModule) -> Deployment:
         teacher = self.model.eval()
         device = self.device
         teacher_dtype = next(teacher.parameters()).dtype
@@ -291,9 +290,7 @@ class ImplicitLassoMethod(SparseMethod):
                 deployed = deploy_implicit(implicit)
             else:
                 deployed.head = deploy_implicit(implicit)
-        self._metrics = metrics
-        self.deployed = deployed
-        return deployed
+        return Deployment(deployed, teacher, teacher, functools.partial(_reported_metrics, metrics, deployed))
 
     @staticmethod
     def _row_metrics(solutions: list[ConstrainedLassoSolution], radii: list[torch.Tensor], hidden_parameters: int) -> dict[str, Any]:
@@ -322,11 +319,14 @@ class ImplicitLassoMethod(SparseMethod):
             "row_sparsity": 1.0 - nonzeros / hidden_parameters,
         }
 
-    def method_metrics(self) -> dict[str, Any]:
-        metrics = dict(self._metrics)
-        fast = _implicit_part(self.deployed, DeployedImplicitModel)
-        if fast is not None:
-            # Every forward since finalize: the test evaluation and the latency runs.
-            metrics["fixed_point"] = fast.fixed_point_summary()
-            metrics["deployed"] = deployment_metrics(fast)
-        return metrics
+
+
+def _reported_metrics(metrics: dict[str, Any], deployed: nn.Module) -> dict[str, Any]:
+    """``finalize``'s figures and, for an implicit ``deployed`` (or head), its structure and solves."""
+    metrics = dict(metrics)
+    fast = _implicit_part(deployed, DeployedImplicitModel)
+    if fast is not None:
+        # Every forward since finalize: the test evaluation and the latency runs.
+        metrics["fixed_point"] = fast.fixed_point_summary()
+        metrics["deployed"] = deployment_metrics(fast)
+    return metrics
