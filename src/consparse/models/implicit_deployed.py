@@ -277,12 +277,13 @@ class DeployedImplicitModel(nn.Module):
         return named
 
     def sparsifiable_weights(self) -> dict[str, torch.Tensor]:
-        """The stored entries of every product (CSR values, or dense weights with their zeros) and its
-        bias: the entries of ``A, B, C, D`` the deployed model keeps (B's and D's bias column included,
-        as ``ImplicitModel`` counts them)."""
+        """Every product's matrix with its zeros, whatever its storage, and its bias: the entries of
+        ``A, B, C, D`` the deployed model keeps (B's and D's bias column included, as ``ImplicitModel``
+        counts them). Dense in every format, so that counts and per-layer densities do not depend on
+        which kernel the timing at deployment chose."""
         weights: dict[str, torch.Tensor] = {}
         for name, kernel in self.kernels().items():
-            weights[f"{name}.weight"] = kernel.stored_weights()
+            weights[f"{name}.weight"] = kernel.dense_weight()
             if kernel.bias is not None:
                 weights[f"{name}.bias"] = kernel.bias
         return weights

@@ -134,7 +134,7 @@ class SparseLinear(nn.Module):
         return self.weight.detach() if self.format == "dense" else self.matrix().detach().to_dense()
 
     def stored_weights(self) -> torch.Tensor:
-        """The stored entries of ``W`` (what its density and parameter count are measured on)."""
+        """The stored entries of ``W``: CSR values, or the dense weight with its zeros."""
         return self.weight if self.format == "dense" else self.values
 
     def forward(self, buffer: torch.Tensor, out: torch.Tensor | None = None, add: torch.Tensor | None = None) -> torch.Tensor:
