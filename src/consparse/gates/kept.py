@@ -44,6 +44,7 @@ from consparse.gates.batchnorm import GatedBatchNorm2d
 from consparse.gates.chains import POINTWISE, find_chains
 from consparse.gates.hard_concrete import HardConcreteGate
 from consparse.gates.layers import GatedConv2d, GatedLayer, GatedLinear
+from consparse.gates.purge import output_size
 from consparse.precision import full_precision
 
 # What a gate contributes: P(z != 0) under its training distribution, or its test gate's 0/1 mask.
@@ -65,16 +66,6 @@ class _Step:
     size_in: int
     size_out: int
     spatial: int = 1  # H*W of a Flatten's input
-
-
-def _output_size(module: nn.Module, size: int, spatial: int) -> int:
-    if isinstance(module, nn.Linear):
-        return module.out_features
-    if isinstance(module, nn.Conv2d):
-        return module.out_channels
-    if isinstance(module, nn.Flatten):
-        return size * spatial
-    return size
 
 
 def _input_shapes(model: nn.Module, paths: Sequence[str], input_shape: Sequence[int]) -> dict[str, tuple]:
@@ -116,7 +107,7 @@ class KeptWeights:
             for slot in chain.slots:
                 module, path = chain.module(slot), chain.slot_path(slot)
                 spatial = math.prod(shapes[path][2:]) if isinstance(module, nn.Flatten) else 1
-                steps.append(_Step(path, module, size, _output_size(module, size, spatial), spatial))
+                steps.append(_Step(path, module, size, output_size(module, size, spatial), spatial))
                 size = steps[-1].size_out
                 in_chains.add(id(module))
             self.chains.append(steps)

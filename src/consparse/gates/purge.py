@@ -50,7 +50,8 @@ def _gate_mask(layer: GatedLayer | GatedBatchNorm2d) -> torch.Tensor:
     return layer.gate.test_gate() > 0
 
 
-def _out_size(module: nn.Module, size: int, spatial: int) -> int:
+def output_size(module: nn.Module, size: int, spatial: int) -> int:
+    """The features a chain element passes on, given ``size`` in (``spatial``: H*W of a Flatten's input)."""
     if isinstance(module, nn.Linear):
         return module.out_features
     if isinstance(module, nn.Conv2d):
@@ -144,7 +145,7 @@ def _purge_chain(chain: Chain, input_size: int, spatial: dict[int, int]) -> None
     device = next(iter(chain.owner.parameters())).device
     sizes = [input_size]
     for element in elements:
-        sizes.append(_out_size(element.module, sizes[-1], element.spatial))
+        sizes.append(output_size(element.module, sizes[-1], element.spatial))
     nonzero = [_ones(input_size, device)]
     for index, element in enumerate(elements):
         nonzero.append(_nonzero_out(element.module, nonzero[-1], sizes[index + 1], element.spatial))
