@@ -1,7 +1,7 @@
 """``python eval.py run=<run dir>``: measure a finished run's exported model again, without training.
 
 The deployed model is rebuilt from ``<run dir>/export`` with ``load_exported`` (no pickle), the
-data and settings come from the run's own config (Hydra's record, ``.hydra/config.yaml``), and the measurement is the one training ends with (``consparse.train._measure``):
+data and settings come from the run's own config (Hydra's record, ``.hydra/config.yaml``), and the measurement is the one training ends with (``consparse.measure``):
 test accuracy, density, params and MACs against the dense architecture, CPU latency beside it, and
 the compression curve. Results go to ``<run dir>/eval_results.json`` (``output=`` elsewhere); the
 run's ``results.json`` is never touched, and an earlier evaluation is kept as
@@ -33,12 +33,11 @@ from consparse.compress.nm import exported_pattern
 from consparse.config import instantiate_node, job_description, job_identity
 from consparse.errors import ConfigError, ConsparseError
 from consparse.evaluation import EvaluationSettings
+from consparse.measure import measure_deployment
 from consparse.methods import Deployment
 from consparse.models import build_model
-from consparse.nm_pattern import NMPattern
 from consparse.report.results import RESULTS_FILE, read_results, write_results_file
 from consparse.run_dir import archive_previous
-from consparse.train import _measure as measure_deployed
 
 EVAL_RESULTS_FILE = "eval_results.json"
 RUN_CONFIG = Path(".hydra") / "config.yaml"
@@ -121,7 +120,7 @@ def evaluate(run: str | os.PathLike[str], overrides: list[str], output: str | No
     # An export keeps no training state: the curve prunes the deployed model and there are no method figures.
     deployment = Deployment(deployed, reference, compression_base=deployed, metrics=dict,
                             nm_pattern=exported_pattern(export_dir))
-    measured = measure_deployed(cfg, deployment, datamodule, settings, run_dir)
+    measured = measure_deployment(cfg, deployment, datamodule, settings, run_dir)
     training = read_results(run_dir) if (run_dir / RESULTS_FILE).is_file() else {}
     results = {
         **job_identity(cfg),

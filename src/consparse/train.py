@@ -44,11 +44,6 @@ from consparse.callbacks import (
 from consparse.callbacks.divergence import non_finite_tensors
 from consparse.checkpoint_io import SafeCheckpointIO
 from consparse.cluster import adopt_submitit_local_tasks, launched_externally
-from consparse.compress.count import model_stats
-from consparse.compress.evaluate import compression_curve, evaluate_accuracy
-from consparse.compress.export import export_model
-from consparse.compress.latency import compare_latency
-from consparse.compress.nm import export_nm, nm_record
 from consparse.config import instantiate_node, job_description, job_identity
 from consparse.configured_callbacks import configured_callbacks, wants_progress_bar
 from consparse.data.base import ConsparseDataModule
@@ -57,7 +52,8 @@ from consparse.evaluation import EvaluationSettings
 from consparse.gates.sync_batchnorm import SyncBatchNormKeepingGates
 from consparse.interruption import RunInterrupted, SignalWatch
 from consparse.loggers import finish_wandb, instantiate_logger, log_results
-from consparse.methods import Deployment, build_method
+from consparse.measure import measure_deployment
+from consparse.methods import build_method
 from consparse.models import build_model
 from consparse.report.results import Results, write_results
 from consparse.run_config import check_run_config
@@ -191,7 +187,7 @@ def _train_and_measure(
         _wait(waiting)
         return {}
     try:
-        measured = _measure(cfg, deployment, datamodule, settings, run_dir, phases)
+        measured = measure_deployment(cfg, deployment, datamodule, settings, run_dir, phases)
         warnings = _chance_warning(measured["test_accuracy"], info.num_classes)
         epochs, train_seconds = timer.fit_record(trainer)
         record = Results(
@@ -268,96 +264,6 @@ def _chance_warning(accuracy: float, num_classes: int) -> list[str]:
         "closed); check train/loss in the metrics before using this result"
     )
     return [warning]
-
-
-def _measure(
-    cfg: DictConfig,
-    deployment: Deployment,
-    datamodule: ConsparseDataModule,
-    settings: EvaluationSettings,
-    run_dir: Path,
-    phases: PhaseTimer | None = None,
-) -> dict[str, Any]:
-    """Everything results.json reports about ``deployment.model``, measured with the shared compress code.
-
-    ``phases`` books the seconds of each measurement (test_accuracy, model_stats, latency, curve,
-    export, method_metrics).
-    """
-    phases = phases or PhaseTimer()
-    input_shape = datamodule.info.input_shape
-    device = settings.resolve_device(cfg.trainer.get("accelerator"))
-    reference = deployment.reference.eval()
-    deployed = deployment.model.eval()
-    test_loader = datamodule.test_dataloader()
-
-    accuracy = evaluate_accuracy(deployed, test_loader, device)
-    phases.lap("test_accuracy")
-    stats = model_stats(deployed.cpu(), input_shape, reference.cpu())
-    phases.lap("model_stats")
-    latency, dense_latency, by_batch = _latencies(deployed.cpu(), reference.cpu(), input_shape, settings.latency)
-    phases.lap("latency")
-
-    curve: list[dict[str, Any]] = []
-    base = deployment.compression_base
-    if base is not None and settings.compression_grid:
-        curve = compression_curve(
-            base.eval(),
-            test_loader,
-            settings.compression_grid,
-            input_shape,
-            reference,
-            recalibrate_loader=datamodule.train_eval_dataloader() if settings.recalibrate_bn_batches else None,
-            recalibrate_batches=settings.recalibrate_bn_batches,
-            device=device,
-            lowrank_layers=settings.lowrank_layers,
-        )
-    phases.lap("curve")
-
-    export_path = None
-    if settings.export:
-        spec = {**OmegaConf.to_container(cfg.model, resolve=True), "input_shape": list(input_shape),
-                "num_classes": datamodule.info.num_classes}
-        spec.pop("name", None)
-        export_path = export_model(deployed.cpu(), run_dir, OmegaConf.to_container(cfg, resolve=True), spec)
-        if deployment.nm_pattern is not None:
-            export_nm(deployed, run_dir, deployment.nm_pattern)
-    phases.lap("export")
-    method_metrics = deployment.metrics()
-    phases.lap("method_metrics")
-
-    return {
-        "test_accuracy": accuracy,
-        "density": stats.density,
-        "per_layer_density": stats.per_layer_density,
-        "params": stats.params,
-        "params_total": stats.params_total,
-        "dense_params": stats.dense_params,
-        "macs": stats.macs,
-        "dense_macs": stats.dense_macs,
-        "latency_ms": latency["ms"],
-        "dense_latency_ms": dense_latency["ms"],
-        "latency": {k: v for k, v in latency.items() if k != "ms"},
-        "latency_by_batch": by_batch,
-        "compression_curve": curve,
-        "method_metrics": method_metrics,
-        "export": export_path,
-        **nm_record(deployment.nm_pattern, deployed, reference, input_shape, device),
-    }
-
-
-def _latencies(
-    deployed: torch.nn.Module, reference: torch.nn.Module, input_shape: Any, settings: dict[str, Any]
-) -> tuple[dict[str, Any], dict[str, Any], dict[str, dict[str, float]]]:
-    """Deployed and dense latency at ``batch_size``, and ``{batch: {ms, dense_ms}}`` at it and at ``large_batch_size``."""
-    settings = dict(settings)
-    large = settings.pop("large_batch_size", None)
-    models = {"deployed": deployed, "dense": reference}
-    measured = compare_latency(models, input_shape, **settings)
-    by_batch = {str(measured["deployed"]["batch_size"]): measured}
-    if large is not None and str(large) not in by_batch:
-        by_batch[str(large)] = compare_latency(models, input_shape, **{**settings, "batch_size": large})
-    summary = {batch: {"ms": runs["deployed"]["ms"], "dense_ms": runs["dense"]["ms"]} for batch, runs in by_batch.items()}
-    return measured["deployed"], measured["dense"], summary
 
 
 def _build_trainer(cfg: DictConfig, run_dir: Path, timer: TrainTimer) -> pl.Trainer:
