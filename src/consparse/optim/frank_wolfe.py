@@ -41,9 +41,7 @@ import torch
 
 from consparse.errors import ConfigError
 from consparse.optim.constraints.base import ConstraintSet, safe_ratio
-from consparse.optim.constraints.ksparse import top_k_indices_rows
-from consparse.optim.constraints.ksupport import KSupportNormBall
-from consparse.optim.constraints.lp import LpBall
+from consparse.optim.frank_wolfe_batched import BatchLayout, batch_key, step_batched
 from consparse.precision import full_precision
 from consparse.validation import check_choice, check_int, check_range
 
@@ -113,7 +111,7 @@ class FrankWolfe(torch.optim.Optimizer):
         super().__init__(params, defaults)
         #: What the latest short step did (``lipschitz``, ``step``, ``evaluations``); empty before one.
         self.last_line_search: dict[str, float] = {}
-        self._batch_layouts: dict[tuple[int, ...], _BatchLayout] = {}
+        self._batch_layouts: dict[tuple[int, ...], BatchLayout] = {}
 
     # ------------------------------------------------------------------ groups
     def add_param_group(self, param_group: dict[str, Any]) -> None:
@@ -168,14 +166,14 @@ class FrankWolfe(torch.optim.Optimizer):
         short: list[_Move] = []
         batches: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
         for group in self.param_groups:
-            key = self._batch_key(group)
+            key = batch_key(group, self.state, self.batched_device_types)
             if key is None:
                 self._step_group(group, short)
             else:
                 batches.setdefault(key, []).append(group)
         for groups in batches.values():
             if len(groups) > 1:
-                self._step_batched(groups)
+                step_batched(groups, self.state, self._batch_layouts)
             else:
                 self._step_group(groups[0], short)
         if short:
@@ -196,133 +194,9 @@ class FrankWolfe(torch.optim.Optimizer):
             move.step_in_place(self._step_size(group, move.m, move.direction, move.constraint, move.step))
 
     # ------------------------------------------------------------------ many groups, together
-    #: Device types where groups step together (``_step_batched``): where every kernel launch costs
+    #: Device types where groups step together (``frank_wolfe_batched``): where every kernel launch costs
     #: time (GPUs). On the CPU there is no launch to save, and the concatenations would add passes.
     batched_device_types: frozenset[str] = frozenset({"cuda", "xpu"})
-
-    def _batch_key(self, group: dict[str, Any]) -> tuple[Any, ...] | None:
-        """Groups with the same key take one batched step (``_step_batched``); None: a step of its own.
-
-        Batched: L2 balls (BatchNorm weights and biases, biases) and k-support balls (the weights of
-        ``method=sfw``'s default), with a Frank-Wolfe direction, the ``lr`` or ``sublinear`` rule and
-        their momentum buffers in place: all of a ResNet's groups after the first step.
-        """
-        constraint = group["constraint"]
-        params = group["params"]
-        if isinstance(constraint, LpBall) and constraint.p == 2.0:
-            kind = "l2"
-        elif isinstance(constraint, KSupportNormBall):
-            kind = "ksupport"
-        else:
-            return None
-        if not params or params[0].device.type not in self.batched_device_types:
-            return None
-        if group["direction"] != "frank_wolfe" or group["step_rule"] not in ("lr", "sublinear"):
-            return None
-        if any(p.grad is None or p.grad.is_sparse for p in params):
-            return None
-        if group["momentum"] and any("momentum_buffer" not in self.state[p] for p in params):
-            return None  # the first step creates the buffers
-        step = self.state[params[0]].get("step", 0)
-        return (kind, group["lr"], group["momentum"], group["momentum_form"], group["rescale"], group["step_rule"],
-                group["step_offset"], step, params[0].device, params[0].dtype)
-
-    def _step_batched(self, groups: list[dict[str, Any]]) -> None:
-        """The step of ``_prepare`` + ``_step_size`` + ``_Move.step_in_place`` for many groups of one kind at once.
-
-        Same update, computed on the concatenation of the groups' tensors with per-group sums
-        (``index_add_``), so that a step costs a few dozen kernels instead of a few dozen per group:
-        on a GPU each of those small kernels costs as much as the work it does. Results equal the
-        group-by-group step up to the order of floating-point summation.
-        """
-        first = groups[0]
-        params = [p for group in groups for p in group["params"]]
-        mu = first["momentum"]
-        grads = [p.grad for p in params]
-        if mu == 0:
-            momenta = grads
-        else:
-            momenta = [self.state[p]["momentum_buffer"] for p in params]
-            torch._foreach_mul_(momenta, mu)
-            torch._foreach_add_(momenta, grads, alpha=1.0 - mu if first["momentum_form"] == "ema" else 1.0)
-        layout = self._batch_layout(groups, params)
-        m = torch.cat([t.reshape(-1) for t in momenta])
-        theta = torch.cat([p.reshape(-1) for p in params])
-
-        def group_norms(flat: torch.Tensor, counts: list[int] = layout.numels) -> torch.Tensor:
-            # One multi-tensor kernel for all groups.
-            return torch.stack(torch._foreach_norm(list(torch.split(flat, counts))))
-
-        def group_dots(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-            if layout.ks is None:  # small groups: one scatter-add over all of them
-                return a.new_zeros(len(groups)).index_add_(0, layout.segments, a * b)
-            # Large groups: a scatter-add would pile millions of atomic adds onto a few addresses.
-            return torch.stack([torch.dot(x, y) for x, y in zip(torch.split(a, layout.numels),
-                                                                  torch.split(b, layout.numels))])
-
-        m_norm = group_norms(m)
-        if layout.ks is None:
-            per_entry = layout.segments
-            vertex = -layout.radii.index_select(0, per_entry) * safe_ratio(m, m_norm.index_select(0, per_entry))
-        else:
-            # Per group: keep the k largest |m|, V = -r m_k / ||m_k|| (KSupportNormBall.lmo).
-            index = torch.cat([top_k_indices_rows(m[start:start + n].reshape(1, -1), k)[0] + start
-                               for start, n, k in zip(layout.starts, layout.numels, layout.ks)])
-            values = m.gather(0, index)
-            scale = safe_ratio(layout.radii, group_norms(values, layout.ks)).index_select(0, layout.kept_segments)
-            vertex = torch.zeros_like(m).scatter_(0, index, -scale * values)
-        difference = theta - vertex
-        gaps = group_dots(m, difference)
-        for number, group in enumerate(groups):
-            state = self.state[group["params"][0]]
-            state["step"] = state.get("step", 0) + 1
-            state["fw_gap"] = gaps[number]
-        lr, rescale = float(first["lr"]), first["rescale"]
-        eta: float | torch.Tensor
-        if first["step_rule"] == "sublinear":
-            eta = 2.0 / (self.state[first["params"][0]]["step"] + 1 + first["step_offset"])
-        elif rescale == "none":
-            eta = min(lr, 1.0)
-        elif rescale == "diameter":
-            eta = torch.clamp(lr / layout.diameters, max=1.0).index_select(0, layout.segments)
-        else:
-            if rescale == "gradient":
-                factor = safe_ratio(m_norm, group_norms(difference))
-            else:
-                factor = m_norm / (layout.diameters / 2.0)
-            eta = torch.clamp(factor * lr, 0.0, 1.0).index_select(0, layout.segments)
-        stepped = torch.lerp(theta, vertex, eta)
-        torch._foreach_copy_(params, [v.view(p.shape) for v, p in zip(torch.split(stepped, layout.sizes), params)])
-
-    def _batch_layout(self, groups: list[dict[str, Any]], params: list[torch.Tensor]) -> _BatchLayout:
-        """Which group each entry belongs to, and the groups' radii, diameters and k, built once per set of groups."""
-        key = tuple(id(p) for p in params)
-        layout = self._batch_layouts.get(key)
-        if layout is None:
-            device, dtype = params[0].device, params[0].dtype
-            numels = [sum(p.numel() for p in group["params"]) for group in groups]
-            constraints = [group["constraint"] for group in groups]
-            ks = [c.k for c in constraints] if isinstance(constraints[0], KSupportNormBall) else None
-            # Filled on the device, not copied from host lists: a copy would wait for the GPU's queue.
-            def filled(values: list[float]) -> torch.Tensor:
-                return torch.stack([torch.full((), value, dtype=dtype, device=device) for value in values])
-
-            def segments(counts: list[int]) -> torch.Tensor:
-                return torch.cat([torch.full((n,), index, dtype=torch.long, device=device)
-                                  for index, n in enumerate(counts)])
-
-            layout = _BatchLayout(
-                segments=segments(numels),
-                radii=filled([c.radius for c in constraints]),
-                diameters=filled([c.diameter for c in constraints]),
-                sizes=[p.numel() for p in params],
-                numels=numels,
-                starts=[sum(numels[:index]) for index in range(len(numels))],
-                ks=ks,
-                kept_segments=segments(ks) if ks is not None else None,
-            )
-            self._batch_layouts[key] = layout
-        return layout
 
     def _prepare(self, group: dict[str, Any]) -> _Move | None:
         """The group's momentum, vertex and direction (unconstrained groups step right away: None)."""
@@ -476,22 +350,6 @@ class FrankWolfe(torch.optim.Optimizer):
         super().load_state_dict(state_dict)
         for group, constraint in zip(self.param_groups, constraints):
             group["constraint"] = constraint
-
-
-@dataclass
-class _BatchLayout:
-    """The concatenation of several groups: the group of each entry, radius and diameter per group,
-    where each group starts and how many entries it has; for k-support balls, k per group and the
-    group of each kept entry (in the order the kept entries are gathered)."""
-
-    segments: torch.Tensor
-    radii: torch.Tensor
-    diameters: torch.Tensor
-    sizes: list[int]
-    numels: list[int]
-    starts: list[int]
-    ks: list[int] | None
-    kept_segments: torch.Tensor | None
 
 
 @dataclass
