@@ -54,6 +54,7 @@ from consparse.interruption import RunInterrupted, SignalWatch
 from consparse.loggers import finish_wandb, instantiate_logger, log_results
 from consparse.measure import measure_deployment
 from consparse.methods import build_method
+from consparse.methods.base import SparseMethod
 from consparse.models import build_model
 from consparse.report.results import Results, write_results
 from consparse.run_config import check_run_config
@@ -141,10 +142,11 @@ def _status(exc: BaseException) -> str:
     return "failed"
 
 
-def _train_and_measure(
-    cfg: DictConfig, run_dir: Path, identity: dict[str, Any], ckpt_path: Path | None, watch: SignalWatch
-) -> dict[str, Any]:
-    phases = PhaseTimer()
+def _set_up(
+    cfg: DictConfig, ckpt_path: Path | None
+) -> tuple[ConsparseDataModule, SparseMethod, Path | None, EvaluationSettings, HardwareSettings]:
+    """Every check and constructor that can refuse the config, before any data is read or any step taken:
+    the data module, the method (with its model), the checkpoint to start from, and the settings."""
     check_run_config(cfg)
     _check_hardware(cfg)
     _check_trainer(cfg)
@@ -165,7 +167,14 @@ def _train_and_measure(
         log.info("starting from %s", start)
         ckpt_path = start
     prepare_model(method.model, hardware)
+    return datamodule, method, ckpt_path, settings, hardware
 
+
+def _train_and_measure(
+    cfg: DictConfig, run_dir: Path, identity: dict[str, Any], ckpt_path: Path | None, watch: SignalWatch
+) -> dict[str, Any]:
+    phases = PhaseTimer()
+    datamodule, method, ckpt_path, settings, hardware = _set_up(cfg, ckpt_path)
     timer = TrainTimer()
     trainer = _build_trainer(cfg, run_dir, timer)
     if ckpt_path is not None:
@@ -188,7 +197,7 @@ def _train_and_measure(
         return {}
     try:
         measured = measure_deployment(cfg, deployment, datamodule, settings, run_dir, phases)
-        warnings = _chance_warning(measured["test_accuracy"], info.num_classes)
+        warnings = _chance_warning(measured["test_accuracy"], datamodule.info.num_classes)
         epochs, train_seconds = timer.fit_record(trainer)
         record = Results(
             **identity,

@@ -87,6 +87,13 @@ def linear_relu_chain(net: nn.Module) -> list[nn.Linear]:
     return linears
 
 
+def _float64_weights(layer: nn.Linear) -> tuple[torch.Tensor, torch.Tensor]:
+    """The layer's weight and bias (zeros without one) in float64, where the rescaling is done."""
+    w = layer.weight.detach().to(torch.float64)
+    b = layer.bias.detach().to(torch.float64) if layer.bias is not None else w.new_zeros(w.shape[0])
+    return w, b
+
+
 def sequential_to_matrices(
     net: nn.Module, kappa: float, constrain: str = "row", input_shape: Sequence[int] | None = None
 ) -> ConvertedNetwork:
@@ -115,24 +122,19 @@ def sequential_to_matrices(
     starts = [sum(widths[:i]) for i in range(len(widths))]
     slices = [slice(start, start + w) for start, w in zip(starts, widths)]
 
-    def weights(layer: nn.Linear) -> tuple[torch.Tensor, torch.Tensor]:
-        w = layer.weight.detach().to(torch.float64)
-        b = layer.bias.detach().to(torch.float64) if layer.bias is not None else w.new_zeros(w.shape[0])
-        return w, b
-
-    scales = _scales([weights(layer) for layer in hidden], kappa, constrain)
+    scales = _scales([_float64_weights(layer) for layer in hidden], kappa, constrain)
     A = torch.zeros(n, n, dtype=torch.float64, device=device)
     B = torch.zeros(n, width, dtype=torch.float64, device=device)
-    w0, b0 = weights(hidden[0])
+    w0, b0 = _float64_weights(hidden[0])
     B[slices[0], :p] = scales[0] * w0
     if bias:
         B[slices[0], p] = scales[0] * b0
     for index in range(1, len(hidden)):
-        w, b = weights(hidden[index])
+        w, b = _float64_weights(hidden[index])
         A[slices[index], slices[index - 1]] = (scales[index] / scales[index - 1]) * w
         if bias:
             B[slices[index], p] = scales[index] * b
-    w_out, b_out = weights(output)
+    w_out, b_out = _float64_weights(output)
     C = torch.zeros(w_out.shape[0], n, dtype=torch.float64, device=device)
     D = torch.zeros(w_out.shape[0], width, dtype=torch.float64, device=device)
     C[:, slices[-1]] = w_out / scales[-1]
