@@ -29,7 +29,8 @@ from torch import nn
 
 from consparse.errors import ConfigError
 
-CONSTRAINTS = ("row", "A")
+# Where the well-posedness bound kappa applies (config key ``constrain``): to the rows of [A B], or of A only.
+BOUNDED_ROWS = ("row", "A")
 # Modules a Linear/ReLU chain may contain besides Linear and ReLU (identities at evaluation time).
 _PASSIVE = (nn.Flatten, nn.Dropout, nn.Identity)
 
@@ -107,8 +108,8 @@ def sequential_to_matrices(
     """
     if not 0.0 < kappa < 1.0:
         raise ConfigError("method.conversion_kappa", f"got {kappa!r}; allowed: (0, 1)")
-    if constrain not in CONSTRAINTS:
-        raise ConfigError("method.constrain", f"got {constrain!r}; allowed: {', '.join(CONSTRAINTS)}")
+    if constrain not in BOUNDED_ROWS:
+        raise ConfigError("method.constrain", f"got {constrain!r}; allowed: {', '.join(BOUNDED_ROWS)}")
     linears = linear_relu_chain(net)
     hidden, output = linears[:-1], linears[-1]
     if not hidden:

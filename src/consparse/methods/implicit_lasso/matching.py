@@ -16,12 +16,11 @@ from typing import Any, Protocol
 import torch
 from torch import nn
 
+from consparse.implicit.convert import BOUNDED_ROWS
 from consparse.lasso.solution import ConstrainedLassoSolution
 from consparse.methods.implicit_lasso.readout import ReadoutSettings
 from consparse.methods.implicit_lasso.refit import RowBlock
 from consparse.validation import check_choice, check_range
-
-CONSTRAINTS = ("row", "A")
 
 
 @dataclass(frozen=True)
@@ -45,7 +44,7 @@ class MatchingSettings:
 
     def validate(self, prefix: str) -> None:
         check_range(f"{prefix}conversion_kappa", self.conversion_kappa, 0.0, 1.0, low_inclusive=False, high_inclusive=False)
-        check_choice(f"{prefix}constrain", self.constrain, CONSTRAINTS)
+        check_choice(f"{prefix}constrain", self.constrain, BOUNDED_ROWS)
         self.readout.validate(f"{prefix}readout.")
 
 
