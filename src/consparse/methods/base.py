@@ -20,8 +20,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from consparse.data.info import DatasetInfo
 from consparse.compress.prune import prune_to_density
+from consparse.data.info import DatasetInfo
 from consparse.errors import ConfigError
 from consparse.nm_pattern import NMPattern
 from consparse.validation import check_choice, check_density, check_range
@@ -108,9 +108,8 @@ class SparseMethod(pl.LightningModule):
         self.label_smoothing = label_smoothing
         # Per stage, running totals of the sample-weighted loss, the correct predictions and the
         # samples, logged once per epoch (a self.log call per step costs more than the forward pass
-        # of a small model). Three sums instead of torchmetrics' MeanMetric + MulticlassAccuracy:
-        # ~90 us a step against ~440 us, on a 1-thread MNIST-MLP step of ~7 ms
-        # (benchmarks/train_overhead.py); the totals are summed over DDP ranks once per epoch.
+        # of a small model). Three sums instead of torchmetrics' MeanMetric + MulticlassAccuracy, whose
+        # per-step cost benchmarks/train_overhead.py compares; the totals are summed over DDP ranks once per epoch.
         for stage in STAGES:
             self.register_buffer(_totals_name(stage), torch.zeros(3), persistent=False)
         # DDP broadcasts rank 0's buffers at every training forward: each rank's totals must stay its own.

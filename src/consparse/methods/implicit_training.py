@@ -13,7 +13,7 @@ implicit backward and report the same figures, so that their runs compare line b
   ``method_metrics["density_curve"]`` (saved in checkpoints, so a resumed run keeps its curve).
 
 The dense reference (``SparseMethod``'s default) is the trained model itself counted dense: an
-implicit model of the same state size with every entry of A, B, C, D nonzero (design.md), so
+implicit model of the same state size with every entry of A, B, C, D nonzero, so
 ``density = nnz(A,B,C,D) / size``.
 """
 
@@ -28,9 +28,9 @@ from torch import nn
 from consparse.compress.count import nonzero_count, numel_count
 from consparse.data.info import DatasetInfo
 from consparse.implicit.function import SolveRecord
-from consparse.models.implicit import FixedPointSummary, ImplicitModel
 from consparse.implicit.projection import row_l1_norms
 from consparse.methods.base import SparseMethod
+from consparse.models.implicit import FixedPointSummary, ImplicitModel
 
 MATRICES = ("A", "B", "C", "D")
 CURVE_KEY = "implicit_density_curve"
