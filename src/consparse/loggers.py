@@ -36,12 +36,12 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.loggers import WandbLogger
 
+from consparse.compress.export import EXPORT_DIR
 from consparse.config import job_identity
 from consparse.errors import ConfigError
 from consparse.report.results import CURVE_KEYS
 
 WANDB_ID_FILE = "wandb_id.txt"
-EXPORT_DIR = "export"
 # The results.json scalars also logged as ``final/<key>`` metrics to every logger (the CSV log too).
 FINAL_METRICS = ("test_accuracy", "density", "params", "macs", "latency_ms", "train_seconds")
 # Too long for a summary value; the local results.json keeps it.

@@ -31,12 +31,11 @@ from torch import nn
 
 from consparse.errors import ConfigError
 from consparse.lasso.solution import ConstrainedLassoSolution
-from consparse.methods.implicit_lasso.matching import MatchingSettings
+from consparse.lasso.statistics import GramAccumulator
+from consparse.methods.implicit_lasso.matching import DTYPE, MatchingSettings
 from consparse.methods.implicit_lasso.readout import fit_readout
 from consparse.methods.implicit_lasso.refit import RowBlock
-from consparse.lasso.statistics import GramAccumulator
 
-DTYPE = torch.float64
 _NORMS = (nn.BatchNorm1d, nn.BatchNorm2d)
 
 

@@ -22,6 +22,9 @@ from consparse.methods.implicit_lasso.readout import ReadoutSettings
 from consparse.methods.implicit_lasso.refit import RowBlock
 from consparse.validation import check_choice, check_range
 
+# Precision of every formulation's LASSO statistics and solves.
+DTYPE = torch.float64
+
 
 @dataclass(frozen=True)
 class MatchingSettings:

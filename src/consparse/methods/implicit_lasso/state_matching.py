@@ -19,15 +19,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from consparse.lasso.solution import ConstrainedLassoSolution
 from consparse.implicit.convert import sequential_to_matrices
-from consparse.methods.implicit_lasso.matching import MatchingSettings
-from consparse.models.implicit import ImplicitModel
+from consparse.lasso.solution import ConstrainedLassoSolution
+from consparse.lasso.statistics import GramAccumulator
+from consparse.methods.implicit_lasso.matching import DTYPE, MatchingSettings
 from consparse.methods.implicit_lasso.readout import fit_readout
 from consparse.methods.implicit_lasso.refit import RowBlock
-from consparse.lasso.statistics import GramAccumulator
-
-DTYPE = torch.float64
+from consparse.models.implicit import ImplicitModel
 
 
 class ImplicitStateMatching:
