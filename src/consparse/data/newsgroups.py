@@ -26,13 +26,10 @@ import hashlib
 import json
 import logging
 import os
-import tarfile
 import tempfile
 import time
-import zlib
 from collections.abc import Sequence
-from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -44,17 +41,20 @@ from safetensors.torch import save_file
 from sklearn.datasets._twenty_newsgroups import (
     ARCHIVE as SKLEARN_ARCHIVE,
 )
-from sklearn.datasets._twenty_newsgroups import (
-    strip_newsgroup_footer,
-    strip_newsgroup_header,
-    strip_newsgroup_quoting,
-)
 from sklearn.feature_extraction.text import TfidfVectorizer
 from torch.utils.data import TensorDataset
 
 from consparse.data.base import ConsparseDataModule, Splits
 from consparse.data.download import DEFAULT_DOWNLOAD_TIMEOUT, download_verified, load_hub_dataset
 from consparse.data.info import DatasetInfo
+from consparse.data.newsgroups_posts import (
+    NUM_CLASSES,
+    SPLITS,
+    STRIPPERS,
+    Documents,
+    read_tarball,
+    strip_posts,
+)
 from consparse.errors import ConfigError
 from consparse.validation import check_choice, check_int, check_range
 
@@ -63,79 +63,11 @@ if TYPE_CHECKING:  # `datasets` is slow to import and only the Hub sources need 
 
 log = logging.getLogger(__name__)
 
-NUM_CLASSES = 20
-SPLITS = ("train", "test")
-SPLIT_FOLDERS = {"20news-bydate-train": "train", "20news-bydate-test": "test"}
 TARBALL = Path("20newsgroups") / "20news-bydate.tar.gz"
 SKLEARN_CACHE = "20news-bydate_py3.pkz"
 SOURCES = ("auto", "tarball", "sklearn", "huggingface")
-# What can be stripped from a post, in the order scikit-learn strips it, by the very functions
-# fetch_20newsgroups(remove=...) applies (public functions, though their module is private).
-STRIPPERS = {
-    "headers": strip_newsgroup_header,
-    "footers": strip_newsgroup_footer,
-    "quotes": strip_newsgroup_quoting,
-}
 # Bumped whenever the cached tensors change meaning, so that old caches are not reused.
 CACHE_FORMAT = 1
-
-
-@dataclass
-class Documents:
-    """Texts of one split and their group indices (into the sorted group names)."""
-
-    texts: list[str]
-    labels: np.ndarray
-
-
-def read_tarball(path: Path) -> dict[str, Documents]:
-    """Both splits of the bydate tarball, read without extracting it.
-
-    Posts are ordered by group, then by file name, as scikit-learn's ``load_files`` orders them.
-    A file that is not a readable gzip tar (truncated, random bytes) is a ConfigError naming it.
-    """
-    posts: dict[str, list[tuple[str, str, str]]] = {split: [] for split in SPLITS}
-    try:
-        with tarfile.open(path, "r:gz") as archive:
-            for member in archive:
-                if not member.isfile():
-                    continue
-                parts = PurePosixPath(member.name).parts
-                if len(parts) < 3 or parts[-3] not in SPLIT_FOLDERS:
-                    continue
-                text = archive.extractfile(member).read().decode("latin-1")
-                posts[SPLIT_FOLDERS[parts[-3]]].append((parts[-2], parts[-1], text))
-    except (tarfile.TarError, EOFError, zlib.error, OSError) as exc:
-        raise ConfigError(
-            "dataset.root",
-            f"{path} is not a readable 20news-bydate.tar.gz ({type(exc).__name__}: {exc}); it is damaged or "
-            "truncated: delete it and copy or download it again",
-        ) from exc
-    groups = sorted({group for group, _, _ in posts["train"]})
-    if len(groups) != NUM_CLASSES or {group for group, _, _ in posts["test"]} - set(groups):
-        raise ConfigError(
-            "dataset.root",
-            f"{path}: found groups {groups[:3]}... ({len(groups)} in train); expected the 20 bydate groups "
-            "under 20news-bydate-train/<group>/ and the same under 20news-bydate-test/<group>/"
-        )
-    label_of = {group: label for label, group in enumerate(groups)}
-    documents = {}
-    for split, entries in posts.items():
-        entries.sort()
-        documents[split] = Documents(
-            [text for _, _, text in entries],
-            np.array([label_of[group] for group, _, _ in entries], dtype=np.int64),
-        )
-    return documents
-
-
-def strip_posts(texts: Sequence[str], remove: Sequence[str]) -> list[str]:
-    """Remove headers, footers and/or quotes from each post, as ``fetch_20newsgroups(remove=...)`` does."""
-    stripped = list(texts)
-    for part, strip in STRIPPERS.items():
-        if part in remove:
-            stripped = [strip(text) for text in stripped]
-    return stripped
 
 
 def _file_identity(path: Path) -> dict[str, object]:

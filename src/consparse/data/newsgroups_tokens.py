@@ -21,7 +21,8 @@ from torch.utils.data import TensorDataset
 from consparse.data.base import ConsparseDataModule, Splits
 from consparse.data.download import DEFAULT_DOWNLOAD_TIMEOUT
 from consparse.data.info import DatasetInfo
-from consparse.data.newsgroups import NUM_CLASSES, SPLITS, Documents, NewsgroupsDataModule
+from consparse.data.newsgroups import NewsgroupsDataModule
+from consparse.data.newsgroups_posts import NUM_CLASSES, SPLITS, Documents
 from consparse.errors import ConfigError
 from consparse.validation import check_int
 
