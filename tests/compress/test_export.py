@@ -15,14 +15,8 @@ import torch
 from omegaconf import OmegaConf
 from torch import nn
 
-from consparse.compress.export import (
-    LAYER_TYPES,
-    ExportError,
-    apply_structure,
-    describe_structure,
-    export_model,
-    load_exported,
-)
+from consparse.compress.export import ExportError, export_model, load_exported
+from consparse.compress.export_structure import LAYER_TYPES, apply_structure, describe_structure
 from consparse.compress.layers import ChannelScatter, IndexSelect, LowRankConv2d, LowRankLinear
 from consparse.compress.lowrank import lowrank_decompose
 from consparse.compress.prune import magnitude_prune

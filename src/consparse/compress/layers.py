@@ -3,7 +3,7 @@
 Each module here can be rebuilt from ``constructor_kwargs()`` (JSON values only), which is how
 ``consparse.compress.export`` describes a deployed model whose structure differs from the dense
 skeleton. Any other custom module that should survive an export implements the same method and is
-added to ``consparse.compress.export.LAYER_TYPES`` (an export builds only the types listed there).
+added to ``consparse.compress.export_structure.LAYER_TYPES`` (an export builds only the types listed there).
 """
 
 from __future__ import annotations
