@@ -34,7 +34,6 @@ AMP (16-mixed) Lightning's precision plugin unscales the gradients (``GradScaler
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -42,6 +41,7 @@ import torch
 from consparse.errors import ConfigError
 from consparse.optim.constraints.base import ConstraintSet, safe_ratio
 from consparse.optim.frank_wolfe_batched import BatchLayout, batch_key, step_batched
+from consparse.optim.frank_wolfe_move import Move, joined
 from consparse.precision import full_precision
 from consparse.validation import check_choice, check_int, check_range
 
@@ -163,7 +163,7 @@ class FrankWolfe(torch.optim.Optimizer):
 
     @full_precision
     def _step_groups(self, evaluate: Callable[[], torch.Tensor | float] | None) -> None:
-        short: list[_Move] = []
+        short: list[Move] = []
         batches: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
         for group in self.param_groups:
             key = batch_key(group, self.state, self.batched_device_types)
@@ -184,7 +184,7 @@ class FrankWolfe(torch.optim.Optimizer):
                 )
             self._short_step(short, evaluate)
 
-    def _step_group(self, group: dict[str, Any], short: list[_Move]) -> None:
+    def _step_group(self, group: dict[str, Any], short: list[Move]) -> None:
         move = self._prepare(group)
         if move is None:
             return
@@ -198,7 +198,7 @@ class FrankWolfe(torch.optim.Optimizer):
     #: time (GPUs). On the CPU there is no launch to save, and the concatenations would add passes.
     batched_device_types: frozenset[str] = frozenset({"cuda", "xpu"})
 
-    def _prepare(self, group: dict[str, Any]) -> _Move | None:
+    def _prepare(self, group: dict[str, Any]) -> Move | None:
         """The group's momentum, vertex and direction (unconstrained groups step right away: None)."""
         params: list[torch.Tensor] = group["params"]
         if not params or all(p.grad is None for p in params):
@@ -211,16 +211,16 @@ class FrankWolfe(torch.optim.Optimizer):
             for p, m in zip(params, momenta):
                 p.add_(m, alpha=-group["lr"])
             return None
-        m = _joined(momenta, constraint)
-        theta = _joined(params, constraint)
+        m = joined(momenta, constraint)
+        theta = joined(params, constraint)
         vertex = constraint.lmo_at(m, theta)
         state["fw_gap"] = torch.dot(m.reshape(-1), (theta - vertex).reshape(-1))
         if group["direction"] == "pairwise":
             away, weight = constraint.away_vertex(m, theta)
-            return _Move(params, constraint, m, vertex, vertex - away, state["step"], away, weight)
-        return _Move(params, constraint, m, vertex, vertex - theta, state["step"])
+            return Move(params, constraint, m, vertex, vertex - away, state["step"], away, weight)
+        return Move(params, constraint, m, vertex, vertex - theta, state["step"])
 
-    def _short_step(self, moves: list[_Move], evaluate: Callable[[], torch.Tensor | float]) -> None:
+    def _short_step(self, moves: list[Move], evaluate: Callable[[], torch.Tensor | float]) -> None:
         """One backtracking line search over the groups' joint direction (see the module docstring)."""
         state = self.state[moves[0].params[0]]
         lipschitz = float(state.get("lipschitz", self.lipschitz_init))
@@ -229,7 +229,7 @@ class FrankWolfe(torch.optim.Optimizer):
         curvature = float(sum(move.direction.square().sum() for move in moves))
         record = {"lipschitz": lipschitz, "step": 0.0, "evaluations": 0.0}
         if slope < 0 and curvature > 0:
-            start = [_joined(move.params, move.constraint).clone() for move in moves]
+            start = [joined(move.params, move.constraint).clone() for move in moves]
             base = float(evaluate())
             record["evaluations"] = 1.0
             for _ in range(self.max_backtracks):
@@ -317,7 +317,7 @@ class FrankWolfe(torch.optim.Optimizer):
             if constraint is None or not group["params"]:
                 continue
             params = group["params"]
-            theta = _joined(params, constraint)
+            theta = joined(params, constraint)
             if constraint.is_feasible(theta):
                 continue
             feasible = constraint.make_feasible(theta).reshape(-1)
@@ -350,66 +350,3 @@ class FrankWolfe(torch.optim.Optimizer):
         super().load_state_dict(state_dict)
         for group, constraint in zip(self.param_groups, constraints):
             group["constraint"] = constraint
-
-
-@dataclass
-class _Move:
-    """One constrained group's step: ``theta <- theta + min(eta, weight) * direction``.
-
-    ``direction`` is ``V - theta`` (Frank-Wolfe) or ``V - a`` (pairwise, with ``away`` the atom
-    ``a`` and ``weight`` its weight, per row for row-wise sets, which caps the step so that the
-    iterate stays in the set).
-    """
-
-    params: list[torch.Tensor]
-    constraint: ConstraintSet
-    m: torch.Tensor
-    vertex: torch.Tensor
-    direction: torch.Tensor
-    step: int
-    away: torch.Tensor | None = None
-    weight: torch.Tensor | None = None
-
-    def gradient(self) -> torch.Tensor:
-        """The raw gradient in the constraint's shape (the short step's decrease test is on the batch loss)."""
-        return _joined([p.grad if p.grad is not None else torch.zeros_like(p) for p in self.params], self.constraint)
-
-    def step_in_place(self, eta: float | torch.Tensor) -> None:
-        """``apply`` without returning the step taken: a Frank-Wolfe step on a single tensor (the usual
-        group) is one in-place ``lerp_`` on it, not a new tensor copied back; the optimiser takes one
-        such step per group and iteration, and on a GPU each extra kernel launch costs as much as the step."""
-        theta = _joined(self.params, self.constraint)
-        if self.away is None and len(self.params) == 1 and theta.data_ptr() == self.params[0].data_ptr():
-            theta.lerp_(self.vertex, eta)
-        else:
-            self.apply(eta)
-
-    def apply(self, eta: float | torch.Tensor) -> torch.Tensor:
-        """Take the step in place; returns the step taken (new minus old, in the constraint's shape)."""
-        theta = _joined(self.params, self.constraint)
-        if self.away is None:
-            new = torch.lerp(theta, self.vertex, eta)
-        else:
-            if not isinstance(eta, torch.Tensor):
-                eta = torch.full((), eta, dtype=theta.dtype, device=theta.device)
-            eta_rows = torch.minimum(eta.to(theta.dtype), self.weight)
-            new = theta + eta_rows * self.direction
-            # A drop step removes the away atom exactly (a rounding residue would keep its entries alive).
-            dropped = (eta_rows >= self.weight) & (self.away != 0) & (self.vertex == 0)
-            new = torch.where(dropped, torch.zeros_like(new), new)
-        taken = new - theta
-        self.restore(new)
-        return taken
-
-    def restore(self, values: torch.Tensor) -> None:
-        """Write ``values`` (any shape with the group's entry count) back into the group's tensors."""
-        flat = values.reshape(-1)
-        for p, value in zip(self.params, torch.split(flat, [p.numel() for p in self.params])):
-            p.copy_(value.reshape(p.shape))
-
-
-def _joined(tensors: list[torch.Tensor], constraint: ConstraintSet) -> torch.Tensor:
-    """The group's tensors as one tensor of the constraint's shape (a view for a single contiguous tensor)."""
-    if len(tensors) == 1:
-        return tensors[0].reshape(constraint.shape)
-    return torch.cat([t.reshape(-1) for t in tensors]).reshape(constraint.shape)

@@ -1,7 +1,7 @@
 """The Frank-Wolfe step of many param groups at once, for ``FrankWolfe`` on GPUs.
 
 Same update as the group-by-group step (``FrankWolfe._prepare`` + ``_step_size`` +
-``_Move.step_in_place``), computed on the concatenation of the groups' tensors with per-group sums
+``Move.step_in_place``), computed on the concatenation of the groups' tensors with per-group sums
 (``index_add_``), so that a step costs a few dozen kernels instead of a few dozen per group: on a
 GPU each of those small kernels costs as much as the work it does. Results equal the group-by-group
 step up to the order of floating-point summation.
