@@ -13,16 +13,22 @@ from typing import Any
 
 import torch
 from omegaconf import DictConfig, OmegaConf
+from safetensors.torch import save_file
 
 from consparse.compress.count import model_stats
 from consparse.compress.evaluate import compression_curve, evaluate_accuracy
-from consparse.compress.export import export_model
+from consparse.compress.export import EXPORT_DIR, export_model
 from consparse.compress.latency import compare_latency
 from consparse.compress.nm import export_nm, nm_record
 from consparse.data.base import ConsparseDataModule
 from consparse.evaluation import EvaluationSettings
 from consparse.methods import Deployment
+from consparse.models.implicit import ImplicitModel
+from consparse.models.implicit_deployed import DeployedImplicitModel
 from consparse.timing import PhaseTimer
+
+# Beside an implicit model's export: its four matrices, for readers without consparse.
+IMPLICIT_MATRICES_FILE = "implicit_matrices.safetensors"
 
 
 def measure_deployment(
@@ -108,7 +114,25 @@ def _export(cfg: DictConfig, deployment: Deployment, datamodule: ConsparseDataMo
     path = export_model(deployed, run_dir, OmegaConf.to_container(cfg, resolve=True), spec)
     if deployment.nm_pattern is not None:
         export_nm(deployed, run_dir, deployment.nm_pattern)
+    if isinstance(deployed, (DeployedImplicitModel, ImplicitModel)):
+        _export_matrices(deployed, Path(run_dir) / EXPORT_DIR)
     return path
+
+
+def _export_matrices(deployed: DeployedImplicitModel | ImplicitModel, export_dir: Path) -> None:
+    """``implicit_matrices.safetensors``: the model's ``(A, B, C, D)`` (over the kept states of a fast form).
+
+    The fast form's kernels (levels, dense or CSR) need consparse to be read; these four matrices
+    let plain PyTorch evaluate the same model by its fixed point (docs/plain_pytorch.md).
+    """
+    if isinstance(deployed, DeployedImplicitModel):
+        A, B, C, D = deployed.as_matrices()
+    else:
+        A, B, C, D = deployed.A, deployed.B, deployed.C, deployed.D
+    matrices = {name: m.detach().cpu().contiguous() for name, m in zip("ABCD", (A, B, C, D))}
+    path = export_dir / IMPLICIT_MATRICES_FILE
+    save_file(matrices, str(path.with_suffix(".tmp")))
+    path.with_suffix(".tmp").replace(path)
 
 def latencies(
     deployed: torch.nn.Module, reference: torch.nn.Module, input_shape: Any, settings: dict[str, Any]
