@@ -22,7 +22,8 @@ DATASETS = sorted(p.stem for p in (REPO_CONF / "dataset").glob("*.yaml"))
 HARDWARE = sorted(p.stem for p in (REPO_CONF / "hardware").glob("*.yaml"))
 # The model each method trains, from its class's requires_model (None: any model).
 REQUIRED_MODEL = {method: required_model(OmegaConf.load(REPO_CONF / "method" / f"{method}.yaml")) for method in METHODS}
-EXPERIMENTS = sorted(p.stem for p in (REPO_CONF / "experiment").glob("*.yaml"))
+# A name starting with "_" is a base other presets include (conf/experiment/_compare.yaml), not a preset.
+EXPERIMENTS = sorted(p.stem for p in (REPO_CONF / "experiment").glob("[!_]*.yaml"))
 
 CONV_MODELS = {"lenet5", "resnet18", "resnet20", "resnet50", "wrn28_10"}
 # Small models every method is built around (the large ones are covered by the model x dataset grid).
