@@ -14,5 +14,5 @@ METHOD_CONF = Path(__file__).resolve().parents[1] / "conf" / "method"
 
 def method_models() -> list[tuple[str, str]]:
     """``(method, model)`` for every method: the model its class requires, else ``mlp``."""
-    methods = sorted(path.stem for path in METHOD_CONF.glob("*.yaml"))
+    methods = sorted(path.stem for path in METHOD_CONF.glob("[!_]*.yaml"))  # "_*": bases, not methods
     return [(method, required_model(OmegaConf.load(METHOD_CONF / f"{method}.yaml")) or "mlp") for method in methods]

@@ -116,9 +116,7 @@ def test_tiny_compare_sweep_through_the_cli(tmp_path: Path) -> None:
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
 
-    preset = yaml.safe_load((CONF / "experiment" / "compare_mnist_mlp.yaml").read_text())["hydra"]["sweeper"][
-        "blocks"
-    ]
+    preset = OmegaConf.to_container(compose_preset("compare_mnist_mlp").hydra.sweeper.blocks)
     available = {name for name, block in preset.items() if method_exists(block["method"])}
     targeted = available - {"dense", "l0_penalty"}
     jobs = [read_results(job) for job in sweep.iterdir() if job.name.isdigit()]
@@ -155,3 +153,17 @@ def test_tiny_compare_sweep_through_the_cli(tmp_path: Path) -> None:
     assert "#### Where methods fall short" in markdown and "- l0_penalty: density" in markdown
     png = (sweep / "pareto.png").read_bytes()
     assert png[:4] == b"\x89PNG" and min(struct.unpack(">II", png[16:24])) > 300
+
+
+# ------------------------------------------------------------------ one shared block list
+def test_every_compare_block_comes_from_the_shared_list() -> None:
+    """The settings add knobs to the blocks of _compare.yaml or leave blocks out (null); none defines
+    a block of its own or changes what a shared block sets, and the launch order is the list's."""
+    shared = OmegaConf.to_container(OmegaConf.load(CONF / "experiment" / "_compare.yaml").hydra.sweeper.blocks)
+    for preset in PRESETS:
+        blocks = OmegaConf.to_container(compose_preset(preset).hydra.sweeper.blocks)
+        assert list(blocks) == list(shared), preset
+        for name, block in blocks.items():
+            if block is not None:
+                assert block.items() >= shared[name].items(), (preset, name)
+

@@ -16,13 +16,14 @@ from consparse.models import build_model
 from consparse.models.registry import ARCHITECTURES
 
 REPO_CONF = __import__("pathlib").Path(__file__).resolve().parents[1] / "conf"
-METHODS = sorted(p.stem for p in (REPO_CONF / "method").glob("*.yaml"))
+# A name starting with "_" is a base other configs include (method/_hard_concrete.yaml), not an option.
+METHODS = sorted(p.stem for p in (REPO_CONF / "method").glob("[!_]*.yaml"))
 MODELS = sorted(p.stem for p in (REPO_CONF / "model").glob("*.yaml"))
 DATASETS = sorted(p.stem for p in (REPO_CONF / "dataset").glob("*.yaml"))
 HARDWARE = sorted(p.stem for p in (REPO_CONF / "hardware").glob("*.yaml"))
 # The model each method trains, from its class's requires_model (None: any model).
 REQUIRED_MODEL = {method: required_model(OmegaConf.load(REPO_CONF / "method" / f"{method}.yaml")) for method in METHODS}
-EXPERIMENTS = sorted(p.stem for p in (REPO_CONF / "experiment").glob("*.yaml"))
+EXPERIMENTS = sorted(p.stem for p in (REPO_CONF / "experiment").glob("[!_]*.yaml"))
 
 CONV_MODELS = {"lenet5", "resnet18", "resnet20", "resnet50", "wrn28_10"}
 # Small models every method is built around (the large ones are covered by the model x dataset grid).

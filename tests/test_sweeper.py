@@ -117,6 +117,16 @@ def test_optional_names_must_be_blocks() -> None:
         plan_sweep(None, BLOCKS, [], optional=["fx"])
 
 
+def test_a_null_block_is_left_out_as_if_not_listed() -> None:
+    """A preset that includes the shared block list drops the blocks its setting does not compare."""
+    dropped = plan_sweep({"seed": "0"}, {**BLOCKS, "pen": None, "fw": None}, [], optional=["fw"])
+    listed = plan_sweep({"seed": "0"}, {"dense": BLOCKS["dense"], "l0": BLOCKS["l0"]}, [])
+    assert [b.name for b in dropped.blocks] == ["dense", "l0"]
+    assert dropped.jobs() == listed.jobs()
+    with pytest.raises(BlockSweepError, match="no blocks"):
+        plan_sweep(None, {"dense": None}, [])
+
+
 def test_unavailable_optional_blocks_are_skipped_others_fail() -> None:
     def compose_job(overrides: list[str]) -> None:
         if "method=implicit_fw" in overrides:

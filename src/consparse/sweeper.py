@@ -25,6 +25,10 @@ The configuration (``hydra.sweeper`` once ``override /hydra/sweeper: blocks`` is
     optional: [implicit_fw]                   # skipped, not an error, while their configs are missing
     select: [method]                          # keys whose command-line values choose blocks
 
+A block set to ``null`` is left out, as if it were not listed: a preset that includes a shared
+block list (conf/experiment/_compare.yaml) drops the blocks its setting does not compare; an
+``optional`` name of a left-out block is ignored.
+
 Values are written as on the command line (``a,b`` sweeps, ``[a,b]`` is a list value, ``null``).
 Command-line overrides, in this order of precedence:
 
@@ -112,7 +116,7 @@ class SweepPlan:
 
 def plan_sweep(
     params: Mapping[str, Any] | None,
-    blocks: Mapping[str, Mapping[str, Any]],
+    blocks: Mapping[str, Mapping[str, Any] | None],
     arguments: Sequence[str],
     select: Sequence[str] = ("method",),
     optional: Sequence[str] = (),
@@ -124,6 +128,9 @@ def plan_sweep(
     lacks a select key, ``optional`` names no block, or the command line selects no block.
     """
     parser = parser or OverridesParser.create()
+    left_out = {name for name, mapping in blocks.items() if mapping is None}
+    blocks = {name: mapping for name, mapping in blocks.items() if mapping is not None}
+    optional = [name for name in optional if name not in left_out]
     if not blocks:
         raise BlockSweepError(
             "hydra.sweeper.blocks: no blocks; give at least one {override key: value} mapping"

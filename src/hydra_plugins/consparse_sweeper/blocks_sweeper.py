@@ -6,7 +6,7 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
 from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -30,8 +30,8 @@ class BlocksSweeperConf:
     max_batch_size: int | None = None
     # Swept in every block, the outer loop (seed-major launch order).
     params: dict[str, Any] = field(default_factory=dict)
-    # name -> {override key: value as on the command line}; one cartesian product each.
-    blocks: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # name -> {override key: value as on the command line}; one cartesian product each (null: left out).
+    blocks: dict[str, Optional[dict[str, Any]]] = field(default_factory=dict)
     # Blocks skipped with a warning, rather than failing the sweep, while their config group option is missing.
     optional: list[str] = field(default_factory=list)
     # Keys whose command-line values choose blocks instead of changing them.
@@ -50,14 +50,14 @@ class BlocksSweeper(Sweeper):
         self,
         max_batch_size: int | None = None,
         params: dict[str, Any] | None = None,
-        blocks: dict[str, dict[str, Any]] | None = None,
+        blocks: dict[str, dict[str, Any] | None] | None = None,
         optional: list[str] | None = None,
         select: list[str] | None = None,
     ) -> None:
         super().__init__()
         self.max_batch_size = max_batch_size
         self.params = dict(params or {})
-        self.blocks = {name: dict(block or {}) for name, block in (blocks or {}).items()}
+        self.blocks = {name: None if block is None else dict(block) for name, block in (blocks or {}).items()}
         self.optional = list(optional or [])
         self.select = list(select) if select is not None else ["method"]
         self.hydra_context: HydraContext | None = None
