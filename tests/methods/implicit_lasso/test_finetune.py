@@ -41,7 +41,7 @@ def _batches(count: int = 4) -> list[tuple[torch.Tensor, torch.Tensor]]:
 def test_the_support_is_fixed_and_a_stays_well_posed() -> None:
     model = _sparse_model()
     before = support_masks(model)
-    finetune_on_support(model, _batches(), FinetuneSettings(epochs=3, lr=0.05))
+    finetune_on_support(model, _batches(), FinetuneSettings(epochs=3, lr=1.0))
     after = support_masks(model)
     for name, mask in before.items():
         assert not bool((after[name] & ~mask).any()), f"{name} gained a nonzero"
@@ -52,7 +52,7 @@ def test_the_support_is_fixed_and_a_stays_well_posed() -> None:
 
 def test_the_loss_decreases_on_a_tiny_problem() -> None:
     model = _sparse_model()
-    losses = finetune_on_support(model, _batches(), FinetuneSettings(epochs=8, lr=0.02))
+    losses = finetune_on_support(model, _batches(), FinetuneSettings(epochs=8, lr=0.1))
     assert len(losses) == 8 and losses[-1] < 0.8 * losses[0]
 
 
@@ -84,7 +84,7 @@ def test_finetuning_a_conv_net_is_refused_before_training(make_config) -> None:
 
 def test_a_run_reports_the_one_shot_and_the_finetuned_accuracy(make_config, tmp_path: Path) -> None:
     cfg = make_config("method=implicit_lasso", *SMALL_MLP, "trainer.max_epochs=3", "method.optimizer.lr=0.01",
-                      "method.kappa=0.1", "method.data_fraction=0.5", "method.finetune_epochs=1", "method.finetune_lr=0.001")
+                      "method.kappa=0.1", "method.data_fraction=0.5", "method.finetune_epochs=1", "method.finetune_lr=0.01")
     run(cfg)
     on_disk = read_results(tmp_path / "run")
     finetune = on_disk["method_metrics"]["finetune"]

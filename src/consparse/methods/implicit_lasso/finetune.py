@@ -27,10 +27,15 @@ from consparse.models.implicit import ImplicitModel
 
 @dataclass(frozen=True)
 class FinetuneSettings:
-    """``method.finetune_epochs`` (0 keeps the paper's one shot) and ``method.finetune_lr`` (Adam's)."""
+    """``method.finetune_epochs`` (0 keeps the paper's one shot) and ``method.finetune_lr``.
+
+    ``lr`` is relative: each matrix's Adam learning rate is ``lr`` times the root mean square of its
+    nonzero entries, because the conversion's rescaling leaves ``A, B`` and ``C`` orders of magnitude
+    apart (one absolute rate either wrecks the small entries or leaves the large ones still).
+    """
 
     epochs: int = 0
-    lr: float = 1.0e-4
+    lr: float = 1.0e-2
 
     def validate(self, prefix: str = "") -> None:
         if not isinstance(self.epochs, int) or isinstance(self.epochs, bool) or self.epochs < 0:
@@ -50,6 +55,12 @@ def _restrict_(model: ImplicitModel, masks: dict[str, torch.Tensor]) -> None:
         for name, weight in model.sparsifiable_weights().items():
             weight.mul_(masks[name])
     model.project_()
+
+
+def _typical_entry(weight: torch.Tensor) -> float:
+    """Root mean square of the nonzero entries (1 for an all-zero matrix, which never moves anyway)."""
+    nonzero = weight.detach()[weight.detach() != 0]
+    return float(nonzero.pow(2).mean().sqrt()) if nonzero.numel() else 1.0
 
 
 def _mask_gradients_(model: ImplicitModel, masks: dict[str, torch.Tensor]) -> None:
@@ -72,12 +83,12 @@ def finetune_on_support(
 ) -> list[float]:
     """Train the nonzero entries of ``model`` in place on ``(inputs, targets)`` batches; the epochs' mean losses.
 
-    Cross-entropy on the labels, Adam on ``A, B, C, D`` with masked gradients; the support never
+    Cross-entropy on the labels, Adam on ``A, B, C, D`` (rates relative to each matrix's entries) with masked gradients; the support never
     grows and ``||A||_inf <= model.kappa`` holds after every step.
     """
     masks = support_masks(model)
     weights = list(model.sparsifiable_weights().values())
-    optimizer = torch.optim.Adam(weights, lr=settings.lr)
+    optimizer = torch.optim.Adam([{"params": [weight], "lr": settings.lr * _typical_entry(weight)} for weight in weights])
     loss_function = nn.CrossEntropyLoss()
     was_training = model.training
     model.train()

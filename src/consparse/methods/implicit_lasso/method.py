@@ -159,7 +159,8 @@ class ImplicitLassoMethod(SparseMethod):
             (``consparse.lasso.debias``; beyond the paper, off by default).
         finetune_epochs: epochs of training on the fixed support after the refit (0: the paper's
             one shot); ``formulation: implicit`` only.
-        finetune_lr: Adam's learning rate of that fine-tuning.
+        finetune_lr: Adam's learning rate of that fine-tuning, relative to each matrix's typical entry
+            (the root mean square of its nonzeros).
     """
 
     def __init__(
@@ -178,7 +179,7 @@ class ImplicitLassoMethod(SparseMethod):
         fixed_point: dict[str, Any] | None = None,
         debias: bool = False,
         finetune_epochs: int = 0,
-        finetune_lr: float = 1.0e-4,
+        finetune_lr: float = 1.0e-2,
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
