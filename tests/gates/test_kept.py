@@ -52,8 +52,9 @@ def test_count_for_the_test_gates_is_the_purged_models(architecture: str, struct
     for seed in range(3):
         gate_helpers.scramble(model, seed)
         purged = purge(model.eval(), shape)
+        # The density is a float32 share: on ResNet-50's 25M weights it is exact to a few weights.
         assert float(kept.model_density(deployed=True)) * kept.total == pytest.approx(
-            nonzero_count(sparsifiable_weights(purged)), abs=0.5)
+            nonzero_count(sparsifiable_weights(purged)), rel=2e-7, abs=0.5)
         assert float(kept.model_density(deployed=True)) == pytest.approx(density(purged, fold_gates(model)), abs=1e-6)
 
 
