@@ -54,8 +54,13 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
+from data_loader import measure_loader  # benchmarks/data_loader.py, beside this script
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
+from nm_latency import GOAL_SPEEDUP as NM_GOAL_SPEEDUP  # benchmarks/nm_latency.py, beside this script
+from nm_latency import STACKS as NM_STACKS
+from nm_latency import TINY_STACKS as NM_TINY_STACKS
+from nm_latency import measure as measure_nm
 from torch.utils.flop_counter import FlopCounterMode
 
 from consparse.accelerate import HardwareSettings, prepare_model, release_model
@@ -64,16 +69,11 @@ from consparse.data.cifar import CROP_PADDING, CIFAR10DataModule
 from consparse.data.device_batches import DeviceBatches, EpochSampler, ImageTensors
 from consparse.data.info import DatasetInfo
 from consparse.lasso.problem import LassoProblem
-from consparse.methods.implicit_lasso.refit import RowBlock, RowSolver
 from consparse.methods import build_method
+from consparse.methods.implicit_lasso.refit import RowBlock, RowSolver
 from consparse.models import build_model
 from consparse.quiet import silence_known_noise
 from consparse.train import _build_trainer
-from data_loader import measure_loader  # benchmarks/data_loader.py, beside this script
-from nm_latency import GOAL_SPEEDUP as NM_GOAL_SPEEDUP  # benchmarks/nm_latency.py, beside this script
-from nm_latency import STACKS as NM_STACKS
-from nm_latency import TINY_STACKS as NM_TINY_STACKS
-from nm_latency import measure as measure_nm
 
 CONF = REPO / "conf"
 # Dense (no sparsity) bf16 tensor-core peaks, FLOP/s, by a fragment of torch.cuda.get_device_name().

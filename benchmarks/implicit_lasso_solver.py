@@ -35,15 +35,15 @@ import torch
 
 from consparse.data.mnist import MNISTDataModule
 from consparse.lasso.solvers import solver_settings
+from consparse.methods.implicit_lasso import load_teacher
 from consparse.methods.implicit_lasso.matching import MatchingSettings
 from consparse.methods.implicit_lasso.refit import RowBlock, RowSolver
 from consparse.methods.implicit_lasso.state_matching import ImplicitStateMatching
-from consparse.methods.implicit_lasso import load_teacher
 from consparse.models.mlp import MLP
 
 # The independent scikit-learn reference lives with the tests.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from tests.lasso.reference import sklearn_constrained_lasso  # noqa: E402
+from tests.lasso.reference import sklearn_constrained_lasso
 
 
 def main() -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from omegaconf import OmegaConf
 
 from consparse.compress.count import sparsifiable_weights

@@ -6,8 +6,8 @@ import logging
 from pathlib import Path
 
 import pytest
-
 from tests.method_models import method_models
+
 from consparse.evaluation import EvaluationSettings
 from consparse.report.results import read_results, validate_results
 from consparse.train import run

@@ -20,9 +20,9 @@ from consparse.accelerate import HardwareSettings, prepare_model
 from consparse.config import instantiate_node
 from consparse.gates import expected_model_density, gate_model
 from consparse.implicit.function import SolveRecord, equilibrium
+from consparse.implicit.solvers import FixedPointSettings
 from consparse.lasso.path import solve_lasso
 from consparse.lasso.problem import LassoProblem
-from consparse.implicit.solvers import FixedPointSettings
 from consparse.methods import build_method
 from consparse.models import build_model
 from consparse.optim.constraints import KSupportNormBall, SpectralKSupportNormBall

@@ -14,11 +14,11 @@ from torch import nn
 
 from consparse.gates import expected_l2, expected_layer_densities, expected_model_density, gate_model
 from consparse.gates.hard_concrete import deterministic_gate, prob_active, sample_gate
-from consparse.lasso.active_set import ActiveSet
 from consparse.implicit.function import SolveRecord, equilibrium
+from consparse.implicit.solvers import FixedPointSettings
+from consparse.lasso.active_set import ActiveSet
 from consparse.lasso.path import solve_lasso
 from consparse.lasso.problem import LassoProblem
-from consparse.implicit.solvers import FixedPointSettings
 from consparse.optim import FrankWolfe
 from consparse.optim.constraints import (
     GroupKSupportNormBall,

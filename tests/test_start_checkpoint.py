@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
 from tests.method_models import method_models
+
 from consparse.errors import ConfigError
 from consparse.report.results import read_results
 from consparse.train import run

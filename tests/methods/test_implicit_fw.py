@@ -16,11 +16,11 @@ from consparse.checkpoint_io import load_checkpoint
 from consparse.compress.export import load_exported
 from consparse.config import instantiate_node
 from consparse.errors import ConfigError
-from consparse.models.implicit import ImplicitModel
-from consparse.models.implicit_deployed import DeployedImplicitModel
 from consparse.methods import build_method
 from consparse.methods.implicit_fw import ImplicitFWMethod
 from consparse.models import build_model
+from consparse.models.implicit import ImplicitModel
+from consparse.models.implicit_deployed import DeployedImplicitModel
 from consparse.optim import FrankWolfe
 from consparse.optim.constraints import RowwiseKSparsePolytope, RowwiseL1Ball
 from consparse.report.results import read_results, validate_results

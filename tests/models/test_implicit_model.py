@@ -11,9 +11,9 @@ from torch import nn
 from consparse.errors import ConfigError
 from consparse.implicit.convert import sequential_to_matrices
 from consparse.implicit.function import solve_equilibrium
-from consparse.models.implicit import FixedPointError, ImplicitModel
 from consparse.implicit.projection import project_rows_l1, row_l1_norms
 from consparse.implicit.solvers import FixedPointSettings, solve_fixed_point
+from consparse.models.implicit import FixedPointError, ImplicitModel
 from consparse.models.mlp import MLP
 
 

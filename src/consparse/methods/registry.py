@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hydra
 from omegaconf import DictConfig
-
 from torch import nn
 
 from consparse.config import instantiate_node

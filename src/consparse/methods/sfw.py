@@ -19,7 +19,6 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
-from torch import nn
 
 from consparse.compress.nm import nm_prune
 from consparse.errors import ConfigError

@@ -17,10 +17,10 @@ from safetensors.torch import load_file
 from consparse.compress.export import load_exported
 from consparse.config import instantiate_node
 from consparse.errors import ConfigError
-from consparse.models.implicit_deployed import DeployedImplicitModel
 from consparse.methods import build_method
 from consparse.methods.implicit_lasso import ImplicitLassoMethod
 from consparse.models import build_model
+from consparse.models.implicit_deployed import DeployedImplicitModel
 from consparse.report.results import read_results, validate_results
 from consparse.train import run
 

@@ -47,27 +47,28 @@ from consparse.compress.count import density, nonzero_count
 from consparse.compress.evaluate import evaluate_accuracy
 from consparse.compress.export import ExportError, load_exported
 from consparse.errors import ConfigError
+from consparse.implicit.convert import linear_relu_chain
+from consparse.implicit.solvers import FixedPointSettings
+from consparse.lasso.debias import debias_rows
 from consparse.lasso.solution import ConstrainedLassoSolution
 from consparse.lasso.solvers import solver_settings
-from consparse.implicit.convert import linear_relu_chain
-from consparse.lasso.debias import debias_rows
+from consparse.methods.base import Deployment, SparseMethod
 from consparse.methods.implicit_lasso.finetune import FinetuneSettings, finetune_on_support
 from consparse.methods.implicit_lasso.head import HeadStateMatching, has_head
 from consparse.methods.implicit_lasso.kappa_search import DensitySearchSettings, search_kappa
 from consparse.methods.implicit_lasso.layerwise import LayerwiseStateMatching, check_layerwise
 from consparse.methods.implicit_lasso.matching import MatchingSettings, StateMatching
-from consparse.models.implicit import NONCONVERGENCE_POLICIES, ImplicitModel
-from consparse.models.implicit_deployed import DeployedImplicitModel, deploy_implicit, deployment_metrics
 from consparse.methods.implicit_lasso.readout import ReadoutSettings
 from consparse.methods.implicit_lasso.refit import RowSolver
-from consparse.implicit.solvers import FixedPointSettings
 from consparse.methods.implicit_lasso.state_matching import ImplicitStateMatching
-from consparse.methods.base import Deployment, SparseMethod
+from consparse.models.implicit import NONCONVERGENCE_POLICIES, ImplicitModel
+from consparse.models.implicit_deployed import DeployedImplicitModel, deploy_implicit, deployment_metrics
 from consparse.validation import check_choice, check_int, check_range
 
 log = logging.getLogger(__name__)
 
 FORMULATIONS = ("auto", "implicit", "layerwise", "head")
+FORMULATION_CLASSES = {"implicit": ImplicitStateMatching, "layerwise": LayerwiseStateMatching, "head": HeadStateMatching}
 
 def _settings(cls: type, values: dict[str, Any] | None, field: str, exclude: tuple[str, ...] = ()) -> Any:
     """A frozen settings dataclass from a config node; unknown keys and bad values name the field."""
@@ -255,8 +256,8 @@ class ImplicitLassoMethod(SparseMethod):
         loader = datamodule.train_eval_dataloader(samples, self.extraction_batch_size)
 
         start = time.perf_counter()
-        matching_class = {"implicit": ImplicitStateMatching, "layerwise": LayerwiseStateMatching, "head": HeadStateMatching}[self.formulation]
-        matcher: StateMatching = matching_class(teacher, loader, datamodule.info.input_shape, self.matching, device)
+        matcher: StateMatching = FORMULATION_CLASSES[self.formulation](
+            teacher, loader, datamodule.info.input_shape, self.matching, device)
         metrics["extraction_seconds"] = time.perf_counter() - start
         solver = RowSolver(matcher.blocks, self.row_batch, self.solver_settings)
         log.info("state matching: %d rows on %d samples (extraction %.1f s); solving the constrained LASSO",
@@ -298,16 +299,20 @@ class ImplicitLassoMethod(SparseMethod):
             chunks=len(solver.chunks),
             **matcher.metrics(),
         )
-        deployed = model.to(dtype=teacher_dtype).eval()
-        metrics["finetune"] = self._finetune(deployed, datamodule, device) if self.finetune.epochs else {"ran": False}
-        implicit = _implicit_part(deployed, ImplicitModel)
+        return self._deploy(model.to(dtype=teacher_dtype).eval(), teacher, datamodule, metrics)
+
+    def _deploy(self, model: nn.Module, teacher: nn.Module, datamodule: pl.LightningDataModule,
+                metrics: dict[str, Any]) -> Deployment:
+        """Fine-tune the refitted model if asked, then hand over its fast implicit form."""
+        metrics["finetune"] = self._finetune(model, datamodule, self.device) if self.finetune.epochs else {"ran": False}
+        implicit = _implicit_part(model, ImplicitModel)
         if implicit is not None:
             metrics["well_posedness"] = implicit.well_posedness()
-            if implicit is deployed:
-                deployed = deploy_implicit(implicit)
+            if implicit is model:
+                model = deploy_implicit(implicit)
             else:
-                deployed.head = deploy_implicit(implicit)
-        return Deployment(deployed, teacher, teacher, functools.partial(_reported_metrics, metrics, deployed))
+                model.head = deploy_implicit(implicit)
+        return Deployment(model, teacher, teacher, functools.partial(_reported_metrics, metrics, model))
 
     def _finetune(self, model: ImplicitModel, datamodule: pl.LightningDataModule, device: torch.device) -> dict[str, Any]:
         """Fine-tune ``model`` in place on its support; the one-shot and fine-tuned test accuracies."""

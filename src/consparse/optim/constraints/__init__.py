@@ -7,13 +7,13 @@ from consparse.optim.constraints.init_norm import expected_init_norms
 from consparse.optim.constraints.ksparse import KSparsePolytope
 from consparse.optim.constraints.ksupport import KSupportNormBall, ksupport_norm_rows
 from consparse.optim.constraints.lp import LpBall
-from consparse.optim.constraints.nm import NMSparsePolytope
 from consparse.optim.constraints.model_constraints import (
     ConstrainedGroup,
     ConstraintSpec,
     build_model_constraints,
     classify_parameters,
 )
+from consparse.optim.constraints.nm import NMSparsePolytope
 from consparse.optim.constraints.rowwise import RowwiseKSparsePolytope, RowwiseKSupportNormBall, RowwiseL1Ball
 from consparse.optim.constraints.spectral import (
     NuclearNormBall,

@@ -38,7 +38,6 @@ import torch
 from consparse.errors import ConfigError
 from consparse.precision import full_precision
 
-
 # The seam's computations that select (top-k), iterate (power iterations) or compare (norms).
 FULL_PRECISION_METHODS = ("lmo", "lmo_at", "away_vertex", "norm", "make_feasible")
 
