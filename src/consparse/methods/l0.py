@@ -58,6 +58,9 @@ SPARSITY_TYPES = ("structured", "unstructured")
 DENSITY_MEASURES = ("kept_weights", "gates")
 # What the multipliers ascend on: that density for the test gates (the deployed model) or its expectation.
 DUAL_DEFECTS = ("deployed", "expected")
+# With dual_lr null, the multipliers' step is this over the run's optimiser steps: the step size
+# tuned on the MNIST comparison (docs/methods/l0.md), carried to runs of any length.
+DUAL_PUSH = 2.11
 
 
 def _per_constraint(field: str, value: Any, layers: Sequence[str], check: Any) -> tuple[list[float], bool]:
@@ -238,7 +241,9 @@ class L0Method(HardConcreteMethod):
             weights shrinks with the density of the layers beside it), so with the absolute form one
             ``dual_lr`` is slow at small targets and overshoots large ones; the relative form is
             the absolute one with ``dual_lr / target**2``, one step size for every target.
-        dual_lr: step size of the projected ascent on the multipliers.
+        dual_lr: step size of the projected ascent on the multipliers; null: ``DUAL_PUSH`` divided
+            by the run's optimiser steps, so that a short run moves its multipliers as far as a
+            long one (a fixed step tuned on thousands of steps barely moves them in a hundred).
         dual_restarts: reset a multiplier to 0 whenever its constraint is strictly satisfied.
         **kwargs: see ``HardConcreteMethod``.
     """
@@ -251,7 +256,7 @@ class L0Method(HardConcreteMethod):
         density_measure: str = "kept_weights",
         dual_defect: str = "deployed",
         relative_constraint: bool = False,
-        dual_lr: float = 1e-3,
+        dual_lr: float | None = None,
         dual_restarts: bool = True,
         **kwargs: Any,
     ) -> None:
@@ -275,7 +280,9 @@ class L0Method(HardConcreteMethod):
         )
         self.target_density = targets if self.layerwise else targets[0]
         self.register_buffer("targets", torch.tensor(targets), persistent=False)
-        self.multipliers = LagrangeMultipliers(len(targets), dual_lr, restarts=dual_restarts)
+        # A run-length dual_lr is set when fitting starts (the step count is the Trainer's).
+        self.run_length_dual_lr = dual_lr is None
+        self.multipliers = LagrangeMultipliers(len(targets), 1.0 if dual_lr is None else dual_lr, restarts=dual_restarts)
         # The last training step's constraint defects, for the multiplier update after the optimiser
         # step: training_step runs inside the optimiser's closure and Lightning hands its outputs to
         # on_train_batch_end only, which also runs between the steps of an accumulated batch.
@@ -318,6 +325,11 @@ class L0Method(HardConcreteMethod):
             with torch.no_grad():
                 figures["train/expected_kept_density"] = float(self.kept.model_density())
         return figures
+
+    def on_train_start(self) -> None:
+        super().on_train_start()
+        if self.run_length_dual_lr:
+            self.multipliers.dual_lr = DUAL_PUSH / max(1, int(self.trainer.estimated_stepping_batches))
 
     def after_optimizer_step(self) -> None:
         if self._defects is not None:
