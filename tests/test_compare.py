@@ -125,10 +125,12 @@ def test_tiny_compare_sweep_through_the_cli(tmp_path: Path) -> None:
         assert results["dataset"] == "digits" and results["epochs"] == 1
         # What the run belongs to, in its own results: the report reads nothing else.
         assert results["setting"] == {"name": "compare_mnist_mlp", "model": "mlp"}
-        assert results["variant"] == results["method"] and f"variant={results['variant']}" in results["overrides"]
+        # The variant is the block; a block runs its method (implicit_lasso_finetune runs implicit_lasso).
+        assert preset[results["variant"]]["method"] == results["method"]
+        assert f"variant={results['variant']}" in results["overrides"]
         assert results["method_config"]["name"] == results["method"]
     assert {r["variant"] for r in jobs} == available and len(jobs) == 2 * len(targeted) + 2
-    assert {(r["method"], r["target_density"]) for r in jobs} >= {
+    assert {(r["variant"], r["target_density"]) for r in jobs} >= {
         (m, t) for m in targeted for t in (0.5, 0.1)
     }
 
@@ -144,8 +146,10 @@ def test_tiny_compare_sweep_through_the_cli(tmp_path: Path) -> None:
     assert table[0] == ["method", "0.5", "0.1"]
     matrix = {cells[0]: cells[1:] for cells in table[2:]}
     # A method on another model (implicit_fw: model=implicit) is compared in the mlp's table, labelled with its model.
+    # A block named apart from its method (implicit_lasso_finetune) is labelled "<method> (<block>)".
     labels = {
-        name + (f" (model={preset[name]['model']})" if "model" in preset[name] else "") for name in targeted
+        preset[name]["method"] + (f" ({name})" if preset[name]["method"] != name else "")
+        + (f" (model={preset[name]['model']})" if "model" in preset[name] else "") for name in targeted
     }
     assert set(matrix) == labels | {"dense (pruned without retraining)"}
     assert all(cell != "—" for cells in matrix.values() for cell in cells)
