@@ -13,8 +13,9 @@ from typing import Any
 
 import torch
 from omegaconf import DictConfig, OmegaConf
-from safetensors.torch import save_file
+from safetensors.torch import save as safetensors_bytes
 
+from consparse.atomic_write import write_atomically
 from consparse.compress.count import model_stats
 from consparse.compress.evaluate import compression_curve, evaluate_accuracy
 from consparse.compress.export import EXPORT_DIR, export_model
@@ -130,9 +131,7 @@ def _export_matrices(deployed: DeployedImplicitModel | ImplicitModel, export_dir
     else:
         A, B, C, D = deployed.A, deployed.B, deployed.C, deployed.D
     matrices = {name: m.detach().cpu().contiguous() for name, m in zip("ABCD", (A, B, C, D))}
-    path = export_dir / IMPLICIT_MATRICES_FILE
-    save_file(matrices, str(path.with_suffix(".tmp")))
-    path.with_suffix(".tmp").replace(path)
+    write_atomically(export_dir / IMPLICIT_MATRICES_FILE, safetensors_bytes(matrices, metadata={"format": "pt"}))
 
 def latencies(
     deployed: torch.nn.Module, reference: torch.nn.Module, input_shape: Any, settings: dict[str, Any]
