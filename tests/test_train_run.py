@@ -40,6 +40,20 @@ def test_tiny_run_writes_valid_results(make_config, tmp_path: Path) -> None:
     assert on_disk["hardware"]["world_size"] == 1
     assert (run_dir / "csv" / "version_0" / "metrics.csv").exists()
     assert results["test_accuracy"] == on_disk["test_accuracy"]
+    # The same deployed model on the held-out validation split, measured by the same code.
+    assert 0.5 < on_disk["val_accuracy"] <= 1.0 and "val_accuracy" in on_disk["phase_seconds"]
+
+
+def test_val_accuracy_is_the_held_out_split_and_null_without_one(make_config, tmp_path: Path) -> None:
+    results = run(make_config("method=dense", "model.hidden=[16]", "dataset=digits"))
+    datamodule = instantiate_node(make_config("method=dense", "dataset=digits").dataset)
+    model = load_exported(tmp_path / "run" / "export")
+    held_out = datamodule.held_out_dataloader()
+    assert held_out is not None and held_out.dataset is datamodule.val_set and len(held_out.dataset) > 100
+    assert results["val_accuracy"] == pytest.approx(evaluate_accuracy(model, held_out, torch.device("cpu")))
+    without = run(make_config("method=dense", "model.hidden=[16]", "dataset.val_fraction=0", output_dir=tmp_path / "all"))
+    assert without["status"] == "completed" and without["val_accuracy"] is None
+    assert read_results(tmp_path / "all")["val_accuracy"] is None
 
 
 def test_results_say_what_the_run_belongs_to(make_config, tmp_path: Path) -> None:

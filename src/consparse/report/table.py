@@ -38,6 +38,7 @@ RUN_COLUMNS = (
     "target_density",
     "variant",
     "test_accuracy",
+    "val_accuracy",
     "density",
     "params",
     "dense_params",
