@@ -99,18 +99,30 @@ class SweepPlan:
     def planned(self) -> list[Block]:
         return [block for block in self.blocks if block.status == PLANNED]
 
-    def jobs(self) -> list[list[str]]:
-        """Every job's overrides in launch order; also records each block's job numbers."""
+    def shared_combinations(self) -> list[list[str]]:
+        """The combinations of ``params``, in launch order (the first is the first seed)."""
+        return [list(combo) for combo in itertools.product(*self.shared.values())]
+
+    def jobs(
+        self, shared: Sequence[list[str]] | None = None, suffixes: Mapping[str, Sequence[list[str]]] | None = None
+    ) -> list[list[str]]:
+        """Every job's overrides in launch order; also records each block's job numbers.
+
+        ``shared`` restricts the launch to some combinations of ``params`` (default: all);
+        ``suffixes`` maps a block to override lists that each of its jobs is launched once with
+        (default: once, as it is), which is how a tuned sweep adds its grid (``consparse.tuned_sweep``).
+        """
         jobs: list[list[str]] = []
         for block in self.blocks:
             block.jobs = []
         extras = [list(combo) for combo in itertools.product(*self.extras.values())]
-        for shared in itertools.product(*self.shared.values()):
+        for combination in self.shared_combinations() if shared is None else shared:
             for block in self.planned:
                 for combo in block.combinations():
                     for extra in extras:
-                        block.jobs.append(len(jobs))
-                        jobs.append([*combo, *shared, *extra, f"{VARIANT_KEY}={block.name}"])
+                        for suffix in (suffixes or {}).get(block.name, [[]]):
+                            block.jobs.append(len(jobs))
+                            jobs.append([*combo, *combination, *extra, f"{VARIANT_KEY}={block.name}", *suffix])
         return jobs
 
 

@@ -66,6 +66,8 @@ class Results:
     variant: str
     overrides: list[str] = field(default_factory=list)
     method_config: dict[str, Any] = field(default_factory=dict)
+    # A tuned block sweep's record of the job (consparse.tuning): key, phase, value, factor, grid, factors.
+    tuning: dict[str, Any] | None = None
     target_density: float | list[float] | None = field(default=None, metadata=_COMPLETED)
     # Why a run did not complete (traceback null for consparse's own errors, e.g. bad input).
     error: str | None = None
