@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 from hydra import compose, initialize_config_dir
 from hydra.core.utils import JobReturn, JobStatus
@@ -200,3 +201,10 @@ def test_a_tiny_tuned_sweep_runs_the_later_seeds_at_the_best_validation_value(tm
         assert used == {best}, (variant, means)
         assert all(r["method_config"]["optimizer"]["lr"] == best for r in final if r["variant"] == variant)
         assert f"tuning {variant}: method.optimizer.lr in" in done.stdout + done.stderr
+        # The report recomputes the choice from the files and agrees with what the sweeper launched.
+        choices = pd.read_csv(sweep / "tuning.csv")
+        assert choices[(choices["variant"] == variant) & choices["chosen"]]["value"].tolist() == pytest.approx([best])
+    # Its tables hold the runs at the chosen values only: per block, seed 0's search run and seed 1.
+    table = pd.read_csv(sweep / "results.csv")
+    assert len(table) == 2 * 3 and sorted(table["seed"]) == [0, 0, 0, 1, 1, 1]
+    assert "### Tuning on validation" in (sweep / "results.md").read_text()

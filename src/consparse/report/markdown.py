@@ -33,11 +33,15 @@ def render_markdown(
     title: str,
     tolerance: float,
     images: Mapping[tuple[str, str], Sequence[tuple[str, str]]] | None = None,
+    sections: Mapping[tuple[str, str], Sequence[str]] | None = None,
+    tuning_runs: int = 0,
 ) -> str:
     """The report: title, counts, legend, one table per
     (dataset, model) with its side-by-side comparison (``consparse.report.compare``) and plots, failures.
 
-    ``images`` maps (dataset, model) to ``(caption, relative path)`` pairs to embed under its table.
+    ``images`` maps (dataset, model) to ``(caption, relative path)`` pairs to embed under its table,
+    ``sections`` to further markdown lines after its comparison (a tuned sweep's "Tuning on
+    validation", ``consparse.report.tuned``); ``tuning_runs`` counts the search runs left out.
     """
     completed = int((table["status"] == COMPLETED).sum())
     unsuccessful = len(table) - completed
@@ -50,6 +54,8 @@ def render_markdown(
             f"{len(table)} runs: {completed} completed, {unsuccessful} failed or missing; "
             f"{len(summary)} groups of seeds in {pairs} table{'s' if pairs != 1 else ''}"
             + (f" ({from_curves} of them points of compression curves)." if from_curves else ".")
+            + (f" {tuning_runs} tuning runs at values not chosen are left out (see Tuning on validation)."
+               if tuning_runs else "")
         ),
         "",
         *_legend(tolerance),
@@ -57,6 +63,7 @@ def render_markdown(
     ]
     for (dataset, model), group in summary.groupby(["dataset", "model"], sort=True):
         lines += _pair_section(table, group, (dataset, model), tolerance, (images or {}).get((dataset, model), ()))
+        lines += (sections or {}).get((dataset, model), [])
     lines += ["", *_failures_section(table)]
     return "\n".join(lines) + "\n"
 
