@@ -208,3 +208,20 @@ def test_a_tiny_tuned_sweep_runs_the_later_seeds_at_the_best_validation_value(tm
     table = pd.read_csv(sweep / "results.csv")
     assert len(table) == 2 * 3 and sorted(table["seed"]) == [0, 0, 0, 1, 1, 1]
     assert "### Tuning on validation" in (sweep / "results.md").read_text()
+
+
+def test_a_search_job_reads_its_own_results_and_not_another_jobs(tmp_path: Path) -> None:
+    from consparse.report.results import write_results
+    from hydra_plugins.consparse_sweeper.blocks_sweeper import _record
+
+    plan = tuned(params={"seed": "0"})
+    mine, other = plan.search_jobs()[:2]
+    result = JobReturn(overrides=mine.overrides, cfg=OmegaConf.create({"setting": {"name": None, "model": None}}),
+                       hydra_cfg=OmegaConf.create({"hydra": {"runtime": {"output_dir": str(tmp_path)}}}),
+                       status=JobStatus.COMPLETED)  # fmt: skip
+    written = {"method": "dense", "model": "mlp", "dataset": "digits", "seed": 0, "status": "failed", "error": "x",
+               "setting": {"name": None, "model": None}, "variant": "dense"}  # fmt: skip
+    write_results(tmp_path, {**written, "tuning": mine.tuning})
+    assert _record(mine, result)["status"] == "failed" and _record(mine, result)["error"] == "x"
+    write_results(tmp_path, {**written, "tuning": other.tuning})  # a file left by another job
+    assert _record(mine, result)["status"] == "missing"

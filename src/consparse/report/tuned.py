@@ -25,7 +25,7 @@ import pandas as pd
 
 from consparse.report.format import cell, first_line, markdown_table, percent
 from consparse.report.table import relative, table_model
-from consparse.tuning import SEARCH, TUNING_KEY, Selection, same_value, select, selection_key
+from consparse.tuning import SEARCH, TUNING_KEY, Candidate, Selection, same_value, select, selection_key
 
 Pair = tuple[str, str]
 
@@ -119,7 +119,7 @@ def _setting_lines(setting: str | None, selections: Sequence[Selection]) -> list
     return [*lines, *markdown_table(header, rows), ""]
 
 
-def _candidate_cell(candidate: Any, selection: Selection) -> str:
+def _candidate_cell(candidate: Candidate | None, selection: Selection) -> str:
     if candidate is None:
         return "—"
     accuracy = "no val acc" if candidate.mean is None else f"{percent(candidate.mean)} %"

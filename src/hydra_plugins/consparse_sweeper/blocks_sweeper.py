@@ -66,7 +66,7 @@ class BlocksSweeper(Sweeper):
         self.blocks = {name: None if block is None else dict(block) for name, block in (blocks or {}).items()}
         self.optional = list(optional or [])
         self.select = list(select) if select is not None else ["method"]
-        self.tune = parse_tune(None if tune is None else OmegaConf.to_container(tune) if OmegaConf.is_config(tune) else tune)
+        self.tune = parse_tune(OmegaConf.to_container(tune) if OmegaConf.is_config(tune) else tune)
         self.hydra_context: HydraContext | None = None
         self.config: DictConfig | None = None
         self.launcher: Launcher | None = None
@@ -139,11 +139,14 @@ class BlocksSweeper(Sweeper):
 
 
 def _record(job: TunedJob, result: JobReturn) -> dict[str, Any]:
-    """A search job's results.json, or a stand-in that counts as a failure when it wrote none."""
+    """A search job's results.json, or a stand-in that counts as a failure when it wrote none (or the
+    file there is not this job's)."""
     output_dir = OmegaConf.select(result.hydra_cfg, "hydra.runtime.output_dir") if result.hydra_cfg else None
     path = Path(str(output_dir)) / RESULTS_FILE if output_dir else None
     if path is not None and path.is_file():
-        return read_results(path)
+        record = read_results(path)
+        if record.get(TUNING_KEY) == job.tuning and record.get("variant") == job.block:
+            return record
     setting = OmegaConf.select(result.cfg, "setting", default=None) if result.cfg is not None else None
     return {
         "status": "missing",
