@@ -108,6 +108,8 @@ def test_tiny_compare_sweep_through_the_cli(tmp_path: Path) -> None:
         "method.penalty=choice(0.1)", "method.finetune_epochs=choice(0)",
         "trainer.max_epochs=1", "trainer.enable_progress_bar=false",
         "evaluation.latency.min_run_time=0.02", "evaluation.latency.rounds=1", f"hydra.sweep.dir={sweep}",
+        # Every block at its default, as without tuning (the tuned phases: test_tuned_sweep.py).
+        "hydra.sweeper.tune=null",
     ]  # fmt: skip
     done = subprocess.run(
         [sys.executable, str(REPO / "train.py"), *args],
@@ -129,6 +131,7 @@ def test_tiny_compare_sweep_through_the_cli(tmp_path: Path) -> None:
         assert preset[results["variant"]]["method"] == results["method"]
         assert f"variant={results['variant']}" in results["overrides"]
         assert results["method_config"]["name"] == results["method"]
+        assert "tuning" not in results and not any(o.startswith("tuning") for o in results["overrides"])
     assert {r["variant"] for r in jobs} == available and len(jobs) == 2 * len(targeted) + 2
     assert {(r["variant"], r["target_density"]) for r in jobs} >= {
         (m, t) for m in targeted for t in (0.5, 0.1)

@@ -40,16 +40,34 @@ def test_tiny_run_writes_valid_results(make_config, tmp_path: Path) -> None:
     assert on_disk["hardware"]["world_size"] == 1
     assert (run_dir / "csv" / "version_0" / "metrics.csv").exists()
     assert results["test_accuracy"] == on_disk["test_accuracy"]
+    # The same deployed model on the held-out validation split, measured by the same code.
+    assert 0.5 < on_disk["val_accuracy"] <= 1.0 and "val_accuracy" in on_disk["phase_seconds"]
+
+
+def test_val_accuracy_is_the_held_out_split_and_null_without_one(make_config, tmp_path: Path) -> None:
+    results = run(make_config("method=dense", "model.hidden=[16]", "dataset=digits"))
+    datamodule = instantiate_node(make_config("method=dense", "dataset=digits").dataset)
+    model = load_exported(tmp_path / "run" / "export")
+    held_out = datamodule.held_out_dataloader()
+    assert held_out is not None and held_out.dataset is datamodule.val_set and len(held_out.dataset) > 100
+    assert results["val_accuracy"] == pytest.approx(evaluate_accuracy(model, held_out, torch.device("cpu")))
+    without = run(make_config("method=dense", "model.hidden=[16]", "dataset.val_fraction=0", output_dir=tmp_path / "all"))
+    assert without["status"] == "completed" and without["val_accuracy"] is None
+    assert read_results(tmp_path / "all")["val_accuracy"] is None
 
 
 def test_results_say_what_the_run_belongs_to(make_config, tmp_path: Path) -> None:
     """setting, variant and the resolved method node go into results.json, completed or failed, so
     that the report never works them out from Hydra's records."""
+    tuning = "{key:method.optimizer.lr,phase:final,value:0.001,factor:0.3333333,grid:[0.001,0.003],factors:[0.3333333,1.0]}"
     cfg = make_config("method=l0_penalty", "method.penalty=0.3", "setting.name=compare_x", "setting.model=mlp",
-                      "variant=penalised", "trainer.max_epochs=1", output_dir=tmp_path / "done")  # fmt: skip
+                      "variant=penalised", "trainer.max_epochs=1", f"tuning={tuning}", output_dir=tmp_path / "done")  # fmt: skip
     run(cfg)
     on_disk = read_results(tmp_path / "done")
     validate_results(on_disk)
+    # A tuned sweep's record of the job, as the sweeper set it (consparse.tuned_sweep).
+    assert on_disk["tuning"] == {"key": "method.optimizer.lr", "phase": "final", "value": 0.001, "factor": 0.3333333,
+                                 "grid": [0.001, 0.003], "factors": [0.3333333, 1.0]}  # fmt: skip
     assert on_disk["schema_version"] == 2
     assert on_disk["setting"] == {"name": "compare_x", "model": "mlp"} and on_disk["variant"] == "penalised"
     assert on_disk["method_config"]["name"] == "l0_penalty" and on_disk["method_config"]["penalty"] == 0.3
@@ -60,6 +78,7 @@ def test_results_say_what_the_run_belongs_to(make_config, tmp_path: Path) -> Non
         run(failing)
     failed = read_results(tmp_path / "failed")
     assert failed["status"] == "failed" and failed["variant"] == "dense"  # no variant given: the method's name
+    assert "tuning" not in failed  # outside a tuned sweep
     assert failed["setting"] == {"name": None, "model": None} and failed["method_config"]["name"] == "dense"
 
 
@@ -74,6 +93,7 @@ def test_default_job_is_l0_on_digits_and_prints_a_table(make_config, tmp_path: P
     table = capsys.readouterr().out
     assert "consparse results" in table and "l0 / mlp / digits" in table
     assert f"{100 * results['test_accuracy']:.2f} %" in table and str(tmp_path / "run" / "results.json") in table
+    assert f"(validation split {100 * results['val_accuracy']:.2f} %)" in table
 
 
 def test_export_round_trip_reproduces_accuracy(make_config, tmp_path: Path) -> None:

@@ -15,6 +15,10 @@ files per preset, the comparison split) or a W&B grid over method x density x se
 that cannot exist, such as ``method.penalty`` on ``sfw``, and loses per-block settings such as
 magnitude's fine-tuning epochs).
 
+The plan is the untuned one (as with ``hydra.sweeper.tune=null``): a tuned sweep's final phase
+runs at values its search phase chooses on validation (``consparse.tuned_sweep``), which a W&B grid
+fixed in advance cannot wait for; the tuned comparison is the multirun.
+
 ``hydra.*`` overrides go to the job unchanged; the others form the sweep's command line, so a
 select key (``method=sfw,l0``) or ``seed=0`` narrows the plan exactly as it narrows the multirun.
 """

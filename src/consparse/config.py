@@ -53,16 +53,19 @@ def job_identity(cfg: DictConfig) -> dict[str, Any]:
 def job_description(cfg: DictConfig, overrides: Sequence[str] = ()) -> dict[str, Any]:
     """What a job belongs to, as results.json names it beside ``job_identity``: ``setting`` (the
     comparison: ``name`` and the ``model`` whose table it joins), ``variant`` (its arm: the block of a
-    block sweep, else the method's name), ``overrides`` and the resolved ``method_config``."""
+    block sweep, else the method's name), ``overrides``, the resolved ``method_config`` and ``tuning``."""
     setting = cfg.get("setting")
     setting = OmegaConf.to_container(setting, resolve=True) if isinstance(setting, DictConfig) else {}
     try:
         method = OmegaConf.to_container(cfg.method, resolve=True)
     except OmegaConfBaseException:  # a failed run whose method node does not resolve is still recorded
         method = OmegaConf.to_container(cfg.method, resolve=False)
+    # How a tuned block sweep chose this job's hyperparameter (consparse.tuning); null otherwise.
+    tuning = cfg.get("tuning")
     return {
         "setting": {"name": setting.get("name"), "model": setting.get("model")},
         "variant": str(cfg.get("variant") or node_name(cfg.method)),
         "overrides": [str(o) for o in overrides],
         "method_config": method,
+        "tuning": OmegaConf.to_container(tuning, resolve=True) if isinstance(tuning, DictConfig) else None,
     }

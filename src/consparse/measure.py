@@ -1,7 +1,8 @@
 """``measure_deployment``: everything ``results.json`` reports about a deployed model.
 
 The one measurement every run ends with (``consparse.train``) and ``python eval.py`` repeats on an
-export (``consparse.evaluate_run``): test accuracy, counts, latency at one and at a large batch, the
+export (``consparse.evaluate_run``): test accuracy, accuracy on the held-out validation split (what
+a sweep may tune on; null without one), counts, latency at one and at a large batch, the
 compression curve, the export, then the method's own figures (last: some count the work the
 measurement itself does). Rank 0 only; the shared ``compress`` code does the measuring.
 """
@@ -42,7 +43,7 @@ def measure_deployment(
 ) -> dict[str, Any]:
     """Everything results.json reports about ``deployment.model``, measured with the shared compress code.
 
-    ``phases`` books the seconds of each measurement (test_accuracy, model_stats, latency, curve,
+    ``phases`` books the seconds of each measurement (test_accuracy, val_accuracy, model_stats, latency, curve,
     export, method_metrics).
     """
     phases = phases or PhaseTimer()
@@ -54,6 +55,10 @@ def measure_deployment(
 
     accuracy = evaluate_accuracy(deployed, test_loader, device)
     phases.lap("test_accuracy")
+    held_out = datamodule.held_out_dataloader()
+    # What a sweep may choose hyperparameters by: the test split must never be that.
+    val_accuracy = None if held_out is None else evaluate_accuracy(deployed, held_out, device)
+    phases.lap("val_accuracy")
     stats = model_stats(deployed.cpu(), input_shape, reference.cpu())
     phases.lap("model_stats")
     latency, dense_latency, by_batch = latencies(deployed.cpu(), reference.cpu(), input_shape, settings.latency)
@@ -67,6 +72,7 @@ def measure_deployment(
 
     return {
         "test_accuracy": accuracy,
+        "val_accuracy": val_accuracy,
         "density": stats.density,
         "per_layer_density": stats.per_layer_density,
         "params": stats.params,

@@ -14,7 +14,7 @@ def format_summary(results: dict[str, Any], run_dir: Path) -> str:
     target = results.get("target_density")
     rows = [
         ("method / model / data", f"{results['method']} / {results['model']} / {results['dataset']} (seed {results['seed']})"),
-        ("test accuracy", f"{100 * results['test_accuracy']:.2f} %"),
+        ("test accuracy", f"{100 * results['test_accuracy']:.2f} %" + _validation(results.get("val_accuracy"))),
         ("density", f"{results['density']:.4f}" + (f" (target {target})" if target is not None else "")),
         ("params", f"{format_count(results['params'])} of {format_count(results['dense_params'])} dense"),
         ("MACs / sample", f"{format_count(results['macs'])} of {format_count(results['dense_macs'])} dense"),
@@ -26,6 +26,10 @@ def format_summary(results: dict[str, Any], run_dir: Path) -> str:
     ]
     width = max(len(name) for name, _ in rows)
     return "\n".join(["", "consparse results"] + [f"  {name.ljust(width)}  {value}" for name, value in rows])
+
+
+def _validation(accuracy: float | None) -> str:
+    return "" if accuracy is None else f" (validation split {100 * accuracy:.2f} %)"
 
 
 def _time_rows(phase_seconds: dict[str, float]) -> list[tuple[str, str]]:

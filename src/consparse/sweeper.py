@@ -24,6 +24,15 @@ The configuration (``hydra.sweeper`` once ``override /hydra/sweeper: blocks`` is
       l0_penalty: {method: l0_penalty, method.penalty: "0.01,0.1"}
     optional: [implicit_fw]                   # skipped, not an error, while their configs are missing
     select: [method]                          # keys whose command-line values choose blocks
+    tune: {key: method.optimizer.lr, factors: [0.3333333, 1.0, 3.0]}  # or null (the default)
+
+``tune`` makes the sweep two phases (``consparse.tuned_sweep``): every planned block's own grid of
+``key`` (its composed default, or what the block or the command line sets it to, times each
+factor) searched on the first combination of ``params`` (seed 0) x the block's product, then the
+remaining combinations (seeds 1, 2) at the value with the best mean validation accuracy of that
+block's search jobs (``consparse.tuning``: failures count as the worst, ties go to factor 1). The
+same budget for every block, chosen per block and never per density, on the validation split
+only; each job gets ``tuning={key, phase, value, factor, grid, factors}`` beside ``variant``.
 
 A block set to ``null`` is left out, as if it were not listed: a preset that includes a shared
 block list (conf/experiment/_compare.yaml) drops the blocks its setting does not compare; an
@@ -99,18 +108,30 @@ class SweepPlan:
     def planned(self) -> list[Block]:
         return [block for block in self.blocks if block.status == PLANNED]
 
-    def jobs(self) -> list[list[str]]:
-        """Every job's overrides in launch order; also records each block's job numbers."""
+    def shared_combinations(self) -> list[list[str]]:
+        """The combinations of ``params``, in launch order (the first is the first seed)."""
+        return [list(combo) for combo in itertools.product(*self.shared.values())]
+
+    def jobs(
+        self, shared: Sequence[list[str]] | None = None, suffixes: Mapping[str, Sequence[list[str]]] | None = None
+    ) -> list[list[str]]:
+        """Every job's overrides in launch order; also records each block's job numbers.
+
+        ``shared`` restricts the launch to some combinations of ``params`` (default: all);
+        ``suffixes`` maps a block to override lists that each of its jobs is launched once with
+        (default: once, as it is), which is how a tuned sweep adds its grid (``consparse.tuned_sweep``).
+        """
         jobs: list[list[str]] = []
         for block in self.blocks:
             block.jobs = []
         extras = [list(combo) for combo in itertools.product(*self.extras.values())]
-        for shared in itertools.product(*self.shared.values()):
+        for combination in self.shared_combinations() if shared is None else shared:
             for block in self.planned:
                 for combo in block.combinations():
                     for extra in extras:
-                        block.jobs.append(len(jobs))
-                        jobs.append([*combo, *shared, *extra, f"{VARIANT_KEY}={block.name}"])
+                        for suffix in (suffixes or {}).get(block.name, [[]]):
+                            block.jobs.append(len(jobs))
+                            jobs.append([*combo, *combination, *extra, f"{VARIANT_KEY}={block.name}", *suffix])
         return jobs
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 
 # The phases after training that measure the deployed model (``evaluation`` in the summary).
-EVALUATION_PHASES = ("test_accuracy", "model_stats", "latency", "curve", "export", "method_metrics")
+EVALUATION_PHASES = ("test_accuracy", "val_accuracy", "model_stats", "latency", "curve", "export", "method_metrics")
 
 
 class PhaseTimer:

@@ -6,6 +6,8 @@ import json
 import math
 from pathlib import Path
 
+import pandas as pd
+
 from consparse.report import write_report
 
 from .conftest import assert_png, markdown_table, row_for
@@ -114,3 +116,21 @@ def test_dense_reference_per_method_when_references_differ(sweep: Path) -> None:
         "Dense reference: implicit_fw: 1.2M params, 1.1M MACs, latency 1.50 ms (mean over runs); "
         "l0: 266.6k params, 266.2k MACs, latency 0.210 ms (mean over runs); "
     ) in markdown
+
+
+def test_val_accuracy_gets_a_column_where_runs_measured_it(sweep: Path) -> None:
+    from consparse.report.results import read_results, write_results
+
+    for path in sweep.rglob("results.json"):
+        results = read_results(path)
+        if results["status"] == "completed" and results["method"] == "sfw":
+            results["val_accuracy"] = results["test_accuracy"] - 0.01 * (1 + results["seed"])
+            write_results(path.parent, results)
+    paths = write_report(sweep)
+    rows = markdown_table(paths["markdown"].read_text(), "## mnist / mlp")
+    assert list(rows[0])[5:7] == ["test acc (%)", "val acc (%)"]
+    mean, std = mean_std(97.50 - 1, 97.30 - 2)
+    assert row_for(rows, "sfw", "0.100")["val acc (%)"] == f"{mean:.2f} ± {std:.2f}"
+    assert row_for(rows, "l0", "0.100")["val acc (%)"] == "—"  # written before the key existed
+    table = pd.read_csv(paths["results_csv"])
+    assert list(table.columns[8:10]) == ["test_accuracy", "val_accuracy"]

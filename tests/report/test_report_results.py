@@ -97,3 +97,17 @@ def test_validation_names_every_problem() -> None:
     validate_results({**WHAT_RAN, "status": "completed"}, measurements=False)
     with pytest.raises(ResultsSchemaError, match="a failed run must say why in 'error'"):
         validate_results({**WHAT_RAN, "status": "failed"})
+
+
+def test_val_accuracy_is_written_null_checked_and_optional_in_older_files(tmp_path: Path) -> None:
+    completed = Results(**WHAT_RAN, status="completed", target_density=0.1, **MEASURED)
+    # A completed run without a held-out split says so with null rather than leaving the key out.
+    assert completed.to_json()["val_accuracy"] is None
+    write_results(tmp_path, Results(**WHAT_RAN, status="completed", target_density=0.1, **MEASURED, val_accuracy=0.93))
+    assert read_results(tmp_path)["val_accuracy"] == 0.93
+    with pytest.raises(ResultsSchemaError, match="'val_accuracy' must be a fraction in \\[0, 1\\], got 93"):
+        validate_results({**WHAT_RAN, "status": "completed", **MEASURED, "target_density": 0.1, "val_accuracy": 93})
+    # A schema-2 file written before the key existed still follows the contract.
+    older = {key: value for key, value in completed.to_json().items() if key != "val_accuracy"}
+    validate_results(older)
+    assert Results.from_json(older).val_accuracy is None

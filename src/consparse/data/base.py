@@ -263,6 +263,14 @@ class ConsparseDataModule(pl.LightningDataModule, ABC):
         self.setup()
         return self._loader(self.test_set, self.eval_batch_size)
 
+    def held_out_dataloader(self) -> DataLoader | None:
+        """The validation split in one process, for the final measurement; None when no samples are
+        held out (``val_fraction`` 0, where the validation loop watches the test split)."""
+        self.setup()
+        if self.val_set is self.test_set:
+            return None
+        return self._loader(self.val_set, self.eval_batch_size)
+
     def train_eval_dataloader(self, max_samples: int | None = None, batch_size: int | None = None) -> DataLoader:
         """Training samples without augmentation or shuffling (BN recalibration, state extraction)."""
         self.setup()

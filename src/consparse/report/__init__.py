@@ -1,7 +1,8 @@
 """Results of runs: the results.json contract (``results``), reading a sweep's runs (``collect``),
 the run table (``table``), averaging and judging (``summary``), the side-by-side comparison
-(``compare``), markdown (``markdown``), plots (``plots``), writing it all (``write``), the Hydra
-end-of-sweep hook (``callback``) and ``python -m consparse.report``.
+(``compare``), a tuned sweep's choice on validation (``tuned``), markdown (``markdown``), plots
+(``plots``), writing it all (``write``), the Hydra end-of-sweep hook (``callback``) and
+``python -m consparse.report``.
 
 ``collect_results``, ``summarise`` and ``write_report`` are importable from here. They load
 lazily: every training run imports ``consparse.report.results``, and it should not pay for pandas

@@ -12,7 +12,8 @@ remote launchers (submitit), so the report sees all the jobs' ``results.json``.
 
 A sweep in which any job did not complete (failed, diverged, interrupted, or left no results.json)
 exits with status 1 once its report is written, so that SLURM and CI notice; Hydra itself would
-exit 0, since each job's failure is recorded rather than raised.
+exit 0, since each job's failure is recorded rather than raised. A tuned sweep's search runs at the
+values not chosen do not count: one that failed only lost the choice (``consparse.report.tuned``).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from omegaconf import DictConfig, OmegaConf
 from consparse.errors import ConfigError
 from consparse.report.collect import NoResultsError, collect_results
 from consparse.report.summary import DEFAULT_TOLERANCE
+from consparse.report.tuned import split_tuning
 from consparse.report.write import write_report
 from consparse.validation import check_range
 
@@ -83,7 +85,8 @@ class ReportCallback(Callback):
 def unsuccessful_jobs(sweep_dir: Path) -> str:
     """How many of the sweep's jobs did not complete, by status ("" when every job completed)."""
     try:
-        statuses = Counter(str(row.get("status")) for row in collect_results(sweep_dir))
+        # A search run of a tuned sweep at a value not chosen lost the choice, failed or not.
+        statuses = Counter(str(row.get("status")) for row in split_tuning(collect_results(sweep_dir)).kept)
     except NoResultsError as exc:
         return f"no job of the sweep completed ({exc})"
     except ConfigError as exc:

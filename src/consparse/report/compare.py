@@ -59,6 +59,9 @@ def curve_rows(summary: pd.DataFrame, curves: pd.DataFrame) -> pd.DataFrame:
                     latency_ms_std=float("nan"),
                     train_seconds_mean=float("nan"),
                     train_seconds_std=float("nan"),
+                    # The curve measures test accuracy only.
+                    val_accuracy_mean=float("nan"),
+                    val_accuracy_std=float("nan"),
                 )
                 for metric in ("test_accuracy", "density", "params", "macs"):
                     record[f"{metric}_mean"] = point[f"{metric}_mean"]

@@ -33,11 +33,15 @@ def render_markdown(
     title: str,
     tolerance: float,
     images: Mapping[tuple[str, str], Sequence[tuple[str, str]]] | None = None,
+    sections: Mapping[tuple[str, str], Sequence[str]] | None = None,
+    tuning_runs: int = 0,
 ) -> str:
     """The report: title, counts, legend, one table per
     (dataset, model) with its side-by-side comparison (``consparse.report.compare``) and plots, failures.
 
-    ``images`` maps (dataset, model) to ``(caption, relative path)`` pairs to embed under its table.
+    ``images`` maps (dataset, model) to ``(caption, relative path)`` pairs to embed under its table,
+    ``sections`` to further markdown lines after its comparison (a tuned sweep's "Tuning on
+    validation", ``consparse.report.tuned``); ``tuning_runs`` counts the search runs left out.
     """
     completed = int((table["status"] == COMPLETED).sum())
     unsuccessful = len(table) - completed
@@ -50,6 +54,8 @@ def render_markdown(
             f"{len(table)} runs: {completed} completed, {unsuccessful} failed or missing; "
             f"{len(summary)} groups of seeds in {pairs} table{'s' if pairs != 1 else ''}"
             + (f" ({from_curves} of them points of compression curves)." if from_curves else ".")
+            + (f" {tuning_runs} tuning runs at values not chosen are left out (see Tuning on validation)."
+               if tuning_runs else "")
         ),
         "",
         *_legend(tolerance),
@@ -57,6 +63,7 @@ def render_markdown(
     ]
     for (dataset, model), group in summary.groupby(["dataset", "model"], sort=True):
         lines += _pair_section(table, group, (dataset, model), tolerance, (images or {}).get((dataset, model), ()))
+        lines += (sections or {}).get((dataset, model), [])
     lines += ["", *_failures_section(table)]
     return "\n".join(lines) + "\n"
 
@@ -75,8 +82,12 @@ def _pair_section(
     if dense:
         lines += [dense, ""]
     show_variant = bool((group["variant"] != "").any())
+    # Runs written before results.json had val_accuracy, or without a held-out split, have none to show.
+    show_val = bool(group["val_accuracy_mean"].notna().any())
     header = [TABLE_HEADER[0], *(["variant"] if show_variant else []), *TABLE_HEADER[1:]]
-    lines += markdown_table(header, (_format_row(row, show_variant) for _, row in group.iterrows()))
+    if show_val:
+        header.insert(header.index("test acc (%)") + 1, VAL_HEADER)
+    lines += markdown_table(header, (_format_row(row, show_variant, show_val) for _, row in group.iterrows()))
     missed = _targets_missed(group, tolerance)
     if missed:
         lines += ["", *missed]
@@ -88,6 +99,7 @@ def _pair_section(
 
 TABLE_HEADER = ("method", "target", "density", "vs target", "test acc (%)", "params", "MACs", "latency (ms)",
                 "train (s)", "n", "best")
+VAL_HEADER = "val acc (%)"
 CURVE_LEGEND = (
     f"- **{CURVE_VARIANT}**: a run without a target (e.g. dense) magnitude-pruned to the target by the "
     "shared compression curve, without retraining; judged like the others, no latency or training time of its own."
@@ -105,6 +117,10 @@ def _legend(tolerance: float) -> list[str]:
             f"{100 * tolerance:g} % (relative; sparser than asked is within budget)."
         ),
         "- **test acc**: top-1 accuracy on the test split, in %.",
+        (
+            "- **val acc**: the same on the validation split held out of the training set (shown where runs "
+            "measured it); a tuned sweep chooses by it, never by test accuracy."
+        ),
         "- **params**, **MACs** (per sample): of the deployed model (k = 10³, M = 10⁶, G = 10⁹).",
         "- **latency**: CPU latency of the exported model in ms; **train**: training wall time in s.",
         "- **n**: completed seeds (unsuccessful runs of the same group in brackets).",
@@ -178,7 +194,7 @@ def _failures_section(table: pd.DataFrame) -> list[str]:
     return lines + markdown_table(header, rows)
 
 
-def _format_row(row: pd.Series, show_variant: bool) -> list[str]:
+def _format_row(row: pd.Series, show_variant: bool, show_val: bool = False) -> list[str]:
     decimals = significant_decimals(row["latency_ms_mean"])
     seconds = significant_decimals(row["train_seconds_mean"])
     target = row["target_density"]
@@ -195,6 +211,7 @@ def _format_row(row: pd.Series, show_variant: bool) -> list[str]:
         mean_std(row["density_mean"], row["density_std"], lambda v: f"{v:.3f}"),
         versus,
         mean_std(row["test_accuracy_mean"], row["test_accuracy_std"], percent),
+        *([mean_std(row["val_accuracy_mean"], row["val_accuracy_std"], percent)] if show_val else []),
         mean_std(row["params_mean"], row["params_std"], format_count),
         mean_std(row["macs_mean"], row["macs_std"], format_count),
         mean_std(row["latency_ms_mean"], row["latency_ms_std"], lambda v: f"{v:.{decimals}f}"),

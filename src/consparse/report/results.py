@@ -66,12 +66,18 @@ class Results:
     variant: str
     overrides: list[str] = field(default_factory=list)
     method_config: dict[str, Any] = field(default_factory=dict)
+    # A tuned block sweep's record of the job (consparse.tuning): key, phase, value, factor, grid, factors.
+    tuning: dict[str, Any] | None = None
     target_density: float | list[float] | None = field(default=None, metadata=_COMPLETED)
     # Why a run did not complete (traceback null for consparse's own errors, e.g. bad input).
     error: str | None = None
     traceback: str | None = None
     # What a completed run measured on its deployed model.
     test_accuracy: float | None = field(default=None, metadata=_COMPLETED)
+    # The same on the validation split held out of the training set (null without one, val_fraction 0):
+    # what a sweep tunes on, so that the test split plays no part in any choice. Not required: files
+    # written before it existed are read as they are.
+    val_accuracy: float | None = None
     density: float | None = field(default=None, metadata=_COMPLETED)
     per_layer_density: dict[str, float] | None = field(default=None, metadata=_COMPLETED)
     params: int | None = field(default=None, metadata=_COMPLETED)
@@ -101,7 +107,8 @@ class Results:
         """The file's content: ``schema_version``, the fields (a run that did not complete leaves out the
         measurements it does not have), then ``extra``; plain JSON values only."""
         payload: dict[str, Any] = {"schema_version": SCHEMA_VERSION}
-        always = (*ALWAYS_KEYS, *(COMPLETED_KEYS if self.status == "completed" else FAILURE_KEYS))
+        completed = (*COMPLETED_KEYS, *NULLABLE_COMPLETED_KEYS)
+        always = (*ALWAYS_KEYS, *(completed if self.status == "completed" else FAILURE_KEYS))
         for f in fields(self):
             value = getattr(self, f.name)
             if f.name != "extra" and (value is not None or f.name in always):
@@ -132,6 +139,8 @@ REQUIRED_KEYS = tuple(f.name for f in fields(Results) if _required(f))
 COMPLETED_KEYS = tuple(f.name for f in fields(Results) if f.metadata.get("completed"))
 ALWAYS_KEYS = (*REQUIRED_KEYS, "overrides", "method_config", "target_density")
 FAILURE_KEYS = ("error", "traceback")
+# Written by a completed run even when null, but not required of a file (older ones lack them).
+NULLABLE_COMPLETED_KEYS = ("val_accuracy",)
 # Fields that hold numbers, for the report's numeric columns; ``COUNT_KEYS`` hold whole numbers.
 _HINTS = get_type_hints(Results)
 NUMBER_KEYS = tuple(name for name, hint in _HINTS.items() if _types(hint) & {int, float})
@@ -160,8 +169,10 @@ def validate_results(results: Mapping[str, Any], *, measurements: bool = True) -
 
 def _measurement_problems(results: Mapping[str, Any]) -> list[str]:
     problems = []
-    for key in ("test_accuracy", "density"):
+    for key in ("test_accuracy", "density", "val_accuracy"):
         value = results.get(key)
+        if key == "val_accuracy" and value is None:
+            continue
         if not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0 + 1e-9:
             problems.append(f"'{key}' must be a fraction in [0, 1], got {value!r}")
     for i, point in enumerate(results.get("compression_curve") or []):

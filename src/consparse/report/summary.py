@@ -32,7 +32,7 @@ from consparse.validation import check_range
 DEFAULT_TOLERANCE = 0.05
 IDENTITY = ("dataset", "model", "method", "target_density", "variant")
 # Figures averaged over seeds in the summary.
-SUMMARY_METRICS = ("test_accuracy", "density", "params", "macs", "latency_ms", "train_seconds")
+SUMMARY_METRICS = ("test_accuracy", "val_accuracy", "density", "params", "macs", "latency_ms", "train_seconds")
 DENSE_METRICS = ("dense_params", "dense_macs", "dense_latency_ms")
 
 

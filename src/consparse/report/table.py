@@ -38,6 +38,7 @@ RUN_COLUMNS = (
     "target_density",
     "variant",
     "test_accuracy",
+    "val_accuracy",
     "density",
     "params",
     "dense_params",
@@ -55,7 +56,7 @@ RUN_COLUMNS = (
 UNFLATTENED_KEYS = ("per_layer_density", "method_config", "compression_curve", "traceback")
 # Overrides that never make a variant: the seed is averaged over, these groups have their own
 # columns, resuming a run does not change what it computes, and the arm is grouped on already.
-NON_VARIANT_OVERRIDES = ("seed", "method", "model", "dataset", "method.target_density", "resume", "variant")
+NON_VARIANT_OVERRIDES = ("seed", "method", "model", "dataset", "method.target_density", "resume", "variant", "tuning")
 NON_VARIANT_PREFIXES = ("hydra.", "setting.")
 
 

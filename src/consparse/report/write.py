@@ -2,7 +2,9 @@
 
 Files, in the output directory: ``results.csv`` (one row per run, ``consparse.report.table``),
 ``summary.csv`` (one row per group of seeds, ``consparse.report.summary``),
-``compression_curves.csv``, ``results.md`` (``consparse.report.markdown``) and the plots
+``compression_curves.csv``, ``tuning.csv`` (a tuned sweep's choice per variant,
+``consparse.report.tuned``, whose search runs at the values not chosen are left out of everything
+else), ``results.md`` (``consparse.report.markdown``) and the plots
 (``consparse.report.plots``): ``pareto.png`` and ``compression_curves.png``, or with several
 (dataset, model) pairs in one directory ``pareto_<dataset>_<model>.png`` and so on.
 """
@@ -20,12 +22,14 @@ from consparse.report.compare import curve_rows
 from consparse.report.markdown import render_markdown
 from consparse.report.summary import DEFAULT_TOLERANCE, judge, summarise_curves, summarise_table
 from consparse.report.table import curve_points, runs_table
+from consparse.report.tuned import selection_table, split_tuning, tuning_lines
 from consparse.validation import check_range
 
 RESULTS_CSV = "results.csv"
 SUMMARY_CSV = "summary.csv"
 CURVES_CSV = "compression_curves.csv"
 REPORT_MD = "results.md"
+TUNING_CSV = "tuning.csv"
 
 Images = dict[tuple[str, str], list[tuple[str, str]]]
 
@@ -39,8 +43,8 @@ def write_report(
 ) -> dict[str, Path]:
     """Aggregate every run below ``root`` and write the report files into ``out_dir`` (default ``root``).
 
-    Returns the written paths by name: ``results_csv``, ``summary_csv``, ``markdown``, and when
-    there is something to draw ``curves_csv``, ``pareto`` / ``compression_curves`` (one pair of
+    Returns the written paths by name: ``results_csv``, ``summary_csv``, ``markdown``, ``tuning_csv``
+    for a tuned sweep, and when there is something to draw ``curves_csv``, ``pareto`` / ``compression_curves`` (one pair of
     (dataset, model)) or ``pareto_<dataset>_<model>`` / ``compression_curves_<dataset>_<model>``.
     Raises NoResultsError when ``root`` holds no ``results.json``.
     """
@@ -48,7 +52,8 @@ def write_report(
     root = Path(root)
     out = Path(out_dir) if out_dir is not None else root
     out.mkdir(parents=True, exist_ok=True)
-    rows = collect_results(root)
+    split = split_tuning(collect_results(root))
+    rows = split.kept
     table = runs_table(rows, root, group_by)
     summary = summarise_table(table, tolerance=tolerance)
     curves = summarise_curves(curve_points(rows, list(table["variant"])))
@@ -62,9 +67,14 @@ def write_report(
     if not curves.empty:
         paths["curves_csv"] = out / CURVES_CSV
         curves.to_csv(paths["curves_csv"], index=False)
+    if split.selections:
+        paths["tuning_csv"] = out / TUNING_CSV
+        selection_table(split).to_csv(paths["tuning_csv"], index=False)
     images = _draw(summary, curves, out, paths)
+    pairs = summary.groupby(["dataset", "model"]).groups
     markdown = render_markdown(
-        table, summary, title=f"consparse results: {root.resolve().name}", tolerance=tolerance, images=images
+        table, summary, title=f"consparse results: {root.resolve().name}", tolerance=tolerance, images=images,
+        sections={pair: tuning_lines(split, pair, root) for pair in pairs}, tuning_runs=len(split.tuning_runs),
     )
     paths["markdown"] = out / REPORT_MD
     paths["markdown"].write_text(markdown)
