@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-
 import pytest
 
 from consparse.tuning import SEARCH, Candidate, GridPoint, choose, grid, job_tuning, select
@@ -40,18 +38,34 @@ def test_the_highest_mean_validation_accuracy_wins_whatever_the_test_accuracy() 
     assert "chosen 0.009 (x3)" in selection.describe() and "0.003 (x1): 0.8400" in selection.describe()
 
 
-def test_a_value_that_fails_anywhere_loses_unless_every_value_does() -> None:
+def test_a_value_that_fails_anywhere_loses_to_one_that_fails_nowhere() -> None:
     low, mid, high = POINTS
     runs = [run("l0", low, 0.70), run("l0", low, 0.71), run("l0", mid, 0.80), run("l0", mid, None, status="diverged"),
             run("l0", high, 0.75), run("l0", high, 0.74)]  # fmt: skip
     (selection,) = select(runs).values()
     assert selection.chosen.value == 0.009  # mid's mean over what it measured (0.80) would have won
-    assert selection.candidates[1].failures == 1 and selection.candidates[1].score == -math.inf
-    assert "1 of 2 without one" in selection.describe()
-    # A completed run without a validation split counts as a failure too; when all fail, the default stays.
-    everywhere = [run("l0", p, None, status="failed") for p in POINTS] + [run("l0", low, 0.9)]
+    assert selection.candidates[1].failures == 1 and selection.candidates[1].rank == (-1, 0.80)
+    assert "1 of 2 failed or missed the target" in selection.describe()
+    # Among values that all fail, fewer failures rank first, then the mean of what did not fail.
+    everywhere = [run("l0", p, None, status="failed") for p in POINTS] + [run("l0", low, 0.9), run("l0", mid, 0.6)]
     (selection,) = select(everywhere).values()
+    assert selection.chosen.value == 0.001
+    (selection,) = select([run("l0", p, None, status="failed") for p in POINTS]).values()
     assert selection.chosen.factor == 1.0
+
+
+def test_a_run_that_keeps_more_weights_than_its_target_fails() -> None:
+    low, mid, high = POINTS
+
+    def at(point: GridPoint, val: float, density: float) -> dict:
+        return {**run("l0", point, val), "target_density": 0.1, "density": density}
+
+    # high keeps 0.106 > 0.1 x 1.05 for its better accuracy; mid lands inside the tolerance (0.104).
+    runs = [at(low, 0.80, 0.09), at(mid, 0.85, 0.104), at(high, 0.95, 0.106)]
+    (selection,) = select(runs).values()
+    assert selection.chosen.value == 0.003 and selection.candidates[2].failures == 1
+    # Without a single target (dense, l0_penalty) nothing is missed.
+    assert select([{**run("l0", low, 0.8), "target_density": None, "density": 1.0}]).popitem()[1].candidates[0].failures == 0
 
 
 def test_ties_go_to_the_default_then_to_the_smaller_factor() -> None:

@@ -30,7 +30,7 @@ The configuration (``hydra.sweeper`` once ``override /hydra/sweeper: blocks`` is
 ``key`` (its composed default, or what the block or the command line sets it to, times each
 factor) searched on the first combination of ``params`` (seed 0) x the block's product, then the
 remaining combinations (seeds 1, 2) at the value with the best mean validation accuracy of that
-block's search jobs (``consparse.tuning``: failures count as the worst, ties go to factor 1). The
+block's search jobs (``consparse.tuning``: fewest failures or missed targets first, then the mean; ties go to factor 1). The
 same budget for every block, chosen per block and never per density, on the validation split
 only; each job gets ``tuning={key, phase, value, factor, grid, factors}`` beside ``variant``.
 

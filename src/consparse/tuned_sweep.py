@@ -18,7 +18,7 @@ The configuration (``hydra.sweeper.tune``)::
 * **Search phase.** The first combination of ``hydra.sweeper.params`` (seed 0) x every planned
   block's own product (e.g. every target density) x each grid value.
 * **Selection.** Per block, the value with the highest mean ``val_accuracy`` over its search jobs
-  (``consparse.tuning.select``: failures count as the worst, ties go to factor 1). The choice is per
+  (``consparse.tuning.select``: fewest failures or missed targets first, then the mean; ties go to factor 1). The choice is per
   setting and block, never per density; test accuracy plays no part.
 * **Final phase.** The remaining combinations of ``params`` (seeds 1, 2) with each block's chosen
   value only.

@@ -11,9 +11,12 @@ The rule, per (setting, variant, key):
 
 * a value's score is the mean ``val_accuracy`` of its search jobs (one per combination of the
   arm's own sweep, e.g. one per target density: the choice is per setting, never per density);
-* a job that did not complete (failed, diverged, missing) or measured no validation accuracy
-  scores as the worst possible, so a value that fails somewhere never wins unless every value does;
-* equal scores go to the value closest to the default (factor nearest 1 on a log scale), then to
+* a job fails when it did not complete (failed, diverged, missing), measured no validation
+  accuracy, or missed its target density (deployed density above the target by more than
+  ``TARGET_TOLERANCE``, the report's ⚠): accuracy bought by keeping more weights than asked is not
+  a better learning rate. Values are ranked by their number of failures first, then by the mean
+  over the jobs that did not fail, so a value that fails somewhere never beats one that fails nowhere;
+* equal ranks go to the value closest to the default (factor nearest 1 on a log scale), then to
   the smaller factor.
 
 The module imports nothing of Hydra or of the report, so both can use it.
@@ -32,6 +35,8 @@ SEARCH = "search"
 FINAL = "final"
 # Scores this close are equal: means of the same accuracies summed in another order differ by rounding.
 SCORE_TIE = 1e-12
+# Relative excess of the deployed density over its target that counts as missing it (the report's ⚠).
+TARGET_TOLERANCE = 0.05
 # Significant digits of a grid value, so that 0.003 x 0.3333333 is written 0.001, not 0.0009999999.
 VALUE_DIGITS = 6
 
@@ -63,7 +68,7 @@ def job_tuning(key: str, point: GridPoint, points: Sequence[GridPoint], phase: s
 
 @dataclass(frozen=True)
 class Candidate:
-    """A grid value with the validation accuracies of its search jobs (None: no accuracy, a failure)."""
+    """A grid value with the validation accuracies of its search jobs (None: a failure)."""
 
     value: float
     factor: float
@@ -80,11 +85,10 @@ class Candidate:
         return sum(measured) / len(measured) if measured else None
 
     @property
-    def score(self) -> float:
-        """What selection ranks by: the mean, or -inf when any job (or every job) has no accuracy."""
-        if not self.accuracies or self.failures:
-            return -math.inf
-        return self.mean  # type: ignore[return-value]
+    def rank(self) -> tuple[int, float]:
+        """What selection maximises: fewest failures (a value without jobs fails once), then the mean."""
+        mean = self.mean
+        return -(self.failures or int(not self.accuracies)), -math.inf if mean is None else mean
 
 
 @dataclass(frozen=True)
@@ -102,7 +106,7 @@ class Selection:
         parts = []
         for c in self.candidates:
             mean = "no accuracy" if c.mean is None else f"{c.mean:.4f}"
-            failed = f", {c.failures} of {len(c.accuracies)} without one" if c.failures else ""
+            failed = f", {c.failures} of {len(c.accuracies)} failed or missed the target" if c.failures else ""
             parts.append(f"{c.value:g} (x{c.factor:g}): {mean}{failed}")
         return (
             f"{self.variant}: {self.key} in [{', '.join(f'{c.value:g}' for c in self.candidates)}], mean val "
@@ -111,11 +115,11 @@ class Selection:
 
 
 def choose(candidates: Sequence[Candidate]) -> Candidate:
-    """The candidate with the highest score; ties to the factor nearest 1, then the smaller factor."""
+    """The candidate with the highest rank; ties to the factor nearest 1, then the smaller factor."""
     if not candidates:
         raise ValueError("no candidates to choose from")
-    best = max(c.score for c in candidates)
-    tied = [c for c in candidates if c.score >= best - SCORE_TIE]
+    failures, best = max(c.rank for c in candidates)
+    tied = [c for c in candidates if c.rank[0] == failures and c.rank[1] >= best - SCORE_TIE]
     return min(tied, key=lambda c: (abs(math.log(c.factor)) if c.factor > 0 else math.inf, c.factor))
 
 
@@ -160,10 +164,21 @@ def _candidates(runs: Sequence[Mapping[str, Any]]) -> Iterable[Candidate]:
 
 
 def _val_accuracy(run: Mapping[str, Any]) -> float | None:
+    """The run's validation accuracy, or None when it failed (module docstring)."""
     accuracy = run.get("val_accuracy")
-    if run.get("status") != "completed" or isinstance(accuracy, bool) or not isinstance(accuracy, (int, float)):
+    if run.get("status") != "completed" or not _is_number(accuracy) or missed_target(run):
         return None
     return float(accuracy) if math.isfinite(accuracy) else None
+
+
+def missed_target(run: Mapping[str, Any]) -> bool:
+    """Whether a run's deployed density exceeds its (single) target by more than ``TARGET_TOLERANCE``."""
+    target, density = run.get("target_density"), run.get("density")
+    return _is_number(target) and _is_number(density) and density > target * (1 + TARGET_TOLERANCE)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def same_value(a: float, b: float) -> bool:

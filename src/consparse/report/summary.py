@@ -27,9 +27,9 @@ from consparse.report.collect import COMPLETED
 from consparse.report.format import is_nan
 from consparse.report.results import CURVE_KEYS
 from consparse.report.table import runs_table
+from consparse.tuning import TARGET_TOLERANCE as DEFAULT_TOLERANCE
 from consparse.validation import check_range
 
-DEFAULT_TOLERANCE = 0.05
 IDENTITY = ("dataset", "model", "method", "target_density", "variant")
 # Figures averaged over seeds in the summary.
 SUMMARY_METRICS = ("test_accuracy", "val_accuracy", "density", "params", "macs", "latency_ms", "train_seconds")

@@ -102,8 +102,9 @@ def _setting_lines(setting: str | None, selections: Sequence[Selection]) -> list
         (
             f"{'Setting ' + setting if setting else 'These runs'}: {', '.join(f'`{k}`' for k in keys)} chosen per "
             "variant from a grid around its own default (the columns: the factors), on the first seed at every "
-            "target of the variant; the selection used validation accuracy only (the mean over those runs; a run "
-            "that did not complete counts as the worst; ties go to the default), never test accuracy. The tables "
+            "target of the variant; the selection used validation accuracy only (fewest failed runs first, a run "
+            "that missed its target density counting as failed, then the mean over the others; ties go to the "
+            "default), never test accuracy. The tables "
             "use only the runs at the chosen value (✔)."
         ),
         "",
