@@ -157,7 +157,7 @@ def _set_up(
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
 
     # Constructors validate their config values: all of them run before any data is read.
-    datamodule: ConsparseDataModule = instantiate_node(cfg.dataset)
+    datamodule: ConsparseDataModule = instantiate_node(cfg.dataset, "dataset")
     info = datamodule.info
     model = build_model(cfg.model, info)
     method = build_method(cfg.method, model, info)
@@ -283,7 +283,7 @@ def _build_trainer(cfg: DictConfig, run_dir: Path, timer: TrainTimer) -> pl.Trai
     if trainer_cfg.get("enable_progress_bar") is None:
         trainer_cfg["enable_progress_bar"] = sys.stdout.isatty() and "SLURM_JOB_ID" not in os.environ
     if isinstance(trainer_cfg.get("strategy"), dict):
-        trainer_cfg["strategy"] = instantiate_node(trainer_cfg["strategy"])
+        trainer_cfg["strategy"] = instantiate_node(trainer_cfg["strategy"], "trainer.strategy")
     callbacks: list[pl.Callback] = [
         timer, RandomState(), DivergenceGuard(), RunCheckpoint(run_dir / CHECKPOINT_DIR),
         SharedRunDirectory(run_dir), DistinctRankStreams(), RankAgreement(),
