@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import hydra
@@ -11,25 +11,30 @@ from hydra.errors import InstantiationException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from consparse.errors import ConsparseError, config_key
+from consparse.errors import ConfigPlace, ConsparseError, config_key
 from consparse.validation import check_known_keys
 
 # Keys that describe a config node for humans and results.json but are not constructor arguments.
 DESCRIPTIVE_KEYS = ("name",)
 
 
-def instantiate_node(node: DictConfig | dict, key: str | None = None, **kwargs: Any) -> Any:
+def instantiate_node(
+    node: DictConfig | dict, key: str | None = None, argument_keys: Mapping[str, str] | None = None, **kwargs: Any
+) -> Any:
     """Instantiate a group node (``dataset``, ``model``, ``method``) without its descriptive keys.
 
     ``key`` is the node's place in the config: the boundary. Keys the target does not take, and any
-    ``ParameterError`` its constructor raises, are reported as a ``ConfigError`` under ``key``.
+    ``ParameterError`` its constructor raises, are reported as a ``ConfigError`` under ``key``, or
+    under ``argument_keys[a]`` when it names ``a``, an argument passed in ``kwargs`` from another node.
+    An object with a ``config_place`` attribute is told its place, for errors raised later in hooks.
     Runtime objects (a model, a DatasetInfo) are passed to the constructor directly rather than
     through Hydra, which would turn dataclasses into configs.
     """
     container = OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else dict(node)
     for name in DESCRIPTIVE_KEYS:
         container.pop(name, None)
-    with config_key(key):
+    place = None if key is None else ConfigPlace(key, dict(argument_keys or {}))
+    with config_key(place):
         check_arguments_taken(container, kwargs)
         try:
             factory = hydra.utils.instantiate(container, _convert_="all", _partial_=True)
@@ -39,8 +44,8 @@ def instantiate_node(node: DictConfig | dict, key: str | None = None, **kwargs: 
                 raise error.__cause__ from None
             raise
         built = factory(**kwargs)
-    if hasattr(built, "config_node"):
-        built.config_node = key
+    if hasattr(built, "config_place"):
+        built.config_place = place
     return built
 
 

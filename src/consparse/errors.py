@@ -9,8 +9,9 @@ the entry points print as ``consparse: error: <key>: <message>``.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 
 
 class ConsparseError(Exception):
@@ -22,16 +23,6 @@ def join_key(prefix: str, name: str) -> str:
     return f"{prefix}.{name}" if prefix and name else prefix or name
 
 
-class ParameterError(ConsparseError, ValueError):
-    """An argument of a library object is invalid. ``name`` is the argument's path relative to the
-    object being built (``value``, ``constraint.value``; empty: the object's node as a whole)."""
-
-    def __init__(self, name: str, message: str):
-        self.name = name
-        self.message = message
-        super().__init__(f"{name}: {message}" if name else message)
-
-
 class ConfigError(ConsparseError, ValueError):
     """A config value is invalid. ``field`` is the dotted config key (``method.target_density``)."""
 
@@ -39,6 +30,20 @@ class ConfigError(ConsparseError, ValueError):
         self.field = field
         self.message = message
         super().__init__(f"{field}: {message}")
+
+
+class ParameterError(ConfigError):
+    """An argument of a library object is invalid. ``name`` is the argument's path relative to the
+    object being built (``value``, ``constraint.value``; empty: the object's node as a whole).
+
+    A ConfigError whose key is not complete yet: code that calls the ``consparse.validation`` checks
+    with a full key (the report's options) is caught by ``except ConfigError`` as before.
+    """
+
+    def __init__(self, name: str, message: str):
+        ConsparseError.__init__(self, f"{name}: {message}" if name else message)
+        self.name = self.field = name
+        self.message = message
 
 
 @contextmanager
@@ -51,18 +56,34 @@ def parameter_prefix(prefix: str) -> Iterator[None]:
         raise ParameterError(join_key(prefix, error.name), error.message) from None
 
 
+@dataclass(frozen=True)
+class ConfigPlace:
+    """Where in the config an object was built: its node's ``key``, and the keys of the arguments
+    the boundary passed in code (a method's ``model`` comes from the ``model`` node, not ``method``)."""
+
+    key: str
+    arguments: Mapping[str, str] = field(default_factory=dict)
+
+    def full_key(self, name: str) -> str:
+        head, _, rest = name.partition(".")
+        if head in self.arguments:
+            return join_key(self.arguments[head], rest)
+        return join_key(self.key, name)
+
+
 @contextmanager
-def config_key(key: str | None) -> Iterator[None]:
-    """The config boundary: inside, a ``ParameterError`` becomes a ``ConfigError`` whose key is
-    ``key`` followed by the error's relative name. ``None`` (an object built outside a config) leaves
-    errors as they are."""
-    if key is None:
+def config_key(place: str | ConfigPlace | None) -> Iterator[None]:
+    """The config boundary: inside, a ``ParameterError`` becomes a ``ConfigError`` whose key is the
+    node's key followed by the error's relative name. ``None`` (an object built in code, outside any
+    config) leaves errors as they are."""
+    if place is None:
         yield
         return
+    where = place if isinstance(place, ConfigPlace) else ConfigPlace(place)
     try:
         yield
     except ParameterError as error:
-        raise ConfigError(join_key(key, error.name), error.message) from None
+        raise ConfigError(where.full_key(error.name), error.message) from None
 
 
 class DataNotFoundError(ConsparseError, FileNotFoundError):

@@ -47,7 +47,7 @@ from consparse.cluster import adopt_submitit_local_tasks, launched_externally
 from consparse.config import instantiate_node, job_description, job_identity
 from consparse.configured_callbacks import configured_callbacks, wants_progress_bar
 from consparse.data.base import ConsparseDataModule
-from consparse.errors import ConfigError, ConsparseError, TrainingDiverged
+from consparse.errors import ConfigError, ConsparseError, TrainingDiverged, config_key
 from consparse.evaluation import EvaluationSettings
 from consparse.gates.sync_batchnorm import SyncBatchNormKeepingGates
 from consparse.interruption import RunInterrupted, SignalWatch
@@ -187,7 +187,8 @@ def _train_and_measure(
     release_model(method.model)
     phases.lap("fit")
 
-    deployment = method.finalize(datamodule)
+    with config_key(method.config_place):  # the method's errors in finalize name their config key
+        deployment = method.finalize(datamodule)
     _check_finite(deployment.model)
     phases.lap("finalize")
     # Measuring, the compression curve and the export run once, on rank 0; the other ranks wait.

@@ -34,7 +34,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
 from consparse.data.device_batches import DeviceBatches, EpochSampler, ImageTensors
 from consparse.data.info import DatasetInfo
-from consparse.errors import ConsparseError, DataNotFoundError, ParameterError, config_key
+from consparse.errors import ConfigPlace, ConsparseError, DataNotFoundError, ParameterError, config_key
 from consparse.validation import check_int, check_range
 
 
@@ -74,7 +74,7 @@ class ConsparseDataModule(pl.LightningDataModule, ABC):
     # The config key this data module was built from, set by the config boundary (``instantiate_node``);
     # None when built in code. Lightning reads the files in hooks it calls after the boundary, so those
     # hooks report a ``ParameterError`` (a bad file under ``root``) under this key themselves.
-    config_node: str | None = None
+    config_place: ConfigPlace | None = None
 
     def __init__(
         self,
@@ -148,7 +148,7 @@ class ConsparseDataModule(pl.LightningDataModule, ABC):
         Called before any training so that a missing dataset never costs compute. Downloads are
         attempted here when allowed; a failed download is reported with the same instructions.
         """
-        with config_key(self.config_node):
+        with config_key(self.config_place):
             self.ensure_available()
 
     def ensure_available(self) -> None:
@@ -182,7 +182,7 @@ class ConsparseDataModule(pl.LightningDataModule, ABC):
         if self.train_set is not None:
             return
         self.check_available()
-        with config_key(self.config_node):
+        with config_key(self.config_place):
             splits = self.build_splits()
         n = len(splits.train)
         if len(splits.train_eval) != n:
@@ -204,7 +204,7 @@ class ConsparseDataModule(pl.LightningDataModule, ABC):
     def per_device_batch_size(self) -> int:
         world = self.trainer.world_size if self.trainer is not None else 1
         if self.batch_size % world:
-            with config_key(self.config_node):
+            with config_key(self.config_place):
                 raise ParameterError(
                     "batch_size",
                     f"{self.batch_size} is not divisible by the {world} DDP processes; it is the global batch",
