@@ -25,7 +25,7 @@ from torchvision.datasets import CIFAR10, CIFAR100
 from consparse.data import cifar
 from consparse.data.cifar import CIFAR10DataModule, CIFAR100DataModule, read_cifar_batch
 from consparse.data.download import file_digest
-from consparse.errors import ParameterError, ConsparseError, DataNotFoundError
+from consparse.errors import ConsparseError, DataNotFoundError, ParameterError
 
 REPO = Path(__file__).resolve().parents[2]
 PER_BATCH = 6  # images per fake batch file

@@ -32,7 +32,7 @@ from consparse.data.download import (
     socket_timeout,
 )
 from consparse.data.mnist import MNISTDataModule
-from consparse.errors import ParameterError, DataNotFoundError
+from consparse.errors import DataNotFoundError, ParameterError
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from consparse.data.imagenet import MEAN, STD, ImageNetDataModule
-from consparse.errors import ParameterError, DataNotFoundError
+from consparse.errors import DataNotFoundError, ParameterError
 
 CLASSES = ["n01440764", "n01443537", "n01484850"]
 TRAIN_PER_CLASS, VAL_PER_CLASS = 4, 2

@@ -28,7 +28,7 @@ from sklearn.feature_extraction.text import TfidfVectorizer
 
 from consparse.data import newsgroups
 from consparse.data.newsgroups import NewsgroupsDataModule, read_tarball
-from consparse.errors import ParameterError, DataNotFoundError
+from consparse.errors import DataNotFoundError, ParameterError
 
 REPO = Path(__file__).resolve().parents[2]
 GROUPS = sorted(f"{top}.group{index:02d}" for index, top in enumerate(["alt", "comp", "rec", "sci"] * 5))

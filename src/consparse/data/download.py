@@ -29,7 +29,7 @@ from urllib.parse import urlparse
 
 from torchvision.datasets import utils as torchvision_utils
 
-from consparse.errors import ParameterError, DataNotFoundError
+from consparse.errors import DataNotFoundError, ParameterError
 
 # `datasets` takes over a second to import, so it is imported only where the Hub is used.
 if TYPE_CHECKING:
