@@ -63,14 +63,14 @@ DUAL_DEFECTS = ("deployed", "expected")
 DUAL_PUSH = 2.11
 
 
-def _per_constraint(field: str, value: Any, layers: Sequence[str], check: Any) -> tuple[list[float], bool]:
+def _per_constraint(name: str, value: Any, layers: Sequence[str], check: Any) -> tuple[list[float], bool]:
     """``value`` as one number (model-wise) or one per gated layer (layer-wise); returns (values, layerwise)."""
     if isinstance(value, (list, tuple)):
-        check_length(field, value, len(layers), "gated layers")
+        check_length(name, value, len(layers), "gated layers")
         for item in value:
-            check(field, item)
+            check(name, item)
         return [float(v) for v in value], True
-    check(field, value)
+    check(name, value)
     return [float(value)], False
 
 

@@ -91,31 +91,31 @@ def load_teacher(model: nn.Module, path: str) -> Path:
     Accepted: a Lightning checkpoint (``<run>/checkpoints/last.ckpt``, keys ``model.*``), a run or
     export directory (``export/model.json`` + ``model.safetensors``), or a file holding a state_dict.
     """
-    field = "teacher_checkpoint"
+    key = "teacher_checkpoint"
     candidate = Path(path).expanduser()
     if not candidate.exists():
-        raise ParameterError(field, f"{candidate} does not exist; give a run's checkpoints/last.ckpt, its export directory or a state_dict file")
+        raise ParameterError(key, f"{candidate} does not exist; give a run's checkpoints/last.ckpt, its export directory or a state_dict file")
     if candidate.is_dir() and (candidate / "checkpoints" / "last.ckpt").is_file():
         candidate = candidate / "checkpoints" / "last.ckpt"
     if candidate.is_dir():
         try:
             state = load_exported(candidate).state_dict()
         except ExportError as error:
-            raise ParameterError(field, str(error)) from None
+            raise ParameterError(key, str(error)) from None
     else:
         try:
             loaded = load_checkpoint(candidate)
         except CheckpointError as error:
-            raise ParameterError(field, str(error)) from None
+            raise ParameterError(key, str(error)) from None
         state = loaded.get("state_dict", loaded) if isinstance(loaded, dict) else None
         if not isinstance(state, dict):
-            raise ParameterError(field, f"{candidate} holds no state_dict")
+            raise ParameterError(key, f"{candidate} holds no state_dict")
         if state and all(key.startswith("model.") for key in state):
             state = {key[len("model."):]: value for key, value in state.items()}
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as error:
-        raise ParameterError(field, f"the weights in {candidate} do not fit the configured model: {error}") from None
+        raise ParameterError(key, f"the weights in {candidate} do not fit the configured model: {error}") from None
     return candidate
 
 
