@@ -121,3 +121,15 @@ def test_a_node_built_without_a_key_keeps_relative_names() -> None:
     with pytest.raises(ParameterError) as caught:
         instantiate_node(node, input_shape=[8], num_classes=3)
     assert caught.value.name == "hidden"
+
+
+def test_a_node_inside_a_node_is_checked_under_its_own_key() -> None:
+    model = MLP([8], 3, hidden=[4])
+    node = {"_target_": "consparse.methods.dense.DenseMethod", "name": "dense",
+            "optimizer": {"_target_": "consparse.optim.FrankWolfe", "_partial_": True, "lr": 0.1, "momentun": 0.5}}
+    with pytest.raises(ConfigError) as caught:
+        build_method(node, model, INFO)
+    assert caught.value.field == "method.optimizer"
+    assert caught.value.message.startswith("unknown keys ['momentun']; allowed: params, lr, momentum, ")
+    torch_optimizer = {"_target_": "torch.optim.SGD", "_partial_": True, "lr": 0.1, "anything": 1}
+    build_method({**node, "optimizer": torch_optimizer}, model, INFO)  # torch checks its own arguments

@@ -11,7 +11,7 @@ from hydra.errors import InstantiationException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from consparse.errors import ConfigPlace, ConsparseError, config_key
+from consparse.errors import ConfigPlace, ConsparseError, config_key, parameter_prefix
 from consparse.validation import check_known_keys
 
 # Keys that describe a config node for humans and results.json but are not constructor arguments.
@@ -49,20 +49,22 @@ def instantiate_node(
     return built
 
 
-def check_arguments_taken(container: dict[str, Any], passed: dict[str, Any]) -> None:
-    """A ParameterError naming the node when it has keys its ``_target_`` does not take (known from
-    the target's signature; a target that forwards ``**kwargs`` to a class outside consparse is not
-    checked)."""
+def check_arguments_taken(container: dict[str, Any], passed: Mapping[str, Any]) -> None:
+    """A ParameterError naming the node when it, or a node with a ``_target_`` inside it (an
+    optimizer), has keys its ``_target_`` does not take (known from the target's signature; a target
+    that forwards ``**kwargs`` to code outside consparse is not checked)."""
     target = container.get("_target_")
-    if not isinstance(target, str):
-        return
     try:
-        accepted = taken_arguments(hydra.utils.get_object(target))
+        accepted = taken_arguments(hydra.utils.get_object(target)) if isinstance(target, str) else None
     except Exception:  # noqa: BLE001 - an unimportable target is Hydra's error to report, with its traceback
-        return
+        accepted = None
     if accepted is not None:
         given = {name: None for name in container if not name.startswith("_") and name not in passed}
         check_known_keys("", given, [name for name in accepted if name not in passed])
+    for name, value in container.items():
+        if isinstance(value, dict) and "_target_" in value and name not in passed:
+            with parameter_prefix(name):
+                check_arguments_taken(value, {})
 
 
 def taken_arguments(target: Callable[..., Any]) -> list[str] | None:
