@@ -133,3 +133,12 @@ def test_a_node_inside_a_node_is_checked_under_its_own_key() -> None:
     assert caught.value.message.startswith("unknown keys ['momentun']; allowed: params, lr, momentum, ")
     torch_optimizer = {"_target_": "torch.optim.SGD", "_partial_": True, "lr": 0.1, "anything": 1}
     build_method({**node, "optimizer": torch_optimizer}, model, INFO)  # torch checks its own arguments
+
+
+def test_run_level_checks_raise_complete_config_errors(make_config) -> None:
+    from consparse.run_config import check_run_config
+
+    for override, key in [("seed=-1", "seed"), ("method.optimizer.lr=-0.1", "method.optimizer.lr")]:
+        with pytest.raises(ConfigError) as caught:
+            check_run_config(make_config("method=dense", override))
+        assert caught.value.field == key and not isinstance(caught.value, ParameterError)
