@@ -63,7 +63,7 @@ def file_digest(path: Path, algorithm: str = "md5") -> str:
 
 
 def check_digest(path: Path, expected: str, algorithm: str = "md5") -> None:
-    """Raise a ParameterError on ``dataset.root`` naming ``path`` when its digest is not ``expected``."""
+    """Raise a ParameterError on ``root`` (the data module's) naming ``path`` when its digest is not ``expected``."""
     actual = file_digest(path, algorithm)
     if actual != expected:
         raise ParameterError(

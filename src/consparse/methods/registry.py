@@ -15,8 +15,8 @@ from consparse.models.registry import ARCHITECTURES
 
 def build_method(cfg: DictConfig | dict, model: nn.Module, info: DatasetInfo) -> SparseMethod:
     """Instantiate the method around ``model``; constructors validate their config values, and this is
-    the config boundary of ``method``: their errors name ``method.<argument>``. and this is
-    the config boundary of ``method``: their errors name ``method.<argument>``.
+    the config boundary of ``method``: their errors name ``method.<argument>``, except those about
+    the ``model`` argument, which come from the ``model`` node and name ``model.<...>``.
 
     A method's ``requires_model`` is checked first, so that its constructor only ever sees the model it trains.
     """
