@@ -22,14 +22,14 @@ CASES = [
     (["method=sfw", "method.constraint.kind=l7"], f"method.constraint.kind: got 'l7'; allowed: {KINDS}"),
     (["method=sfw", "method.optimizer.momentum=1.5"], "method.optimizer.momentum: got 1.5; allowed: [0.0, 1.0)"),
     (["method=implicit_fw", "model=implicit", "method.constraints.A.kind=ksparse"],
-     "method.constraints.A.kind: got 'ksparse'; rows of A must lie in L1 balls (||A||_inf <= kappa is what makes "
-     "every iterate well-posed)"),
+     ("method.constraints.A.kind: got 'ksparse'; rows of A must lie in L1 balls (||A||_inf <= kappa is what makes "
+      "every iterate well-posed)")),
     (["method=implicit_fw", "model=implicit", "method.seed.scale=2"], "method.seed.scale: got 2; allowed: (0.0, 1.0]"),
     (["method=implicit_lasso", "method.solver.max_rounds=0"], "method.solver.max_rounds: got 0; allowed: >= 1"),
     (["method=implicit_lasso", "method.readout.ridge=2"], "method.readout.ridge: got 2; allowed: [0.0, 1.0]"),
     (["method=implicit_lasso", "method.formulation=implicit", "model=lenet5", "dataset.image_size=28"],
-     "model: implicit conversion needs a Linear/ReLU chain (mlp, text_mlp); module 'layers.0' (Conv2d) does not "
-     "fit. Conv nets use layer-wise state matching."),
+     ("model: implicit conversion needs a Linear/ReLU chain (mlp, text_mlp); module 'layers.0' (Conv2d) does not "
+      "fit. Conv nets use layer-wise state matching.")),
     (["method=dense", "dataset.batch_size=0"], "dataset.batch_size: got 0; allowed: >= 1"),
     (["method=dense", "model.hidden=[0]"], "model.hidden: got [0]; every width must be >= 1"),
     (["method=dense", "hardware.num_workers=-1"], "hardware.num_workers: got -1; allowed: >= 0"),
