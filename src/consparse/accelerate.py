@@ -17,16 +17,14 @@ validated here with the rest of the node so that a bad value fails before any da
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
-from consparse.errors import ConfigError
-from consparse.validation import check_int
-
-FIELD = "hardware"
+from consparse.errors import ParameterError, config_key
+from consparse.validation import check_int, settings_from
 
 
 @dataclass(frozen=True)
@@ -40,17 +38,14 @@ class HardwareSettings:
 
     @classmethod
     def from_config(cls, node: Any) -> HardwareSettings:
-        values = dict(node or {})
-        allowed = [f.name for f in fields(cls)]
-        unknown = sorted(set(values) - set(allowed))
-        if unknown:
-            raise ConfigError(FIELD, f"unknown keys {unknown}; allowed: {', '.join(allowed)}")
-        for name in ("compile", "channels_last", "on_device_data"):
-            if name in values and not isinstance(values[name], bool):
-                raise ConfigError(f"{FIELD}.{name}", f"got {values[name]!r}; allowed: true or false")
-        if "num_workers" in values:
-            check_int(f"{FIELD}.num_workers", values["num_workers"], 0)
-        return cls(**values)
+        """The settings of the ``hardware`` node (the config boundary: errors name ``hardware.<key>``)."""
+        with config_key("hardware"):
+            settings = settings_from(cls, node)
+            for name in ("compile", "channels_last", "on_device_data"):
+                if not isinstance(getattr(settings, name), bool):
+                    raise ParameterError(name, f"got {getattr(settings, name)!r}; allowed: true or false")
+            check_int("num_workers", settings.num_workers, 0)
+        return settings
 
 
 def has_convolutions(model: nn.Module) -> bool:

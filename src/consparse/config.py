@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import inspect
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import hydra
@@ -10,29 +11,76 @@ from hydra.errors import InstantiationException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from consparse.errors import ConsparseError
+from consparse.errors import ConfigPlace, ConsparseError, config_key, parameter_prefix
+from consparse.validation import check_known_keys
 
 # Keys that describe a config node for humans and results.json but are not constructor arguments.
 DESCRIPTIVE_KEYS = ("name",)
 
 
-def instantiate_node(node: DictConfig | dict, **kwargs: Any) -> Any:
+def instantiate_node(
+    node: DictConfig | dict, key: str | None = None, argument_keys: Mapping[str, str] | None = None, **kwargs: Any
+) -> Any:
     """Instantiate a group node (``dataset``, ``model``, ``method``) without its descriptive keys.
 
+    ``key`` is the node's place in the config: the boundary. Keys the target does not take, and any
+    ``ParameterError`` its constructor raises, are reported as a ``ConfigError`` under ``key``, or
+    under ``argument_keys[a]`` when it names ``a``, an argument passed in ``kwargs`` from another node.
+    An object with a ``config_place`` attribute is told its place, for errors raised later in hooks.
     Runtime objects (a model, a DatasetInfo) are passed to the constructor directly rather than
     through Hydra, which would turn dataclasses into configs.
     """
     container = OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else dict(node)
-    for key in DESCRIPTIVE_KEYS:
-        container.pop(key, None)
+    for name in DESCRIPTIVE_KEYS:
+        container.pop(name, None)
+    place = None if key is None else ConfigPlace(key, dict(argument_keys or {}))
+    with config_key(place):
+        check_arguments_taken(container, kwargs)
+        try:
+            factory = hydra.utils.instantiate(container, _convert_="all", _partial_=True)
+        except InstantiationException as error:
+            # Hydra wraps errors of nested targets; a ConsparseError already says what to fix.
+            if isinstance(error.__cause__, ConsparseError):
+                raise error.__cause__ from None
+            raise
+        built = factory(**kwargs)
+    if hasattr(built, "config_place"):
+        built.config_place = place
+    return built
+
+
+def check_arguments_taken(container: dict[str, Any], passed: Mapping[str, Any]) -> None:
+    """A ParameterError naming the node when it, or a node with a ``_target_`` inside it (an
+    optimizer), has keys its ``_target_`` does not take (known from the target's signature; a target
+    that forwards ``**kwargs`` to code outside consparse is not checked)."""
+    target = container.get("_target_")
     try:
-        factory = hydra.utils.instantiate(container, _convert_="all", _partial_=True)
-    except InstantiationException as error:
-        # Hydra wraps errors of nested targets; a ConsparseError already says what to fix.
-        if isinstance(error.__cause__, ConsparseError):
-            raise error.__cause__ from None
-        raise
-    return factory(**kwargs)
+        accepted = taken_arguments(hydra.utils.get_object(target)) if isinstance(target, str) else None
+    except Exception:  # noqa: BLE001 - an unimportable target is Hydra's error to report, with its traceback
+        accepted = None
+    if accepted is not None:
+        given = {name: None for name in container if not name.startswith("_") and name not in passed}
+        check_known_keys("", given, [name for name in accepted if name not in passed])
+    for name, value in container.items():
+        if isinstance(value, dict) and "_target_" in value and name not in passed:
+            with parameter_prefix(name):
+                check_arguments_taken(value, {})
+
+
+def taken_arguments(target: Callable[..., Any]) -> list[str] | None:
+    """The keyword arguments ``target`` takes, following ``**kwargs`` up a consparse class's bases;
+    None when they reach code outside consparse (anything could be taken)."""
+    callables = [base.__init__ for base in target.__mro__] if isinstance(target, type) else [target]
+    names: list[str] = []
+    for function in callables:
+        if not getattr(function, "__module__", "").startswith("consparse"):
+            return None
+        parameters = inspect.signature(function).parameters.values()
+        names += [p.name for p in parameters if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+                  and p.name not in ("self", *names)]
+        if not any(p.kind is p.VAR_KEYWORD for p in parameters):
+            return names
+    return None
 
 
 def node_name(node: DictConfig | dict, default: str = "?") -> str:

@@ -15,7 +15,7 @@ import pytorch_lightning as pl
 from hydra.errors import InstantiationException
 from omegaconf import DictConfig, ListConfig
 
-from consparse.errors import ConfigError
+from consparse.errors import ConfigError, ParameterError, join_key
 
 
 def configured_callbacks(cfg: DictConfig) -> list[pl.Callback]:
@@ -43,6 +43,8 @@ def _instantiate(key: str, node: Any) -> pl.Callback:
     try:
         callback = hydra.utils.instantiate(node)
     except InstantiationException as error:
+        if isinstance(error.__cause__, ParameterError):  # a consparse callback names its argument
+            raise ConfigError(join_key(key, error.__cause__.name), error.__cause__.message) from None
         # One line: an import failure's message spans several.
         reason = " ".join(str(error.__cause__ or error).split())
         raise ConfigError(key, f"cannot build {node._target_}: {reason}") from None

@@ -113,7 +113,7 @@ def evaluate(run: str | os.PathLike[str], overrides: list[str], output: str | No
         raise ConfigError("output", f"{target} would be taken for a training run's results; choose another name")
 
     pl.seed_everything(cfg.seed, verbose=False)
-    datamodule = instantiate_node(cfg.dataset)
+    datamodule = instantiate_node(cfg.dataset, "dataset")
     datamodule.check_available()
     deployed = load_exported(export_dir)
     reference = build_model(cfg.model, datamodule.info)

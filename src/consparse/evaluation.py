@@ -9,7 +9,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from consparse.curve_kinds import CURVE_KINDS, PATTERN_KINDS
-from consparse.errors import ConfigError
+from consparse.errors import ParameterError, config_key
 from consparse.nm_pattern import parse_nm
 from consparse.validation import check_choice, check_int, check_range
 
@@ -45,17 +45,23 @@ class EvaluationSettings:
 
     @classmethod
     def from_config(cls, node: DictConfig | dict | None) -> EvaluationSettings:
+        """The settings of the ``evaluation`` node (the config boundary: errors name ``evaluation.<key>``)."""
         raw = OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else dict(node or {})
+        with config_key("evaluation"):
+            return cls._checked(raw)
+
+    @classmethod
+    def _checked(cls, raw: dict[str, Any]) -> EvaluationSettings:
         grid = raw.get("compression_grid") or {}
         for kind, amounts in grid.items():
-            check_choice("evaluation.compression_grid", kind, CURVE_KINDS)
+            check_choice("compression_grid", kind, CURVE_KINDS)
             if not isinstance(amounts, list):
-                raise ConfigError(f"evaluation.compression_grid.{kind}", f"expected a list of fractions, got {amounts!r}")
+                raise ParameterError(f"compression_grid.{kind}", f"expected a list of fractions, got {amounts!r}")
             for amount in amounts:
                 if kind in PATTERN_KINDS:
-                    parse_nm(amount, f"evaluation.compression_grid.{kind}")
+                    parse_nm(amount, f"compression_grid.{kind}")
                 else:
-                    check_range(f"evaluation.compression_grid.{kind}", amount, 0.0, 1.0, high_inclusive=False)
+                    check_range(f"compression_grid.{kind}", amount, 0.0, 1.0, high_inclusive=False)
         settings = cls(
             compression_grid={
                 kind: [a if kind in PATTERN_KINDS else float(a) for a in amounts]
@@ -68,9 +74,9 @@ class EvaluationSettings:
             export=raw.get("export", True),
             device=raw.get("device", "auto"),
         )
-        check_int("evaluation.recalibrate_bn_batches", settings.recalibrate_bn_batches, 0)
-        check_choice("evaluation.lowrank_layers", settings.lowrank_layers, LOWRANK_LAYERS)
-        check_choice("evaluation.device", settings.device, ["auto", "cpu", "cuda"])
+        check_int("recalibrate_bn_batches", settings.recalibrate_bn_batches, 0)
+        check_choice("lowrank_layers", settings.lowrank_layers, LOWRANK_LAYERS)
+        check_choice("device", settings.device, ["auto", "cpu", "cuda"])
         _check_latency(settings.latency)
         return settings
 
@@ -82,14 +88,14 @@ class EvaluationSettings:
 
 def _check_latency(latency: dict[str, Any]) -> None:
     for key in latency:
-        check_choice("evaluation.latency", key, LATENCY_KEYS)
-    check_int("evaluation.latency.threads", latency.get("threads", 1), 1)
-    check_int("evaluation.latency.batch_size", latency.get("batch_size", 1), 1)
+        check_choice("latency", key, LATENCY_KEYS)
+    check_int("latency.threads", latency.get("threads", 1), 1)
+    check_int("latency.batch_size", latency.get("batch_size", 1), 1)
     if latency.get("large_batch_size") is not None:
-        check_int("evaluation.latency.large_batch_size", latency["large_batch_size"], 1)
-    check_int("evaluation.latency.rounds", latency.get("rounds", 1), 1)
-    check_int("evaluation.latency.min_repeats", latency.get("min_repeats", 1), 1)
-    check_int("evaluation.latency.warmup", latency.get("warmup", 0), 0)
-    check_range("evaluation.latency.min_run_time", latency.get("min_run_time", 1.0), 0.0, low_inclusive=False)
+        check_int("latency.large_batch_size", latency["large_batch_size"], 1)
+    check_int("latency.rounds", latency.get("rounds", 1), 1)
+    check_int("latency.min_repeats", latency.get("min_repeats", 1), 1)
+    check_int("latency.warmup", latency.get("warmup", 0), 0)
+    check_range("latency.min_run_time", latency.get("min_run_time", 1.0), 0.0, low_inclusive=False)
     if latency.get("budget_s") is not None:
-        check_range("evaluation.latency.budget_s", latency["budget_s"], 0.0, low_inclusive=False)
+        check_range("latency.budget_s", latency["budget_s"], 0.0, low_inclusive=False)

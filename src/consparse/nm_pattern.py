@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from consparse.errors import ConfigError
+from consparse.errors import ParameterError
 
 _PATTERN = re.compile(r"\s*(\d+)\s*:\s*(\d+)\s*")
 
@@ -95,8 +95,8 @@ def _rows(tensor: torch.Tensor) -> torch.Tensor:
     return tensor.movedim(1, -1).reshape(-1, tensor.shape[1])
 
 
-def parse_nm(value: Any, field: str) -> NMPattern:
-    """An ``NMPattern`` from ``"N:M"`` (or an ``NMPattern``); a one-line ConfigError naming ``field`` otherwise.
+def parse_nm(value: Any, name: str) -> NMPattern:
+    """An ``NMPattern`` from ``"N:M"`` (or an ``NMPattern``); a one-line ParameterError naming ``name`` otherwise.
 
     YAML 1.1, which Hydra's files are read with, takes an unquoted ``2:4`` for the base-60 integer
     124; the error says so and asks for quotes (the command line keeps ``2:4`` a string).
@@ -105,15 +105,15 @@ def parse_nm(value: Any, field: str) -> NMPattern:
         return value
     if isinstance(value, int) and not isinstance(value, bool):
         minutes, seconds = divmod(value, 60)
-        raise ConfigError(
-            field,
+        raise ParameterError(
+            name,
             f"got the integer {value}, which is how YAML reads an unquoted {minutes}:{seconds} (a base-60 number); "
             f"quote it in YAML files: \"{minutes}:{seconds}\"",
         )
     match = _PATTERN.fullmatch(value) if isinstance(value, str) else None
     if match is None:
-        raise ConfigError(field, f"got {value!r}; expected \"N:M\" (N non-zeros in every M input weights), e.g. \"2:4\"")
+        raise ParameterError(name, f"got {value!r}; expected \"N:M\" (N non-zeros in every M input weights), e.g. \"2:4\"")
     n, m = int(match.group(1)), int(match.group(2))
     if not 1 <= n < m:
-        raise ConfigError(field, f"got \"{n}:{m}\"; need 1 <= N < M (N = M keeps every weight), e.g. \"2:4\"")
+        raise ParameterError(name, f"got \"{n}:{m}\"; need 1 <= N < M (N = M keeps every weight), e.g. \"2:4\"")
     return NMPattern(n, m)

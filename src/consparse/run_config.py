@@ -15,7 +15,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from consparse.config import DESCRIPTIVE_KEYS
-from consparse.errors import ConfigError
+from consparse.errors import ConfigError, config_key
 from consparse.models.registry import ArchitectureError, architecture_of_target, check_arguments
 from consparse.validation import check_int, check_range
 
@@ -30,7 +30,8 @@ _OPTIMIZER_WORDS = {"Nesterov": "nesterov", "learning rate": "lr", "momentum": "
 def check_run_config(cfg: DictConfig) -> None:
     """Raise ConfigError naming the first bad key among ``seed``, ``trainer.devices``, the optimizer and
     (when the run exports its model) the model's architecture."""
-    check_int("seed", cfg.get("seed"), 0, MAX_SEED)
+    with config_key(""):  # the config's root: ``seed`` is a top-level key
+        check_int("seed", cfg.get("seed"), 0, MAX_SEED)
     check_devices(OmegaConf.select(cfg, "trainer.devices"))
     optimizer = OmegaConf.select(cfg, "method.optimizer")
     if isinstance(optimizer, DictConfig):
@@ -79,7 +80,8 @@ def check_optimizer(field: str, node: DictConfig) -> None:
     """A positive ``lr``; a torch optimizer is also built once on a throw-away tensor so that its own
     argument checks fail here, as a config error, instead of at the start of training."""
     if "lr" in node:
-        check_range(f"{field}.lr", node.get("lr"), 0.0, low_inclusive=False, allow_none=True)
+        with config_key(field):
+            check_range("lr", node.get("lr"), 0.0, low_inclusive=False, allow_none=True)
     target = str(node.get("_target_", ""))
     if not target.startswith("torch.optim."):
         return  # consparse's own optimizers check their arguments when the method builds them

@@ -47,7 +47,7 @@ from consparse.cluster import adopt_submitit_local_tasks, launched_externally
 from consparse.config import instantiate_node, job_description, job_identity
 from consparse.configured_callbacks import configured_callbacks, wants_progress_bar
 from consparse.data.base import ConsparseDataModule
-from consparse.errors import ConfigError, ConsparseError, TrainingDiverged
+from consparse.errors import ConfigError, ConsparseError, TrainingDiverged, config_key
 from consparse.evaluation import EvaluationSettings
 from consparse.gates.sync_batchnorm import SyncBatchNormKeepingGates
 from consparse.interruption import RunInterrupted, SignalWatch
@@ -157,7 +157,7 @@ def _set_up(
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
 
     # Constructors validate their config values: all of them run before any data is read.
-    datamodule: ConsparseDataModule = instantiate_node(cfg.dataset)
+    datamodule: ConsparseDataModule = instantiate_node(cfg.dataset, "dataset")
     info = datamodule.info
     model = build_model(cfg.model, info)
     method = build_method(cfg.method, model, info)
@@ -187,7 +187,8 @@ def _train_and_measure(
     release_model(method.model)
     phases.lap("fit")
 
-    deployment = method.finalize(datamodule)
+    with config_key(method.config_place):  # the method's errors in finalize name their config key
+        deployment = method.finalize(datamodule)
     _check_finite(deployment.model)
     phases.lap("finalize")
     # Measuring, the compression curve and the export run once, on rank 0; the other ranks wait.
@@ -283,7 +284,7 @@ def _build_trainer(cfg: DictConfig, run_dir: Path, timer: TrainTimer) -> pl.Trai
     if trainer_cfg.get("enable_progress_bar") is None:
         trainer_cfg["enable_progress_bar"] = sys.stdout.isatty() and "SLURM_JOB_ID" not in os.environ
     if isinstance(trainer_cfg.get("strategy"), dict):
-        trainer_cfg["strategy"] = instantiate_node(trainer_cfg["strategy"])
+        trainer_cfg["strategy"] = instantiate_node(trainer_cfg["strategy"], "trainer.strategy")
     callbacks: list[pl.Callback] = [
         timer, RandomState(), DivergenceGuard(), RunCheckpoint(run_dir / CHECKPOINT_DIR),
         SharedRunDirectory(run_dir), DistinctRankStreams(), RankAgreement(),

@@ -25,7 +25,7 @@ from torchvision.datasets import CIFAR10, CIFAR100
 from consparse.data import cifar
 from consparse.data.cifar import CIFAR10DataModule, CIFAR100DataModule, read_cifar_batch
 from consparse.data.download import file_digest
-from consparse.errors import ConfigError, ConsparseError, DataNotFoundError
+from consparse.errors import ConsparseError, DataNotFoundError, ParameterError
 
 REPO = Path(__file__).resolve().parents[2]
 PER_BATCH = 6  # images per fake batch file
@@ -270,9 +270,9 @@ def plant_payload(root: Path, marker: Path) -> Path:
 def test_payload_batch_is_refused_by_its_checksum(tmp_path):
     marker = tmp_path / "pwned"
     path = plant_payload(tmp_path / "root", marker)
-    with pytest.raises(ConfigError) as error:
+    with pytest.raises(ParameterError) as error:
         CIFAR10DataModule(root=tmp_path / "root", download=False).setup()
-    assert error.value.field == "dataset.root"
+    assert error.value.name == "root"
     assert str(path) in str(error.value) and "MD5" in str(error.value)
     assert not marker.exists()
 
@@ -300,7 +300,7 @@ def test_payload_batch_with_the_official_checksum_runs_nothing(tmp_path, officia
     path = plant_payload(root, marker)
     for name, _ in CIFAR10.train_list + CIFAR10.test_list:
         official(root, root / "cifar-10-batches-py" / name)
-    with pytest.raises(ConfigError) as error:
+    with pytest.raises(ParameterError) as error:
         CIFAR10DataModule(root=root, download=False).setup()
     assert str(path) in str(error.value) and "refused to load" in str(error.value)
     assert not marker.exists()
@@ -310,7 +310,7 @@ def test_object_arrays_are_refused(tmp_path):
     path = tmp_path / "batch"
     entry = {"labels": [0], "data": np.array([FileCreator(tmp_path / "pwned")], dtype=object)}
     path.write_bytes(pickle.dumps(entry, protocol=2))
-    with pytest.raises(ConfigError, match="not a CIFAR batch"):
+    with pytest.raises(ParameterError, match="not a CIFAR batch"):
         read_cifar_batch(path, "labels")
     assert not (tmp_path / "pwned").exists()
 
@@ -323,7 +323,7 @@ def test_placed_archive_with_the_wrong_checksum_is_not_unpacked(tmp_path):
     archive = root / CIFAR10.filename
     with tarfile.open(archive, "w:gz") as tar:
         tar.add(staging / CIFAR10.base_folder, arcname=CIFAR10.base_folder)
-    with pytest.raises(ConfigError) as error:
+    with pytest.raises(ParameterError) as error:
         CIFAR10DataModule(root=root, download=True).setup()
     assert str(archive) in str(error.value) and "MD5" in str(error.value)
     assert sorted(path.name for path in root.iterdir()) == [CIFAR10.filename]
@@ -348,7 +348,7 @@ def test_placed_archive_escaping_the_root_is_refused_and_leaves_no_trace(tmp_pat
             tar.addfile(link)
             member = link.name
     monkeypatch.setitem(cifar.OFFICIAL_MD5, CIFAR10.filename, file_digest(archive))
-    with pytest.raises(ConfigError) as error:
+    with pytest.raises(ParameterError) as error:
         CIFAR10DataModule(root=root, download=True).setup()
     assert str(archive) in str(error.value) and member in str(error.value)
     assert not (root.parent / "escape.txt").exists() and not (root / CIFAR10.base_folder).exists()

@@ -10,7 +10,7 @@ from torchvision.transforms.v2 import functional as TF
 
 from consparse.data.cifar import CIFAR10DataModule, CIFAR100DataModule
 from consparse.data.device_batches import EpochSampler, crop_and_flip, rotate
-from consparse.errors import ConfigError
+from consparse.errors import ParameterError
 
 from .test_cifar_datamodule import official, write_fake_cifar  # noqa: F401 - the fixture is used by name
 
@@ -95,11 +95,11 @@ def test_device_path_applies_the_planned_rotation(tmp_path, official):  # noqa: 
 @pytest.mark.parametrize(
     ("options", "message"),
     [
-        ({"rotation": -1}, "dataset.rotation"),
-        ({"rotation": 200}, "dataset.rotation"),
+        ({"rotation": -1}, "rotation"),
+        ({"rotation": 200}, "rotation"),
         ({"rotation": 15, "augment": False}, "dataset.augment=true"),
     ],
 )
 def test_bad_rotation_is_a_config_error(tmp_path, options, message):
-    with pytest.raises(ConfigError, match=message):
+    with pytest.raises(ParameterError, match=message):
         CIFAR100DataModule(root=tmp_path, **options)

@@ -63,7 +63,7 @@ def test_every_dataset_has_a_yaml():
 def test_yaml_instantiates_with_static_info(name, tmp_path):
     node = load_node(name, tmp_path)
     assert node.name == name
-    datamodule = instantiate_node(node)
+    datamodule = instantiate_node(node, "dataset")
     assert isinstance(datamodule, ConsparseDataModule)
     info = datamodule.info
     assert (info.name, info.input_shape, info.num_classes, info.kind) == (name, *EXPECTED_INFO[name])
@@ -86,7 +86,7 @@ def test_composed_through_the_main_config(name, make_config, tmp_path):
 @pytest.mark.parametrize("name", sorted(EXPECTED_INFO))
 def test_yaml_lists_every_constructor_option_with_a_comment(name, tmp_path):
     node = load_node(name, tmp_path)
-    datamodule = instantiate_node(node)
+    datamodule = instantiate_node(node, "dataset")
     listed = set(node.keys()) - {"_target_", "name"}
     assert listed == constructor_options(type(datamodule))
     text = (CONF_DIR / f"{name}.yaml").read_text()
@@ -99,7 +99,7 @@ def test_yaml_lists_every_constructor_option_with_a_comment(name, tmp_path):
 def test_global_batch_is_divided_over_processes(name, tmp_path):
     node = load_node(name, tmp_path)
     node.batch_size = 64
-    datamodule = instantiate_node(node)
+    datamodule = instantiate_node(node, "dataset")
     assert datamodule.per_device_batch_size == 64
     datamodule.trainer = SimpleNamespace(world_size=4)
     assert datamodule.per_device_batch_size == 16
@@ -138,5 +138,5 @@ def test_bad_config_value_names_the_field(name, field, value, tmp_path):
     node = load_node(name, tmp_path)
     node[field] = value
     with pytest.raises(ConfigError) as error:
-        instantiate_node(node)
+        instantiate_node(node, "dataset")
     assert error.value.field == f"dataset.{field}"

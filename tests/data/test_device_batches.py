@@ -21,7 +21,7 @@ from consparse.data.device_batches import DeviceBatches, EpochSampler, ImageTens
 from consparse.data.digits import DigitsDataModule
 from consparse.data.mnist import MNISTDataModule
 from consparse.data.tensor_images import image_transform
-from consparse.errors import ConfigError
+from consparse.errors import ParameterError
 
 from .test_cifar_datamodule import official, write_fake_cifar  # noqa: F401 - the fixture is used by name
 from .test_mnist_datamodule import write_fake_split_files
@@ -211,10 +211,10 @@ def test_mnist_on_device_matches_its_tensor_dataset(tmp_path):
 
 
 def test_on_device_is_refused_where_there_are_no_images():
-    with pytest.raises(ConfigError) as error:
+    with pytest.raises(ParameterError) as error:
         DigitsDataModule(on_device=True)
-    assert error.value.field == "dataset.on_device"
-    with pytest.raises(ConfigError, match="auto, true or false"):
+    assert error.value.name == "on_device"
+    with pytest.raises(ParameterError, match="auto, true or false"):
         CIFAR10DataModule(on_device="gpu")
     assert DigitsDataModule(on_device="auto").batch_device() is None
 

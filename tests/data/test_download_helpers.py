@@ -32,7 +32,7 @@ from consparse.data.download import (
     socket_timeout,
 )
 from consparse.data.mnist import MNISTDataModule
-from consparse.errors import ConfigError, DataNotFoundError
+from consparse.errors import DataNotFoundError, ParameterError
 
 
 @pytest.fixture
@@ -192,9 +192,9 @@ def symlink_member(name: str, target: str) -> tarfile.TarInfo:
 def test_unsafe_tar_members_are_refused_before_anything_is_written(tmp_path, member, shown):
     archive = tar_with(tmp_path / "a.tar.gz", tarfile.TarInfo("folder/good.txt"), member)
     destination = tmp_path / "root" / "inside"
-    with pytest.raises(ConfigError) as error:
+    with pytest.raises(ParameterError) as error:
         safe_extract(archive, destination)
-    assert error.value.field == "dataset.root" and str(archive) in str(error.value) and shown in str(error.value)
+    assert error.value.name == "root" and str(archive) in str(error.value) and shown in str(error.value)
     assert list(destination.iterdir()) == []
     assert not (tmp_path / "root" / "escape.txt").exists()
     assert not Path("/tmp/consparse-absolute-escape.txt").exists()
@@ -211,7 +211,7 @@ def test_unsafe_zip_members_are_refused(tmp_path):
     with zipfile.ZipFile(archive, "w") as zipped:
         zipped.writestr("folder/good.txt", "ok")
         zipped.writestr("../escape.txt", "owned")
-    with pytest.raises(ConfigError, match=r"'\.\./escape\.txt'"):
+    with pytest.raises(ParameterError, match=r"'\.\./escape\.txt'"):
         safe_extract(archive, tmp_path / "root")
     assert not (tmp_path / "escape.txt").exists() and not (tmp_path / "root" / "folder").exists()
     link = tmp_path / "link.zip"
@@ -219,7 +219,7 @@ def test_unsafe_zip_members_are_refused(tmp_path):
         info = zipfile.ZipInfo("folder/link")
         info.external_attr = (stat.S_IFLNK | 0o777) << 16
         zipped.writestr(info, "/etc/passwd")
-    with pytest.raises(ConfigError, match="symbolic link"):
+    with pytest.raises(ParameterError, match="symbolic link"):
         safe_extract(link, tmp_path / "root2")
 
 
@@ -228,7 +228,7 @@ def test_damaged_archive_names_the_file(tmp_path, damage):
     archive = tar_with(tmp_path / "a.tar.gz", *(tarfile.TarInfo(f"f{i}") for i in range(50)), data=os.urandom(4096))
     content = archive.read_bytes()
     archive.write_bytes(os.urandom(2000) if damage == "random" else content[: len(content) // 2])
-    with pytest.raises(ConfigError) as error:
+    with pytest.raises(ParameterError) as error:
         safe_extract(archive, tmp_path / "root")
     assert str(archive) in str(error.value) and "not a readable archive" in str(error.value)
 
@@ -237,5 +237,5 @@ def test_check_digest_names_the_file(tmp_path):
     path = tmp_path / "file"
     path.write_bytes(b"abc")
     check_digest(path, "900150983cd24fb0d6963f7d28e17f72")
-    with pytest.raises(ConfigError, match=str(path)):
+    with pytest.raises(ParameterError, match=str(path)):
         check_digest(path, "0" * 32)

@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from consparse.data.imagenet import MEAN, STD, ImageNetDataModule
-from consparse.errors import ConfigError, DataNotFoundError
+from consparse.errors import DataNotFoundError, ParameterError
 
 CLASSES = ["n01440764", "n01443537", "n01484850"]
 TRAIN_PER_CLASS, VAL_PER_CLASS = 4, 2
@@ -80,16 +80,16 @@ def test_validation_split_ignores_the_run_seed(tmp_path):
 
 def test_class_count_mismatch_is_a_config_error(tmp_path):
     write_fake_imagenet(tmp_path)
-    with pytest.raises(ConfigError) as error:
+    with pytest.raises(ParameterError) as error:
         small(tmp_path, num_classes=1000).setup()
-    assert error.value.field == "dataset.num_classes"
+    assert error.value.name == "num_classes"
     assert "3 class folders" in str(error.value) and "dataset.num_classes=3" in str(error.value)
 
 
 def test_train_and_val_with_different_classes_are_reported(tmp_path):
     write_fake_imagenet(tmp_path)
     (tmp_path / "val" / CLASSES[2]).rename(tmp_path / "val" / "n09999999")
-    with pytest.raises(ConfigError, match="different class folders"):
+    with pytest.raises(ParameterError, match="different class folders"):
         small(tmp_path).setup()
 
 

@@ -28,7 +28,7 @@ from sklearn.feature_extraction.text import TfidfVectorizer
 
 from consparse.data import newsgroups
 from consparse.data.newsgroups import NewsgroupsDataModule, read_tarball
-from consparse.errors import ConfigError, DataNotFoundError
+from consparse.errors import DataNotFoundError, ParameterError
 
 REPO = Path(__file__).resolve().parents[2]
 GROUPS = sorted(f"{top}.group{index:02d}" for index, top in enumerate(["alt", "comp", "rec", "sci"] * 5))
@@ -267,9 +267,9 @@ def test_damaged_tarball_names_the_file(tarball_root, damage):
     tarball = tarball_root / "20newsgroups" / "20news-bydate.tar.gz"
     content = tarball.read_bytes()
     tarball.write_bytes({"random": os.urandom(5000), "truncated": content[: len(content) // 2], "empty": b""}[damage])
-    with pytest.raises(ConfigError) as error:
+    with pytest.raises(ParameterError) as error:
         NewsgroupsDataModule(root=tarball_root, download=False).setup()
-    assert error.value.field == "dataset.root"
+    assert error.value.name == "root"
     assert str(tarball) in str(error.value) and "not a readable 20news-bydate.tar.gz" in str(error.value)
 
 
@@ -346,9 +346,9 @@ def test_huggingface_source(tmp_path, monkeypatch):
 
 
 def test_huggingface_copy_is_already_stripped(tmp_path):
-    with pytest.raises(ConfigError) as error:
+    with pytest.raises(ParameterError) as error:
         NewsgroupsDataModule(root=tmp_path, source="huggingface", remove=["headers"])
-    assert error.value.field == "dataset.remove"
+    assert error.value.name == "remove"
 
 
 def test_unwritable_cache_dir_only_costs_the_cache(tarball_root, tmp_path, caplog):

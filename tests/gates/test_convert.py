@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from consparse.compress.count import sparsifiable_weights
-from consparse.errors import ConfigError
+from consparse.errors import ParameterError
 from consparse.gates import (
     GatedBatchNorm2d,
     GatedConv2d,
@@ -66,12 +66,12 @@ def test_patterns_choose_layers() -> None:
 
 
 def test_a_pattern_matching_nothing_is_a_config_error_listing_the_candidates() -> None:
-    with pytest.raises(ConfigError, match="method.gated_layers.*layers.1"):
+    with pytest.raises(ParameterError, match="gated_layers.*layers.1"):
         gate_model(MLP([1, 8, 8], 10), layers=["conv*"])
 
 
 def test_droprate_list_must_have_one_value_per_gated_layer() -> None:
-    with pytest.raises(ConfigError, match="method.droprate_init: got 2 values but there are 3 gated layers"):
+    with pytest.raises(ParameterError, match="droprate_init: got 2 values but there are 3 gated layers"):
         gate_model(MLP([1, 8, 8], 10), droprate_init=[0.2, 0.5])
     model = MLP([1, 8, 8], 10)
     gate_model(model, droprate_init=[0.2, 0.5, 0.5])

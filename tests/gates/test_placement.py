@@ -13,7 +13,7 @@ import pytest
 import torch
 from torch import nn
 
-from consparse.errors import ConfigError
+from consparse.errors import ParameterError
 from consparse.gates import GatedBatchNorm2d, GatedConv2d, fold_gates, gate_model, purge, seeded_gate_noise
 from consparse.gates.sync_batchnorm import GatedSyncBatchNorm2d, SyncBatchNormKeepingGates
 from consparse.models.wide_resnet import WideResNet
@@ -103,7 +103,7 @@ def test_filter_placement_in_eval_uses_running_statistics_of_the_gated_response(
 
 
 def test_unknown_placement_is_a_config_error() -> None:
-    with pytest.raises(ConfigError, match="method.gate_placement"):
+    with pytest.raises(ParameterError, match="gate_placement"):
         gate_model(WideResNet([3, 8, 8], 10, depth=10, widen_factor=1), placement="before_norm")
 
 

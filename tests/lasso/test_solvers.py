@@ -6,7 +6,7 @@ import pytest
 import torch
 from tests.lasso.reference import sklearn_constrained_lasso, sklearn_lasso
 
-from consparse.errors import ConfigError
+from consparse.errors import ParameterError
 from consparse.lasso.active_set import ActiveSet, ActiveSetSettings
 from consparse.lasso.problem import lasso_objective
 from consparse.lasso.search import PathSearch, SearchSettings
@@ -36,17 +36,17 @@ def test_one_block_gives_one_settings_object_per_solver() -> None:
 @pytest.mark.parametrize(
     ("block", "key"),
     [
-        ({"iterations": 3}, "solver.iterations"),
-        ({"step": "fista"}, "solver.step"),
-        ({"max_rounds": 0}, "solver.max_rounds"),
-        ({"step": "newton", "eps": 2.0}, "solver.eps"),
-        ({"step": "path", "ridge": -1.0}, "solver.ridge"),
+        ({"iterations": 3}, "iterations"),
+        ({"step": "fista"}, "step"),
+        ({"max_rounds": 0}, "max_rounds"),
+        ({"step": "newton", "eps": 2.0}, "eps"),
+        ({"step": "path", "ridge": -1.0}, "ridge"),
     ],
 )
 def test_bad_blocks_name_the_key(block, key: str) -> None:
-    with pytest.raises(ConfigError) as caught:
+    with pytest.raises(ParameterError) as caught:
         solver_settings(block)
-    assert caught.value.field == key
+    assert caught.value.name == key
 
 
 def test_a_masked_problem_goes_to_the_path_with_the_fallback_settings(make_problem) -> None:

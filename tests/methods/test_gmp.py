@@ -39,9 +39,9 @@ def test_defaults_follow_the_run_length() -> None:
     assert (schedule.start, schedule.end, schedule.every) == (100, 750, 6)
     assert (schedule.initial, schedule.final) == (1.0, 0.1)
     assert default_schedule(1000, 0.1, start=0, end=200, every=50).end == 200
-    with pytest.raises(ConfigError, match="method.end_step"):
+    with pytest.raises(ConfigError, match="^end_step: "):
         default_schedule(100, 0.1, end=101)
-    with pytest.raises(ConfigError, match="method.start_step"):
+    with pytest.raises(ConfigError, match="^start_step: "):
         default_schedule(100, 0.1, start=50, end=50)
 
 

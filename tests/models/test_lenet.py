@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from consparse.errors import ConfigError
+from consparse.errors import ParameterError
 from consparse.models.lenet import LeNet5, min_input_side
 
 
@@ -58,34 +58,34 @@ def test_widths_and_stages_are_configurable_and_hidden_may_be_an_int() -> None:
 def test_three_stages_need_36_pixels() -> None:
     assert min_input_side(3) == 36
     LeNet5([1, 36, 36], 10, conv_channels=[4, 8, 6])
-    with pytest.raises(ConfigError, match="36x36"):
+    with pytest.raises(ParameterError, match="36x36"):
         LeNet5([1, 28, 28], 10, conv_channels=[4, 8, 6])
 
 
 def test_smallest_input_is_16_pixels_for_two_stages() -> None:
     assert min_input_side(2) == 16
     LeNet5([1, 16, 16], 10)
-    with pytest.raises(ConfigError):
+    with pytest.raises(ParameterError):
         LeNet5([1, 15, 16], 10)
 
 
 def test_too_small_input_names_the_sizes_that_work() -> None:
-    with pytest.raises(ConfigError) as error:
+    with pytest.raises(ParameterError) as error:
         LeNet5([1, 8, 8], 10)
-    assert error.value.field == "model"
+    assert error.value.name == ""
     assert "16x16" in str(error.value)
     assert "dataset.image_size=28" in str(error.value)
 
 
 def test_vector_input_is_a_config_error() -> None:
-    with pytest.raises(ConfigError, match=r"\[C, H, W\]"):
+    with pytest.raises(ParameterError, match=r"\[C, H, W\]"):
         LeNet5([784], 10)
 
 
 @pytest.mark.parametrize(
-    ("kwargs", "field"), [({"conv_channels": []}, "model.conv_channels"), ({"hidden": [0]}, "model.hidden")]
+    ("kwargs", "field"), [({"conv_channels": []}, "conv_channels"), ({"hidden": [0]}, "hidden")]
 )
 def test_bad_widths_are_config_errors(kwargs: dict, field: str) -> None:
-    with pytest.raises(ConfigError) as error:
+    with pytest.raises(ParameterError) as error:
         LeNet5([1, 28, 28], 10, **kwargs)
-    assert error.value.field == field
+    assert error.value.name == field

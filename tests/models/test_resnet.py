@@ -7,7 +7,7 @@ import torch
 from torch import nn
 from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
 
-from consparse.errors import ConfigError
+from consparse.errors import ParameterError
 from consparse.models.resnet import CifarResNet, resnet18, resnet50, resolve_stem
 
 
@@ -30,9 +30,9 @@ def test_resolve_stem(stem: str, side: int, expected: str) -> None:
 
 
 def test_unknown_stem_is_a_config_error() -> None:
-    with pytest.raises(ConfigError) as error:
+    with pytest.raises(ParameterError) as error:
         resnet18([3, 32, 32], 10, stem="cifar10")
-    assert error.value.field == "model.stem"
+    assert error.value.name == "stem"
     assert "tinyimagenet" in str(error.value)
 
 
@@ -84,7 +84,7 @@ def test_never_downloads_weights(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.mark.parametrize("model", [resnet18, resnet50, CifarResNet])
 def test_vector_input_is_a_config_error(model) -> None:
-    with pytest.raises(ConfigError, match=r"\[C, H, W\]"):
+    with pytest.raises(ParameterError, match=r"\[C, H, W\]"):
         model([784], 10)
 
 
@@ -125,7 +125,7 @@ def test_resnet56_parameter_count() -> None:
 
 @pytest.mark.parametrize("depth", [21, 19, 2, 7, 0, -4, 20.0, "20", True])
 def test_wrong_depth_is_a_config_error(depth) -> None:
-    with pytest.raises(ConfigError) as error:
+    with pytest.raises(ParameterError) as error:
         CifarResNet([3, 32, 32], 10, depth=depth)
-    assert error.value.field == "model.depth"
+    assert error.value.name == "depth"
     assert "6n+2" in str(error.value)

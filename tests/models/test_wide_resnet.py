@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from consparse.errors import ConfigError
+from consparse.errors import ParameterError
 from consparse.models.wide_resnet import WideBasicBlock, WideResNet
 
 
@@ -76,28 +76,28 @@ def test_dropout_acts_in_training_only() -> None:
 
 @pytest.mark.parametrize("depth", [27, 8, 4, 30, 28.0, "28"])
 def test_wrong_depth_is_a_config_error(depth) -> None:
-    with pytest.raises(ConfigError) as error:
+    with pytest.raises(ParameterError) as error:
         WideResNet([3, 32, 32], 10, depth=depth)
-    assert error.value.field == "model.depth"
+    assert error.value.name == "depth"
     assert "6n+4" in str(error.value)
 
 
 @pytest.mark.parametrize(
     ("kwargs", "field"),
     [
-        ({"widen_factor": 0}, "model.widen_factor"),
-        ({"dropout": 1.0}, "model.dropout"),
-        ({"dropout": -0.1}, "model.dropout"),
+        ({"widen_factor": 0}, "widen_factor"),
+        ({"dropout": 1.0}, "dropout"),
+        ({"dropout": -0.1}, "dropout"),
     ],
 )
 def test_bad_width_or_dropout_is_a_config_error(kwargs: dict, field: str) -> None:
-    with pytest.raises(ConfigError) as error:
+    with pytest.raises(ParameterError) as error:
         WideResNet([3, 32, 32], 10, depth=10, **kwargs)
-    assert error.value.field == field
+    assert error.value.name == field
 
 
 def test_vector_input_is_a_config_error() -> None:
-    with pytest.raises(ConfigError, match=r"\[C, H, W\]"):
+    with pytest.raises(ParameterError, match=r"\[C, H, W\]"):
         WideResNet([784], 10, depth=10)
 
 
@@ -116,5 +116,5 @@ def test_the_stride_can_sit_on_conv2_as_in_louizos_code() -> None:
 
 
 def test_an_unknown_strided_conv_is_a_config_error() -> None:
-    with pytest.raises(ConfigError, match="model.strided_conv"):
+    with pytest.raises(ParameterError, match="strided_conv"):
         WideResNet([3, 32, 32], 10, depth=10, strided_conv="shortcut")

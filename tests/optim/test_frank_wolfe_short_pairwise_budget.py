@@ -8,7 +8,7 @@ import itertools
 import pytest
 import torch
 
-from consparse.errors import ConfigError
+from consparse.errors import ParameterError
 from consparse.optim import FrankWolfe
 from consparse.optim.constraints import (
     KSupportNormBall,
@@ -201,9 +201,9 @@ def test_pairwise_steps_converge_faster_and_sparser_than_frank_wolfe_on_a_lasso(
 
 def test_pairwise_needs_a_set_with_away_atoms() -> None:
     x = torch.nn.Parameter(torch.zeros(3, 4))
-    with pytest.raises(ConfigError, match="method.optimizer.direction"):
+    with pytest.raises(ParameterError, match="direction"):
         FrankWolfe([{"params": [x], "constraint": KSupportNormBall(x.shape, 1.0, k=2)}], direction="pairwise")
-    with pytest.raises(ConfigError, match="method.optimizer.direction"):
+    with pytest.raises(ParameterError, match="direction"):
         FrankWolfe([{"params": [x], "constraint": LpBall(x.shape, 1.0)}], direction="sideways")
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from consparse.errors import ConfigError
+from consparse.errors import ParameterError
 from consparse.optim.lagrangian import LagrangeMultipliers
 
 
@@ -64,8 +64,8 @@ def test_multipliers_are_in_the_state_dict() -> None:
     torch.testing.assert_close(restored.values, torch.tensor([0.1, 0.2]))
 
 
-@pytest.mark.parametrize(("kwargs", "field"), [({"num_constraints": 0, "dual_lr": 0.1}, "method.num_constraints"),
-                                               ({"num_constraints": 1, "dual_lr": 0.0}, "method.dual_lr")])
+@pytest.mark.parametrize(("kwargs", "field"), [({"num_constraints": 0, "dual_lr": 0.1}, "num_constraints"),
+                                               ({"num_constraints": 1, "dual_lr": 0.0}, "dual_lr")])
 def test_bad_settings_are_config_errors(kwargs: dict, field: str) -> None:
-    with pytest.raises(ConfigError, match=field):
+    with pytest.raises(ParameterError, match=f"^{field}: "):
         LagrangeMultipliers(**kwargs)

@@ -14,7 +14,7 @@ from consparse.compress.lowrank import decomposable_layers, lowrank_decompose
 from consparse.compress.nm import nm_prune
 from consparse.compress.prune import Scope, filter_prunable_layers, filter_prune, magnitude_prune_amounts
 from consparse.curve_kinds import CURVE_KINDS, PATTERN_KINDS
-from consparse.errors import ConfigError
+from consparse.errors import ParameterError
 from consparse.nm_pattern import parse_nm
 from consparse.validation import check_int, check_range
 
@@ -94,7 +94,7 @@ def recalibrate_batchnorms(
     models: Sequence[nn.Module], loader: Iterable[Any], num_batches: int, device: str | torch.device = "cpu"
 ) -> list[nn.Module]:
     """``recalibrate_batchnorm`` of each model in one pass over ``loader`` (every batch feeds every model)."""
-    check_int("evaluation.recalibrate_bn_batches", num_batches, 1)
+    check_int("recalibrate_bn_batches", num_batches, 1)
     device = torch.device(device)
     recalibrated = [copy.deepcopy(model).to(device) for model in models]
     norms = [_batchnorms(model) for model in recalibrated]
@@ -125,14 +125,14 @@ def recalibrate_batchnorms(
 def _check_grid(grid: Mapping[str, Sequence[float | str]]) -> None:
     for kind, amounts in grid.items():
         if kind not in CURVE_KINDS:
-            raise ConfigError(
-                "evaluation.compression_grid", f"unknown kind {kind!r}; allowed: {', '.join(CURVE_KINDS)}"
+            raise ParameterError(
+                "compression_grid", f"unknown kind {kind!r}; allowed: {', '.join(CURVE_KINDS)}"
             )
         for amount in amounts:
             if kind in PATTERN_KINDS:
-                parse_nm(amount, f"evaluation.compression_grid.{kind}")
+                parse_nm(amount, f"compression_grid.{kind}")
             else:
-                check_range(f"evaluation.compression_grid.{kind}", amount, 0.0, 1.0, high_inclusive=False)
+                check_range(f"compression_grid.{kind}", amount, 0.0, 1.0, high_inclusive=False)
 
 
 def compressed_models(
@@ -146,7 +146,7 @@ def compressed_models(
     ``compression_curve``)."""
     _check_grid(grid)
     if lowrank_layers not in ("all", "conv", "linear"):
-        raise ConfigError("evaluation.lowrank_layers", f"got {lowrank_layers!r}; allowed: all, conv, linear")
+        raise ParameterError("lowrank_layers", f"got {lowrank_layers!r}; allowed: all, conv, linear")
     lowrank_kinds = {"include_linear": lowrank_layers != "conv", "include_conv": lowrank_layers != "linear"}
     applicable = {
         "unstructured": True,
@@ -159,7 +159,7 @@ def compressed_models(
         if not applicable[kind] or not grid.get(kind):
             continue
         if kind in PATTERN_KINDS:
-            patterns = [parse_nm(value, f"evaluation.compression_grid.{kind}") for value in grid[kind]]
+            patterns = [parse_nm(value, f"compression_grid.{kind}") for value in grid[kind]]
             points.extend((kind, str(pattern), nm_prune(model, pattern)) for pattern in patterns)
             continue
         amounts = [float(amount) for amount in grid[kind]]
@@ -202,7 +202,7 @@ def compression_curve(
     (and recalibrated in one pass over ``recalibrate_loader``): the points are what evaluating
     them one by one gives, for one read of the data. The copies are in memory together.
     """
-    check_int("evaluation.recalibrate_bn_batches", recalibrate_batches, 0)
+    check_int("recalibrate_bn_batches", recalibrate_batches, 0)
     points = compressed_models(model, grid, scope, filter_include_linear, lowrank_layers)
     models = [compressed for _, _, compressed in points]
     if recalibrate_loader is not None and recalibrate_batches > 0 and models:
@@ -227,5 +227,5 @@ def _amount(kind: str, amount: float | str) -> dict[str, Any]:
     """A point's ``amount`` (the fraction removed), and its ``pattern`` for an N:M point."""
     if kind not in PATTERN_KINDS:
         return {"amount": amount}
-    pattern = parse_nm(amount, f"evaluation.compression_grid.{kind}")
+    pattern = parse_nm(amount, f"compression_grid.{kind}")
     return {"amount": 1.0 - pattern.density, "pattern": str(pattern)}

@@ -47,11 +47,11 @@ def cpu_name() -> str:
 
 
 def _check_settings(batch_size: int, threads: int, warmup: int, min_run_time: float, min_repeats: int) -> None:
-    check_int("evaluation.latency.batch_size", batch_size, 1)
-    check_int("evaluation.latency.threads", threads, 1)
-    check_int("evaluation.latency.warmup", warmup, 0)
-    check_range("evaluation.latency.min_run_time", min_run_time, 0.0, low_inclusive=False)
-    check_int("evaluation.latency.min_repeats", min_repeats, 1)
+    check_int("batch_size", batch_size, 1)
+    check_int("threads", threads, 1)
+    check_int("warmup", warmup, 0)
+    check_range("min_run_time", min_run_time, 0.0, low_inclusive=False)
+    check_int("min_repeats", min_repeats, 1)
 
 
 def _seconds_per_pass(forward: Callable[[], Any], passes: int) -> float:
@@ -145,9 +145,9 @@ def compare_latency(
     The same module object given under two names is measured once.
     """
     _check_settings(batch_size, threads, warmup, min_run_time, min_repeats)
-    check_int("evaluation.latency.rounds", rounds, 1)
+    check_int("rounds", rounds, 1)
     if budget_s is not None:
-        check_range("evaluation.latency.budget_s", budget_s, 0.0, low_inclusive=False)
+        check_range("budget_s", budget_s, 0.0, low_inclusive=False)
     unique: dict[int, str] = {}
     for name, model in models.items():
         unique.setdefault(id(model), name)

@@ -34,7 +34,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
 from consparse.data.device_batches import DeviceBatches, EpochSampler, ImageTensors
 from consparse.data.info import DatasetInfo
-from consparse.errors import ConfigError, ConsparseError, DataNotFoundError
+from consparse.errors import ConfigPlace, ConsparseError, DataNotFoundError, ParameterError, config_key
 from consparse.validation import check_int, check_range
 
 
@@ -71,6 +71,10 @@ class ConsparseDataModule(pl.LightningDataModule, ABC):
 
     # Whether ``build_splits`` gives ``train_tensors`` (needed for ``on_device: true``).
     supports_on_device: ClassVar[bool] = False
+    # The config key this data module was built from, set by the config boundary (``instantiate_node``);
+    # None when built in code. Lightning reads the files in hooks it calls after the boundary, so those
+    # hooks report a ``ParameterError`` (a bad file under ``root``) under this key themselves.
+    config_place: ConfigPlace | None = None
 
     def __init__(
         self,
@@ -85,17 +89,17 @@ class ConsparseDataModule(pl.LightningDataModule, ABC):
         on_device: bool | str = False,
     ) -> None:
         super().__init__()
-        check_int("dataset.batch_size", batch_size, 1)
-        check_int("dataset.eval_batch_size", eval_batch_size, 1, allow_none=True)
-        check_range("dataset.val_fraction", val_fraction, 0.0, 0.5)
-        check_int("dataset.split_seed", split_seed, 0)
-        check_int("dataset.num_workers", num_workers, 0)
-        check_int("dataset.max_train_samples", max_train_samples, 1, allow_none=True)
+        check_int("batch_size", batch_size, 1)
+        check_int("eval_batch_size", eval_batch_size, 1, allow_none=True)
+        check_range("val_fraction", val_fraction, 0.0, 0.5)
+        check_int("split_seed", split_seed, 0)
+        check_int("num_workers", num_workers, 0)
+        check_int("max_train_samples", max_train_samples, 1, allow_none=True)
         if on_device is not True and on_device is not False and on_device != "auto":
-            raise ConfigError("dataset.on_device", f"got {on_device!r}; allowed: auto, true or false")
+            raise ParameterError("on_device", f"got {on_device!r}; allowed: auto, true or false")
         if on_device is True and not self.supports_on_device:
-            raise ConfigError(
-                "dataset.on_device",
+            raise ParameterError(
+                "on_device",
                 f"{type(self).__name__} has no in-memory uint8 training images to keep on the device; use false",
             )
         self.root = Path(os.path.expanduser(str(root)))
@@ -144,6 +148,11 @@ class ConsparseDataModule(pl.LightningDataModule, ABC):
         Called before any training so that a missing dataset never costs compute. Downloads are
         attempted here when allowed; a failed download is reported with the same instructions.
         """
+        with config_key(self.config_place):
+            self.ensure_available()
+
+    def ensure_available(self) -> None:
+        """What ``check_available`` does inside the config boundary; a dataset with another source overrides it."""
         missing = self.missing_files()
         if not missing:
             return
@@ -173,7 +182,8 @@ class ConsparseDataModule(pl.LightningDataModule, ABC):
         if self.train_set is not None:
             return
         self.check_available()
-        splits = self.build_splits()
+        with config_key(self.config_place):
+            splits = self.build_splits()
         n = len(splits.train)
         if len(splits.train_eval) != n:
             raise RuntimeError(f"{type(self).__name__}: train and train_eval differ in length")
@@ -194,10 +204,11 @@ class ConsparseDataModule(pl.LightningDataModule, ABC):
     def per_device_batch_size(self) -> int:
         world = self.trainer.world_size if self.trainer is not None else 1
         if self.batch_size % world:
-            raise ConfigError(
-                "dataset.batch_size",
-                f"{self.batch_size} is not divisible by the {world} DDP processes; it is the global batch",
-            )
+            with config_key(self.config_place):
+                raise ParameterError(
+                    "batch_size",
+                    f"{self.batch_size} is not divisible by the {world} DDP processes; it is the global batch",
+                )
         return self.batch_size // world
 
     def _process(self) -> tuple[int, int]:

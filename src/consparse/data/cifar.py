@@ -26,7 +26,7 @@ from consparse.data.device_batches import ImageTensors
 from consparse.data.download import DEFAULT_DOWNLOAD_TIMEOUT, check_digest, download_verified, safe_extract
 from consparse.data.info import DatasetInfo
 from consparse.data.tensor_images import TransformedTensorDataset, image_transform
-from consparse.errors import ConfigError
+from consparse.errors import ParameterError
 from consparse.validation import check_range
 
 # Zero padding of the random crop (the standard CIFAR augmentation).
@@ -111,12 +111,12 @@ def read_cifar_batch(path: Path, label_key: str) -> tuple[np.ndarray, np.ndarray
         data = np.asarray(entry["data"], dtype=np.uint8)
         labels = np.asarray(labels_listed, dtype=np.int64)
     except (OSError, EOFError, pickle.UnpicklingError, KeyError, TypeError, ValueError, AttributeError) as exc:
-        raise ConfigError(
-            "dataset.root", f"{path} is not a CIFAR batch ({type(exc).__name__}: {exc}); delete it and download again"
+        raise ParameterError(
+            "root", f"{path} is not a CIFAR batch ({type(exc).__name__}: {exc}); delete it and download again"
         ) from exc
     if data.ndim != 2 or data.shape[1] != 3 * 32 * 32 or labels.shape != (data.shape[0],):
-        raise ConfigError(
-            "dataset.root", f"{path}: data {data.shape} and labels {labels.shape}; expected (N, 3072) and (N,)"
+        raise ParameterError(
+            "root", f"{path}: data {data.shape} and labels {labels.shape}; expected (N, 3072) and (N,)"
         )
     return data.reshape(-1, 3, 32, 32), labels
 
@@ -156,11 +156,11 @@ class CIFARDataModule(ConsparseDataModule):
         **kwargs,
     ) -> None:
         super().__init__(**kwargs)
-        check_range("dataset.download_timeout", download_timeout, 0.0, low_inclusive=False)
-        check_range("dataset.rotation", rotation, 0.0, 180.0)
+        check_range("download_timeout", download_timeout, 0.0, low_inclusive=False)
+        check_range("rotation", rotation, 0.0, 180.0)
         if rotation and not augment:
-            raise ConfigError(
-                "dataset.rotation",
+            raise ParameterError(
+                "rotation",
                 "rotation is part of the training augmentation; set dataset.augment=true or rotation=0",
             )
         self.augment = bool(augment)
@@ -191,7 +191,7 @@ class CIFARDataModule(ConsparseDataModule):
         )
 
     def check_official(self, path: Path) -> None:
-        """Raise a ConfigError naming ``path`` unless its MD5 is the one ``OFFICIAL_MD5`` lists."""
+        """Raise a ParameterError naming ``path`` unless its MD5 is the one ``OFFICIAL_MD5`` lists."""
         check_digest(path, OFFICIAL_MD5[path.relative_to(self.root).as_posix()])
 
     def download_files(self) -> None:
@@ -209,8 +209,8 @@ class CIFARDataModule(ConsparseDataModule):
         images = np.concatenate([images for images, _ in batches])
         labels = np.concatenate([labels for _, labels in batches])
         if labels.min() < 0 or labels.max() >= self.num_classes:
-            raise ConfigError(
-                "dataset.root", f"{self.batch_dir}: labels outside [0, {self.num_classes}); wrong dataset?"
+            raise ParameterError(
+                "root", f"{self.batch_dir}: labels outside [0, {self.num_classes}); wrong dataset?"
             )
         return torch.from_numpy(images), torch.from_numpy(labels)
 

@@ -27,8 +27,8 @@ class DigitsDataModule(ConsparseDataModule):
 
     def __init__(self, test_fraction: float = 0.2, image_size: int = 8, **kwargs) -> None:
         super().__init__(**kwargs)
-        check_range("dataset.test_fraction", test_fraction, 0.05, 0.5)
-        check_int("dataset.image_size", image_size, 8, 256)
+        check_range("test_fraction", test_fraction, 0.05, 0.5)
+        check_int("image_size", image_size, 8, 256)
         self.test_fraction = test_fraction
         self.image_size = image_size
 

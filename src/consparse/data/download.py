@@ -29,7 +29,7 @@ from urllib.parse import urlparse
 
 from torchvision.datasets import utils as torchvision_utils
 
-from consparse.errors import ConfigError, DataNotFoundError
+from consparse.errors import DataNotFoundError, ParameterError
 
 # `datasets` takes over a second to import, so it is imported only where the Hub is used.
 if TYPE_CHECKING:
@@ -63,11 +63,11 @@ def file_digest(path: Path, algorithm: str = "md5") -> str:
 
 
 def check_digest(path: Path, expected: str, algorithm: str = "md5") -> None:
-    """Raise a ConfigError on ``dataset.root`` naming ``path`` when its digest is not ``expected``."""
+    """Raise a ParameterError on ``root`` (the data module's) naming ``path`` when its digest is not ``expected``."""
     actual = file_digest(path, algorithm)
     if actual != expected:
-        raise ConfigError(
-            "dataset.root",
+        raise ParameterError(
+            "root",
             f"{path} has {algorithm.upper()} {actual}, not the official {expected}: it is not the published "
             "file (damaged, truncated or replaced); delete it and download it again",
         )
@@ -105,9 +105,9 @@ def download_verified(
     raise OSError(f"could not download {filename}: " + "; ".join(errors))
 
 
-def _refuse_member(archive: Path, name: str, why: str) -> ConfigError:
-    return ConfigError(
-        "dataset.root",
+def _refuse_member(archive: Path, name: str, why: str) -> ParameterError:
+    return ParameterError(
+        "root",
         f"{archive}: refusing to unpack it, member {name!r} {why}; nothing was extracted. "
         "Use the official archive",
     )
@@ -145,7 +145,7 @@ def safe_extract(archive: Path, destination: Path) -> None:
     """Unpack a ``.tar``, ``.tar.gz``/``.tgz`` or ``.zip`` archive into ``destination``.
 
     Every member is checked before the first one is written, so that a refused archive leaves
-    nothing behind; a damaged archive is a ConfigError naming it.
+    nothing behind; a damaged archive is a ParameterError naming it.
     """
     destination.mkdir(parents=True, exist_ok=True)
     try:
@@ -158,8 +158,8 @@ def safe_extract(archive: Path, destination: Path) -> None:
             members = _check_tar_members(archive, tar, destination)
             tar.extractall(destination, members=members, filter="data")
     except (tarfile.TarError, zipfile.BadZipFile, EOFError, zlib.error, gzip.BadGzipFile) as exc:
-        raise ConfigError(
-            "dataset.root",
+        raise ParameterError(
+            "root",
             f"{archive} is not a readable archive ({type(exc).__name__}: {exc}); delete it and download it again",
         ) from exc
 

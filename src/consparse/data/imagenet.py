@@ -15,7 +15,7 @@ from torchvision.transforms import v2
 
 from consparse.data.base import ConsparseDataModule, Splits
 from consparse.data.info import DatasetInfo
-from consparse.errors import ConfigError
+from consparse.errors import ParameterError
 from consparse.validation import check_int
 
 # Per-channel mean and std of the ImageNet training images scaled to [0, 1].
@@ -48,9 +48,9 @@ class ImageNetDataModule(ConsparseDataModule):
         **kwargs,
     ) -> None:
         super().__init__(**kwargs)
-        check_int("dataset.num_classes", num_classes, 2)
-        check_int("dataset.image_size", image_size, 8, 1024)
-        check_int("dataset.resize_size", resize_size, image_size, 2048)
+        check_int("num_classes", num_classes, 2)
+        check_int("image_size", image_size, 8, 1024)
+        check_int("resize_size", resize_size, image_size, 2048)
         self.num_classes = num_classes
         self.image_size = image_size
         self.resize_size = resize_size
@@ -74,8 +74,8 @@ class ImageNetDataModule(ConsparseDataModule):
     def _folder(self, split: str, transform: v2.Transform) -> ImageFolder:
         dataset = ImageFolder(str(self.root / split), transform=transform)
         if len(dataset.classes) != self.num_classes:
-            raise ConfigError(
-                "dataset.num_classes",
+            raise ParameterError(
+                "num_classes",
                 f"is {self.num_classes}, but {self.root / split} has {len(dataset.classes)} class folders; "
                 f"set dataset.num_classes={len(dataset.classes)} or fix the folder",
             )
@@ -93,8 +93,8 @@ class ImageNetDataModule(ConsparseDataModule):
         test = self._folder("val", evaluation)
         if test.classes != train.classes:
             differing = sorted(set(train.classes) ^ set(test.classes))[:5]
-            raise ConfigError(
-                "dataset.root",
+            raise ParameterError(
+                "root",
                 f"{self.root / 'train'} and {self.root / 'val'} have different class folders (e.g. {differing})",
             )
         # Scanning 1.28M files takes minutes, so the un-augmented view shares the scan.

@@ -22,7 +22,7 @@ from consparse.data.base import ConsparseDataModule, Splits
 from consparse.data.device_batches import ImageTensors
 from consparse.data.download import DEFAULT_DOWNLOAD_TIMEOUT, download_verified
 from consparse.data.info import DatasetInfo
-from consparse.errors import ConfigError
+from consparse.errors import ParameterError
 from consparse.validation import check_range
 
 TRAIN_IMAGES = "train-images-idx3-ubyte.gz"
@@ -44,19 +44,19 @@ def read_idx_gz(path: Path) -> np.ndarray:
         with gzip.open(path, "rb") as stream:
             data = stream.read()
     except (OSError, EOFError, zlib.error) as exc:
-        raise ConfigError(
-            "dataset.root",
+        raise ParameterError(
+            "root",
             f"{path} is not a readable gzip file ({exc}); delete it and download it again"
         ) from exc
     if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] != _IDX_UBYTE:
-        raise ConfigError("dataset.root", f"{path} is not an unsigned-byte idx file; delete it and download it again")
+        raise ParameterError("root", f"{path} is not an unsigned-byte idx file; delete it and download it again")
     ndim = data[3]
     header_size = 4 + 4 * ndim
     dims = struct.unpack(f">{ndim}I", data[4:header_size])
     values = np.frombuffer(data, dtype=np.uint8, offset=header_size)
     if values.size != int(np.prod(dims)):
-        raise ConfigError(
-            "dataset.root",
+        raise ParameterError(
+            "root",
             f"{path}: header says {dims} but holds {values.size} values; the file is truncated"
         )
     return values.reshape(dims)
@@ -85,7 +85,7 @@ class IdxImageDataModule(ConsparseDataModule):
 
     def __init__(self, download_timeout: float = DEFAULT_DOWNLOAD_TIMEOUT, **kwargs) -> None:
         super().__init__(**kwargs)
-        check_range("dataset.download_timeout", download_timeout, 0.0, low_inclusive=False)
+        check_range("download_timeout", download_timeout, 0.0, low_inclusive=False)
         self.download_timeout = download_timeout
 
     @property
@@ -117,8 +117,8 @@ class IdxImageDataModule(ConsparseDataModule):
         images = read_idx_gz(self.raw_dir / images_file)
         labels = read_idx_gz(self.raw_dir / labels_file)
         if images.ndim != 3 or images.shape[1:] != (28, 28) or labels.shape != (images.shape[0],):
-            raise ConfigError(
-                "dataset.root",
+            raise ParameterError(
+                "root",
                 f"{self.raw_dir}: {images_file} has shape {images.shape} and {labels_file} {labels.shape}; "
                 "expected (N, 28, 28) images and N labels"
             )

@@ -55,7 +55,7 @@ from consparse.data.newsgroups_posts import (
     read_tarball,
     strip_posts,
 )
-from consparse.errors import ConfigError
+from consparse.errors import ParameterError
 from consparse.validation import check_choice, check_int, check_range
 
 if TYPE_CHECKING:  # `datasets` is slow to import and only the Hub sources need it
@@ -105,20 +105,20 @@ class NewsgroupsDataModule(ConsparseDataModule):
         **kwargs,
     ) -> None:
         super().__init__(**kwargs)
-        check_choice("dataset.source", source, SOURCES)
+        check_choice("source", source, SOURCES)
         if not isinstance(remove, (list, tuple)) or not all(part in STRIPPERS for part in remove):
-            raise ConfigError("dataset.remove", f"got {remove!r}; allowed: a list of {', '.join(STRIPPERS)}")
-        check_int("dataset.vocab_size", vocab_size, 1, 1_000_000)
-        check_choice("dataset.stop_words", stop_words, ["english", None])
-        check_range("dataset.download_timeout", download_timeout, 0.0, low_inclusive=False)
+            raise ParameterError("remove", f"got {remove!r}; allowed: a list of {', '.join(STRIPPERS)}")
+        check_int("vocab_size", vocab_size, 1, 1_000_000)
+        check_choice("stop_words", stop_words, ["english", None])
+        check_range("download_timeout", download_timeout, 0.0, low_inclusive=False)
         if not isinstance(hf_dataset_id, str) or not hf_dataset_id:
-            raise ConfigError(
-                "dataset.hf_dataset_id",
+            raise ParameterError(
+                "hf_dataset_id",
                 f"got {hf_dataset_id!r}; expected a dataset id such as 'SetFit/20_newsgroups'",
             )
         if source == "huggingface" and set(remove) != set(STRIPPERS):
-            raise ConfigError(
-                "dataset.remove",
+            raise ParameterError(
+                "remove",
                 f"got {list(remove)}, but the Hugging Face copy is published with headers, footers and quotes "
                 "already removed; use remove=[headers,footers,quotes] or source=tarball/sklearn",
             )
@@ -182,11 +182,11 @@ class NewsgroupsDataModule(ConsparseDataModule):
             sha256=SKLEARN_ARCHIVE.checksum,
         )
 
-    def check_available(self) -> None:
+    def ensure_available(self) -> None:
         if self.source == "huggingface":
             self._load_hub()
         else:
-            super().check_available()
+            super().ensure_available()
 
     def _load_hub(self) -> DatasetDict:
         return load_hub_dataset(
@@ -202,15 +202,15 @@ class NewsgroupsDataModule(ConsparseDataModule):
         documents = {}
         for split in SPLITS:
             if split not in dataset:
-                raise ConfigError(
-                    "dataset.hf_dataset_id",
+                raise ParameterError(
+                    "hf_dataset_id",
                     f"Hugging Face dataset '{self.hf_dataset_id}' has splits {sorted(dataset)}; expected '{split}'"
                 )
             part = dataset[split]
             labels = np.asarray(part["label"], dtype=np.int64)
             if labels.size and (labels.min() < 0 or labels.max() >= NUM_CLASSES):
-                raise ConfigError(
-                    "dataset.hf_dataset_id",
+                raise ParameterError(
+                    "hf_dataset_id",
                     f"'{self.hf_dataset_id}' split '{split}' has labels outside [0, {NUM_CLASSES})"
                 )
             documents[split] = Documents(list(part["text"]), labels)

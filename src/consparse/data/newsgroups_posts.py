@@ -15,7 +15,7 @@ from sklearn.datasets._twenty_newsgroups import (
     strip_newsgroup_quoting,
 )
 
-from consparse.errors import ConfigError
+from consparse.errors import ParameterError
 
 NUM_CLASSES = 20
 SPLITS = ("train", "test")
@@ -41,7 +41,7 @@ def read_tarball(path: Path) -> dict[str, Documents]:
     """Both splits of the bydate tarball, read without extracting it.
 
     Posts are ordered by group, then by file name, as scikit-learn's ``load_files`` orders them.
-    A file that is not a readable gzip tar (truncated, random bytes) is a ConfigError naming it.
+    A file that is not a readable gzip tar (truncated, random bytes) is a ParameterError naming it.
     """
     posts: dict[str, list[tuple[str, str, str]]] = {split: [] for split in SPLITS}
     try:
@@ -55,15 +55,15 @@ def read_tarball(path: Path) -> dict[str, Documents]:
                 text = archive.extractfile(member).read().decode("latin-1")
                 posts[SPLIT_FOLDERS[parts[-3]]].append((parts[-2], parts[-1], text))
     except (tarfile.TarError, EOFError, zlib.error, OSError) as exc:
-        raise ConfigError(
-            "dataset.root",
+        raise ParameterError(
+            "root",
             f"{path} is not a readable 20news-bydate.tar.gz ({type(exc).__name__}: {exc}); it is damaged or "
             "truncated: delete it and copy or download it again",
         ) from exc
     groups = sorted({group for group, _, _ in posts["train"]})
     if len(groups) != NUM_CLASSES or {group for group, _, _ in posts["test"]} - set(groups):
-        raise ConfigError(
-            "dataset.root",
+        raise ParameterError(
+            "root",
             f"{path}: found groups {groups[:3]}... ({len(groups)} in train); expected the 20 bydate groups "
             "under 20news-bydate-train/<group>/ and the same under 20news-bydate-test/<group>/"
         )

@@ -23,25 +23,25 @@ from consparse.data.download import DEFAULT_DOWNLOAD_TIMEOUT
 from consparse.data.info import DatasetInfo
 from consparse.data.newsgroups import NewsgroupsDataModule
 from consparse.data.newsgroups_posts import NUM_CLASSES, SPLITS, Documents
-from consparse.errors import ConfigError
+from consparse.errors import ParameterError
 from consparse.validation import check_int
 
 
 def load_tokenizer(name: str) -> Any:
-    """A Hugging Face tokenizer by Hub id or local directory; ConfigError when it cannot be loaded."""
+    """A Hugging Face tokenizer by Hub id or local directory; ParameterError when it cannot be loaded."""
     from transformers import AutoTokenizer
 
     try:
         tokenizer = AutoTokenizer.from_pretrained(name)
     except (OSError, ValueError) as error:
         first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise ConfigError(
-            "dataset.tokenizer",
+        raise ParameterError(
+            "tokenizer",
             f"cannot load the tokenizer '{name}' from the Hugging Face Hub, its cache or a local directory ({first}); "
             "run once with network access to fill the cache, or give a directory written by save_pretrained",
         ) from None
     if tokenizer.pad_token is None:
-        raise ConfigError("dataset.tokenizer", f"the tokenizer '{name}' has no padding token")
+        raise ParameterError("tokenizer", f"the tokenizer '{name}' has no padding token")
     return tokenizer
 
 
@@ -70,8 +70,8 @@ class NewsgroupsTokensDataModule(ConsparseDataModule):
     ) -> None:
         super().__init__(**kwargs)
         if not isinstance(tokenizer, str) or not tokenizer:
-            raise ConfigError("dataset.tokenizer", f"got {tokenizer!r}; expected a Hub id or a directory")
-        check_int("dataset.max_length", max_length, 2, 100_000)
+            raise ParameterError("tokenizer", f"got {tokenizer!r}; expected a Hub id or a directory")
+        check_int("max_length", max_length, 2, 100_000)
         self.posts = NewsgroupsDataModule(
             root=str(self.root), download=self.download, source=source, remove=remove,
             hf_dataset_id=hf_dataset_id, download_timeout=download_timeout, cache_dir=None,
@@ -99,7 +99,7 @@ class NewsgroupsTokensDataModule(ConsparseDataModule):
     def download_files(self) -> None:
         self.posts.download_files()
 
-    def check_available(self) -> None:
+    def ensure_available(self) -> None:
         self.posts.check_available()
         self.tokenizer  # noqa: B018 - loads it (or says why not) before any compute
 

@@ -7,7 +7,7 @@ from torch.utils.data import TensorDataset
 
 from consparse.data.base import ConsparseDataModule, Splits
 from consparse.data.info import DatasetInfo
-from consparse.errors import ConfigError
+from consparse.errors import ParameterError
 from consparse.validation import check_choice, check_int, check_range
 
 
@@ -37,12 +37,12 @@ class SyntheticDataModule(ConsparseDataModule):
         super().__init__(**kwargs)
         shape = tuple(int(d) for d in input_shape)
         if not shape or any(d < 1 for d in shape):
-            raise ConfigError("dataset.input_shape", f"got {list(input_shape)}; every dimension must be >= 1")
-        check_int("dataset.num_classes", num_classes, 2)
-        check_int("dataset.train_size", train_size, 2)
-        check_int("dataset.test_size", test_size, 1)
-        check_range("dataset.signal", signal, 0.0)
-        check_choice("dataset.kind", kind, ["image", "vector", "text"])
+            raise ParameterError("input_shape", f"got {list(input_shape)}; every dimension must be >= 1")
+        check_int("num_classes", num_classes, 2)
+        check_int("train_size", train_size, 2)
+        check_int("test_size", test_size, 1)
+        check_range("signal", signal, 0.0)
+        check_choice("kind", kind, ["image", "vector", "text"])
         self.input_shape = shape
         self.num_classes = num_classes
         self.train_size = train_size

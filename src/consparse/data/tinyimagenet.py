@@ -35,7 +35,7 @@ from consparse.data.download import (
 )
 from consparse.data.info import DatasetInfo
 from consparse.data.tensor_images import TransformedTensorDataset, image_transform
-from consparse.errors import ConfigError
+from consparse.errors import ParameterError
 from consparse.validation import check_choice, check_range
 
 if TYPE_CHECKING:  # `datasets` is slow to import and only the Hub sources need it
@@ -96,7 +96,7 @@ def _decode(paths: list[Path], num_workers: int = 0) -> torch.Tensor:
     start = 0
     for chunk, problems in loader:
         if problems:
-            raise ConfigError("dataset.root", f"{problems[0]} ({len(problems)} such files in this chunk)")
+            raise ParameterError("root", f"{problems[0]} ({len(problems)} such files in this chunk)")
         images[start : start + chunk.shape[0]] = chunk
         start += chunk.shape[0]
     return images
@@ -125,11 +125,11 @@ class TinyImageNetDataModule(ConsparseDataModule):
         **kwargs,
     ) -> None:
         super().__init__(**kwargs)
-        check_choice("dataset.source", source, ["folder", "huggingface"])
-        check_range("dataset.download_timeout", download_timeout, 0.0, low_inclusive=False)
+        check_choice("source", source, ["folder", "huggingface"])
+        check_range("download_timeout", download_timeout, 0.0, low_inclusive=False)
         if not isinstance(hf_dataset_id, str) or not hf_dataset_id:
-            raise ConfigError(
-                "dataset.hf_dataset_id",
+            raise ParameterError(
+                "hf_dataset_id",
                 f"got {hf_dataset_id!r}; expected a dataset id such as 'zh-plus/tiny-imagenet'",
             )
         self.source = source
@@ -167,11 +167,11 @@ class TinyImageNetDataModule(ConsparseDataModule):
             download_verified([ARCHIVE_URL], self.root, archive.name, ARCHIVE_MD5, self.download_timeout)
         safe_extract(archive, self.root)
 
-    def check_available(self) -> None:
+    def ensure_available(self) -> None:
         if self.source == "huggingface":
             self._load_hub()
         else:
-            super().check_available()
+            super().ensure_available()
 
     def _load_hub(self) -> DatasetDict:
         return load_hub_dataset(
@@ -186,8 +186,8 @@ class TinyImageNetDataModule(ConsparseDataModule):
     def _class_ids(self) -> list[str]:
         wnids = sorted(path.name for path in (self.folder / "train").iterdir() if path.is_dir())
         if len(wnids) != NUM_CLASSES:
-            raise ConfigError(
-                "dataset.root",
+            raise ParameterError(
+                "root",
                 f"{self.folder / 'train'} has {len(wnids)} class folders; Tiny ImageNet has {NUM_CLASSES}"
             )
         return wnids
@@ -200,7 +200,7 @@ class TinyImageNetDataModule(ConsparseDataModule):
             paths += files
             labels += [label] * len(files)
         if not paths:
-            raise ConfigError("dataset.root", f"no images found under {self.folder / 'train'}/<wnid>/images/*.JPEG")
+            raise ParameterError("root", f"no images found under {self.folder / 'train'}/<wnid>/images/*.JPEG")
         return _decode(paths, self.num_workers), torch.tensor(labels, dtype=torch.long)
 
     def _folder_test(self, wnids: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -213,8 +213,8 @@ class TinyImageNetDataModule(ConsparseDataModule):
                 continue
             fields = line.split("\t")
             if len(fields) < 2 or fields[1] not in label_of:
-                raise ConfigError(
-                    "dataset.root",
+                raise ParameterError(
+                    "root",
                     f"{annotations}:{line_number}: expected '<file>\\t<wnid>...' with a training wnid"
                 )
             paths.append(self.folder / "val" / "images" / fields[0])
@@ -224,23 +224,23 @@ class TinyImageNetDataModule(ConsparseDataModule):
     # ----------------------------------------------------------------- Hugging Face source
     def _hub_split(self, dataset: DatasetDict, split: str) -> tuple[torch.Tensor, torch.Tensor]:
         if split not in dataset:
-            raise ConfigError(
-                "dataset.hf_dataset_id",
+            raise ParameterError(
+                "hf_dataset_id",
                 f"Hugging Face dataset '{self.hf_dataset_id}' has splits {sorted(dataset)}; expected '{split}'"
             )
         part = dataset[split]
         labels = np.asarray(part["label"], dtype=np.int64)
         if labels.size and (labels.min() < 0 or labels.max() >= NUM_CLASSES):
-            raise ConfigError(
-                "dataset.hf_dataset_id",
+            raise ParameterError(
+                "hf_dataset_id",
                 f"'{self.hf_dataset_id}' split '{split}' has labels outside [0, {NUM_CLASSES})"
             )
         images = np.empty((len(part), IMAGE_SIZE, IMAGE_SIZE, 3), dtype=np.uint8)
         for i, example in enumerate(part.select_columns(["image"])):
             pixels = np.asarray(example["image"].convert("RGB"))
             if pixels.shape != images.shape[1:]:
-                raise ConfigError(
-                    "dataset.hf_dataset_id",
+                raise ParameterError(
+                    "hf_dataset_id",
                     f"'{self.hf_dataset_id}' split '{split}' item {i} is {pixels.shape[:2]}; expected 64x64"
                 )
             images[i] = pixels

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from consparse.errors import ConfigError
+from consparse.errors import ParameterError
 from consparse.gates.batchnorm import GATE_PLACEMENTS, GatedBatchNorm2d
 from consparse.gates.chains import find_chains
 from consparse.gates.layers import GatedConv2d, GatedLayer, GatedLinear
@@ -37,11 +37,11 @@ def _select(model: nn.Module, patterns: Sequence[str] | None) -> list[str]:
     if patterns is None:
         return [name for name, default in candidates.items() if default]
     if isinstance(patterns, str) or not all(isinstance(p, str) for p in patterns):
-        raise ConfigError("method.gated_layers", f"expected null or a list of name patterns, got {patterns!r}")
+        raise ParameterError("gated_layers", f"expected null or a list of name patterns, got {patterns!r}")
     chosen = [name for name in candidates if any(fnmatch.fnmatchcase(name, p) for p in patterns)]
     if not chosen:
-        raise ConfigError(
-            "method.gated_layers",
+        raise ParameterError(
+            "gated_layers",
             f"{list(patterns)} matches none of the layers that can carry gates: {list(candidates)}",
         )
     return chosen
@@ -49,9 +49,9 @@ def _select(model: nn.Module, patterns: Sequence[str] | None) -> list[str]:
 
 def _droprates(droprate_init: float | Sequence[float], count: int) -> list[float]:
     values = [droprate_init] * count if isinstance(droprate_init, (int, float)) else list(droprate_init)
-    check_length("method.droprate_init", values, count, "gated layers")
+    check_length("droprate_init", values, count, "gated layers")
     for value in values:
-        check_range("method.droprate_init", value, 0.0, 1.0, low_inclusive=False, high_inclusive=False)
+        check_range("droprate_init", value, 0.0, 1.0, low_inclusive=False, high_inclusive=False)
     return [float(v) for v in values]
 
 
@@ -78,7 +78,7 @@ def gate_model(
     Returns:
         The names of the gated layers, in module order.
     """
-    check_choice("method.gate_placement", placement, GATE_PLACEMENTS)
+    check_choice("gate_placement", placement, GATE_PLACEMENTS)
     names = _select(model, layers)
     rates = dict(zip(names, _droprates(droprate_init, len(names))))
     for chain in find_chains(model):

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from consparse.errors import ConfigError
+from consparse.errors import ParameterError
 
 # Where the well-posedness bound kappa applies (config key ``constrain``): to the rows of [A B], or of A only.
 BOUNDED_ROWS = ("row", "A")
@@ -64,7 +64,7 @@ def linear_relu_chain(net: nn.Module) -> list[nn.Linear]:
     """The Linear layers of ``net`` if it is a Linear/ReLU chain (``Linear (ReLU Linear)*``), in order.
 
     Flatten, Dropout and Identity modules are allowed anywhere (they are identities on flattened
-    inputs in eval mode). Raises ConfigError naming the offending module otherwise.
+    inputs in eval mode). Raises ParameterError naming the offending module otherwise.
     """
     leaves = [(name, module) for name, module in net.named_modules() if not list(module.children())]
     linears: list[nn.Linear] = []
@@ -78,13 +78,13 @@ def linear_relu_chain(net: nn.Module) -> list[nn.Linear]:
         elif isinstance(module, nn.ReLU) and not expect_linear:
             expect_linear = True
         else:
-            raise ConfigError(
+            raise ParameterError(
                 "model",
                 f"implicit conversion needs a Linear/ReLU chain (mlp, text_mlp); module '{name}' "
                 f"({type(module).__name__}) does not fit. Conv nets use layer-wise state matching.",
             )
     if not linears or expect_linear:
-        raise ConfigError("model", "implicit conversion needs a network that ends with a Linear layer")
+        raise ParameterError("model", "implicit conversion needs a network that ends with a Linear layer")
     return linears
 
 
@@ -107,13 +107,13 @@ def sequential_to_matrices(
         input_shape: shape of one input (default: the first layer's ``in_features``).
     """
     if not 0.0 < kappa < 1.0:
-        raise ConfigError("method.conversion_kappa", f"got {kappa!r}; allowed: (0, 1)")
+        raise ParameterError("conversion_kappa", f"got {kappa!r}; allowed: (0, 1)")
     if constrain not in BOUNDED_ROWS:
-        raise ConfigError("method.constrain", f"got {constrain!r}; allowed: {', '.join(BOUNDED_ROWS)}")
+        raise ParameterError("constrain", f"got {constrain!r}; allowed: {', '.join(BOUNDED_ROWS)}")
     linears = linear_relu_chain(net)
     hidden, output = linears[:-1], linears[-1]
     if not hidden:
-        raise ConfigError("model.hidden", "the network has no hidden layer, so there are no states to sparsify")
+        raise ParameterError("model.hidden", "the network has no hidden layer, so there are no states to sparsify")
     dtype, device = output.weight.dtype, output.weight.device
     p = hidden[0].in_features
     bias = any(layer.bias is not None for layer in linears)

@@ -45,8 +45,8 @@ class FixedPointSettings:
     anderson_memory: int = 0
     anderson_damping: float = 1.0
 
-    def validate(self, prefix: str) -> None:
-        """Raise ConfigError naming ``<prefix>.<field>`` for an out-of-range value."""
+    def validate(self, prefix: str = "") -> None:
+        """Raise ParameterError naming ``<prefix><field>`` (relative to the object these settings configure)."""
         check_int(f"{prefix}max_iter", self.max_iter, 1)
         check_range(f"{prefix}rtol", self.rtol, 0.0)
         check_range(f"{prefix}atol", self.atol, 0.0)

@@ -79,7 +79,7 @@ class ActiveSetSettings:
             ridge=self.ridge, max_knots=self.max_knots, screen=self.screen,
         )
 
-    def validate(self, prefix: str) -> None:
+    def validate(self, prefix: str = "") -> None:
         check_choice(f"{prefix}step", self.step, ["active_set"])
         check_int(f"{prefix}max_rounds", self.max_rounds, 1)
         check_range(f"{prefix}growth", self.growth, 0.0, 10.0, low_inclusive=False)

@@ -72,7 +72,7 @@ class PathSettings:
     max_knots: int = 20_000
     screen: int = 256
 
-    def validate(self, prefix: str) -> None:
+    def validate(self, prefix: str = "") -> None:
         check_range(f"{prefix}ridge", self.ridge, 0.0, 1e-2)
         check_int(f"{prefix}max_knots", self.max_knots, 1)
         check_int(f"{prefix}screen", self.screen, 0)

@@ -70,7 +70,7 @@ class SearchSettings:
     def path(self) -> PathSettings:
         return PathSettings(ridge=self.ridge, max_knots=self.max_knots, screen=self.screen)
 
-    def validate(self, prefix: str) -> None:
+    def validate(self, prefix: str = "") -> None:
         check_choice(f"{prefix}step", self.step, PATH_STEPS)
         check_range(f"{prefix}eps", self.eps, 0.0, 1.0, low_inclusive=False, high_inclusive=False)
         check_int(f"{prefix}max_steps", self.max_steps, 1)

@@ -20,7 +20,7 @@ from typing import Any, Protocol
 
 import torch
 
-from consparse.errors import ConfigError
+from consparse.errors import ParameterError
 from consparse.lasso.active_set import ActiveSet
 from consparse.lasso.problem import LassoProblem
 from consparse.lasso.search import PathSearch
@@ -54,23 +54,23 @@ def get_solver(name: str) -> type[ConstrainedSolver]:
     return SOLVERS[name]
 
 
-def solver_settings(block: Mapping[str, Any] | None, key: str = "solver") -> Any:
+def solver_settings(block: Mapping[str, Any] | None) -> Any:
     """The settings of the solver a config block names under ``step`` (default ``active_set``).
 
-    Raises ``ConfigError`` (naming ``key.<entry>``) for an unknown solver, a key no solver reads,
-    or a bad value.
+    Raises ``ParameterError`` (naming the entry) for an unknown solver, a key no solver reads, or a
+    bad value.
     """
     values = dict(block or {})
     name = values.get("step", DEFAULT_SOLVER)
     if name not in SOLVERS:
-        raise ConfigError(f"{key}.step", f"unknown solver {name!r}; choose one of {', '.join(SOLVERS)}")
+        raise ParameterError("step", f"unknown solver {name!r}; choose one of {', '.join(SOLVERS)}")
     own = {field.name for field in fields(get_solver(name).Settings)}
     anyone = {field.name for solver in SOLVERS.values() for field in fields(solver.Settings)}
     for entry in values:
         if entry not in anyone:
-            raise ConfigError(f"{key}.{entry}", f"unknown key; the solver keys are {', '.join(sorted(anyone))}")
+            raise ParameterError(entry, f"unknown key; the solver keys are {', '.join(sorted(anyone))}")
     settings = get_solver(name).Settings(**{entry: value for entry, value in values.items() if entry in own and entry != "step"}, step=name)
-    settings.validate(f"{key}.")
+    settings.validate()
     return settings
 
 

@@ -22,7 +22,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from consparse.compress.prune import prune_to_density
 from consparse.data.info import DatasetInfo
-from consparse.errors import ConfigError
+from consparse.errors import ConfigPlace, ParameterError, config_key, parameter_prefix
 from consparse.nm_pattern import NMPattern
 from consparse.validation import check_choice, check_density, check_range
 
@@ -82,6 +82,9 @@ class SparseMethod(pl.LightningModule):
     # The ``model`` config this method trains (a key of ``consparse.models.registry.ARCHITECTURES``);
     # None: any model.
     requires_model: str | None = None
+    # Where the config boundary built this method (set by ``instantiate_node``; None when built in
+    # code): hooks Lightning calls later (``configure_optimizers``) report a ParameterError there.
+    config_place: ConfigPlace | None = None
 
     def __init__(
         self,
@@ -94,11 +97,11 @@ class SparseMethod(pl.LightningModule):
         label_smoothing: float = 0.0,
     ) -> None:
         super().__init__()
-        check_density("method.target_density", target_density)
-        check_choice("method.scheduler_interval", scheduler_interval, ["epoch", "step"])
-        check_range("method.label_smoothing", label_smoothing, 0.0, 1.0, high_inclusive=False)
+        check_density("target_density", target_density)
+        check_choice("scheduler_interval", scheduler_interval, ["epoch", "step"])
+        check_range("label_smoothing", label_smoothing, 0.0, 1.0, high_inclusive=False)
         if optimizer is not None and not callable(optimizer):
-            raise ConfigError("method.optimizer", "must be a node with _target_ and _partial_: true")
+            raise ParameterError("optimizer", "must be a node with _target_ and _partial_: true")
         self.model = model
         self.info = info
         self.target_density = target_density
@@ -209,9 +212,12 @@ class SparseMethod(pl.LightningModule):
         return self.model.parameters()
 
     def configure_optimizers(self) -> Any:
-        if self.optimizer_factory is None:
-            raise ConfigError("method.optimizer", "this method needs an optimizer node")
-        optimizer = self.optimizer_factory(self.parameter_groups())
+        with config_key(self.config_place):
+            if self.optimizer_factory is None:
+                raise ParameterError("optimizer", "this method needs an optimizer node")
+            groups = self.parameter_groups()
+            with parameter_prefix("optimizer"):
+                optimizer = self.optimizer_factory(groups)
         if self.scheduler_factory is None:
             return optimizer
         scheduler = self._build_scheduler(optimizer)

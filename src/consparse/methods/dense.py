@@ -18,7 +18,7 @@ class DenseMethod(SparseMethod):
 
     def __init__(self, *args, prune_scope: str = "global", **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        check_choice("method.prune_scope", prune_scope, ["global", "layer"])
+        check_choice("prune_scope", prune_scope, ["global", "layer"])
         self.prune_scope = prune_scope
 
     def finalize(self, datamodule: pl.LightningDataModule) -> Deployment:

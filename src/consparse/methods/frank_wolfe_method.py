@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from consparse.errors import ConfigError
+from consparse.errors import ParameterError
 from consparse.methods.base import SparseMethod
 from consparse.optim import FrankWolfe
 
@@ -25,8 +25,8 @@ class FrankWolfeMethod(SparseMethod):
         factory = self.optimizer_factory
         target = factory.func if isinstance(factory, functools.partial) else factory
         if not (isinstance(target, type) and issubclass(target, FrankWolfe)):
-            raise ConfigError(
-                "method.optimizer",
+            raise ParameterError(
+                "optimizer",
                 "this method needs the Frank-Wolfe optimiser (_target_: consparse.optim.FrankWolfe, _partial_: true)",
             )
         # The epoch's summed gaps and their steps: an accumulator over the epoch's batches, like the

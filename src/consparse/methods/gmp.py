@@ -31,7 +31,7 @@ import pytorch_lightning as pl
 import torch
 
 from consparse.compress.prune import SCOPES, apply_masks, compute_masks, prune_to_density
-from consparse.errors import ConfigError
+from consparse.errors import ParameterError, config_key
 from consparse.methods.base import Deployment, SparseMethod
 from consparse.validation import check_choice, check_density, check_int
 
@@ -79,10 +79,10 @@ def default_schedule(steps: int, final: float, initial: float = 1.0, start: int 
     end = max(start + 1, math.ceil(DEFAULT_END * steps)) if end is None else end
     every = max(1, (end - start) // DEFAULT_EVENTS) if every is None else every
     if not 0 <= start < end:
-        raise ConfigError("method.start_step", f"got start_step={start}, end_step={end}; need 0 <= start_step < end_step")
+        raise ParameterError("start_step", f"got start_step={start}, end_step={end}; need 0 <= start_step < end_step")
     if end > steps:
-        raise ConfigError(
-            "method.end_step",
+        raise ParameterError(
+            "end_step",
             f"got {end}, but the run has {steps} optimiser steps before fine-tuning (trainer.max_epochs minus "
             "method.finetune_epochs); use a smaller end_step, or null for 3/4 of them",
         )
@@ -109,17 +109,17 @@ class GradualMagnitudeMethod(SparseMethod):
                  finetune_epochs: int = 0, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         if self.target_density is None:
-            raise ConfigError("method.target_density", "gmp needs a target density in (0, 1]")
-        check_density("method.initial_density", initial_density, allow_none=False)
+            raise ParameterError("target_density", "gmp needs a target density in (0, 1]")
+        check_density("initial_density", initial_density, allow_none=False)
         if initial_density < self.target_density:
-            raise ConfigError("method.initial_density",
+            raise ParameterError("initial_density",
                               f"got {initial_density}, below method.target_density={self.target_density}; "
                               "the schedule only prunes, so it must start at or above the target")
-        check_int("method.start_step", start_step, 0, allow_none=True)
-        check_int("method.end_step", end_step, 1, allow_none=True)
-        check_int("method.prune_every", prune_every, 1, allow_none=True)
-        check_choice("method.prune_scope", prune_scope, SCOPES)
-        check_int("method.finetune_epochs", finetune_epochs, 0)
+        check_int("start_step", start_step, 0, allow_none=True)
+        check_int("end_step", end_step, 1, allow_none=True)
+        check_int("prune_every", prune_every, 1, allow_none=True)
+        check_choice("prune_scope", prune_scope, SCOPES)
+        check_int("finetune_epochs", finetune_epochs, 0)
         self.initial_density = float(initial_density)
         self.requested = {"start": start_step, "end": end_step, "every": prune_every}
         self.prune_scope = prune_scope
@@ -129,17 +129,18 @@ class GradualMagnitudeMethod(SparseMethod):
         self.pruning_schedule: CubicSchedule | None = None
 
     def schedule(self) -> CubicSchedule:
-        """The run's schedule, from the trainer's run length (raises ConfigError when it does not fit)."""
+        """The run's schedule, from the trainer's run length (raises ParameterError when it does not fit)."""
         max_epochs = int(self.trainer.max_epochs or 0)
         if self.finetune_epochs >= max_epochs:
-            raise ConfigError("method.finetune_epochs",
+            raise ParameterError("finetune_epochs",
                               f"{self.finetune_epochs} leaves no epoch to prune in within trainer.max_epochs={max_epochs}")
         steps_per_epoch = int(self.trainer.estimated_stepping_batches) / max_epochs
         steps = int(steps_per_epoch * (max_epochs - self.finetune_epochs))
         return default_schedule(steps, float(self.target_density), self.initial_density, **self.requested)
 
     def on_fit_start(self) -> None:
-        self.pruning_schedule = self.schedule()  # validated before the first batch
+        with config_key(self.config_place):
+            self.pruning_schedule = self.schedule()  # validated before the first batch
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
         density = self.pruning_schedule.density(int(self.global_step))

@@ -53,19 +53,18 @@ import torch
 from torch import nn
 
 from consparse.data.info import DatasetInfo
-from consparse.errors import ConfigError
+from consparse.errors import ParameterError, parameter_prefix
 from consparse.methods.base import Deployment
 from consparse.methods.frank_wolfe_method import FrankWolfeMethod
 from consparse.methods.implicit_training import MATRICES, ImplicitTrainingMethod
 from consparse.models.implicit_deployed import DeployedImplicitModel, deploy_implicit, deployment_metrics
 from consparse.optim.constraints import RowwiseKSparsePolytope, RowwiseKSupportNormBall, RowwiseL1Ball
-from consparse.validation import check_choice, check_range
+from consparse.validation import check_choice, check_known_keys, check_range
 
 SET_KINDS = ("l1", "ksparse", "ksupport", "off")
 RowSet = RowwiseL1Ball | RowwiseKSparsePolytope | RowwiseKSupportNormBall
 SEED_MATRICES = ("B", "none")
 CAPACITIES = ("model", "row")
-FIELD = "method.constraints"
 COUNTERS_KEY = "implicit_fw_counters"
 ATOM_COUNTS = ("added", "removed", "max_row_growth")
 
@@ -81,28 +80,26 @@ class MatrixSet:
     @classmethod
     def from_config(cls, name: str, node: dict[str, Any] | None) -> MatrixSet:
         node = dict(node or {})
-        unknown = sorted(set(node) - {"kind", "radius", "k"})
-        if unknown:
-            raise ConfigError(f"{FIELD}.{name}", f"unknown keys {unknown}; allowed: kind, radius, k")
+        check_known_keys("", node, ("kind", "radius", "k"))
         spec = cls(node.get("kind", "l1"), node.get("radius"), node.get("k"))
-        check_choice(f"{FIELD}.{name}.kind", spec.kind, SET_KINDS)
+        check_choice("kind", spec.kind, SET_KINDS)
         if spec.kind == "off":
             return spec
         if name == "A":
             if spec.kind != "l1":
-                raise ConfigError(
-                    f"{FIELD}.A.kind",
+                raise ParameterError(
+                    "kind",
                     f"got {spec.kind!r}; rows of A must lie in L1 balls (||A||_inf <= kappa is what makes "
                     "every iterate well-posed)",
                 )
-            check_range(f"{FIELD}.A.radius", spec.radius, 0.0, 1.0, low_inclusive=False,
+            check_range("radius", spec.radius, 0.0, 1.0, low_inclusive=False,
                         high_inclusive=False, allow_none=True)
         else:
-            check_range(f"{FIELD}.{name}.radius", spec.radius, 0.0, low_inclusive=False)
+            check_range("radius", spec.radius, 0.0, low_inclusive=False)
         if spec.kind == "l1" and spec.k is not None:
-            raise ConfigError(f"{FIELD}.{name}.k", "k applies to ksparse and ksupport rows only; leave it null for l1")
+            raise ParameterError("k", "k applies to ksparse and ksupport rows only; leave it null for l1")
         if spec.kind != "l1":
-            check_range(f"{FIELD}.{name}.k", spec.k, 0.0, low_inclusive=False)
+            check_range("k", spec.k, 0.0, low_inclusive=False)
         return spec
 
     def build(self, shape: torch.Size, radius: float, budget: float | None) -> RowSet:
@@ -140,22 +137,23 @@ class ImplicitFWMethod(FrankWolfeMethod, ImplicitTrainingMethod):
         **kwargs: Any,
     ) -> None:
         super().__init__(model, info, target_density=target_density, **kwargs)
-        check_choice("method.capacity", capacity, CAPACITIES)
+        check_choice("capacity", capacity, CAPACITIES)
         self.capacity = capacity
         constraints = dict(constraints or {})
         unknown = sorted(set(constraints) - set(MATRICES))
         if unknown:
-            raise ConfigError(FIELD, f"unknown matrices {unknown}; allowed: A, B, C, D")
-        self.specs = {name: MatrixSet.from_config(name, constraints.get(name)) for name in MATRICES}
+            raise ParameterError("constraints", f"unknown matrices {unknown}; allowed: A, B, C, D")
+        self.specs = {name: _matrix_set(name, constraints.get(name)) for name in MATRICES}
         kappa = self.implicit.kappa
         a_radius = self.specs["A"].radius
         if a_radius is not None and a_radius > kappa:
-            raise ConfigError(
-                f"{FIELD}.A.radius", f"got {a_radius}; must not exceed model.kappa={kappa} (the well-posedness radius)"
+            raise ParameterError(
+                "constraints.A.radius", f"got {a_radius}; must not exceed model.kappa={kappa} (the well-posedness radius)"
             )
-        self.seed_spec = _seed_spec(seed)
+        with parameter_prefix("seed"):
+            self.seed_spec = _seed_spec(seed)
         if self.seed_spec["matrix"] == "B" and self.specs["B"].kind == "off":
-            raise ConfigError("method.seed.matrix", "cannot seed B when method.constraints.B.kind is off")
+            raise ParameterError("seed.matrix", "cannot seed B when method.constraints.B.kind is off")
         self.sets: dict[str, RowSet] = {}
         for name, spec in self.specs.items():
             if spec.kind == "off":
@@ -164,7 +162,7 @@ class ImplicitFWMethod(FrankWolfeMethod, ImplicitTrainingMethod):
             row_budget = target_density if capacity == "row" else None
             self.sets[name] = spec.build(self.matrix(name).shape, radius, row_budget)
         if not self.sets:
-            raise ConfigError(FIELD, "every matrix is off; train at least one of A, B, C, D")
+            raise ParameterError("constraints", "every matrix is off; train at least one of A, B, C, D")
         size = sum(self.matrix(name).numel() for name in MATRICES)
         self.budget = int(target_density * size) if target_density is not None and capacity == "model" else None
         # The most nonzeros one step can add: one vertex per row of every trained matrix.
@@ -175,7 +173,8 @@ class ImplicitFWMethod(FrankWolfeMethod, ImplicitTrainingMethod):
         # back only when reported.
         self.register_buffer("_atom_counts", torch.zeros(3, dtype=torch.long), persistent=False)
         # Fails here, before any data is read, on a bad optimiser setting (the real one is built by Lightning).
-        self.optimizer_factory(self.parameter_groups())
+        with parameter_prefix("optimizer"):
+            self.optimizer_factory(self.parameter_groups())
         self._start_from_seed()
         self._evaluations = 0.0
         self._line_searches = 0
@@ -369,17 +368,20 @@ class ImplicitFWMethod(FrankWolfeMethod, ImplicitTrainingMethod):
         return metrics
 
 
+def _matrix_set(name: str, node: dict[str, Any] | None) -> MatrixSet:
+    with parameter_prefix(f"constraints.{name}"):
+        return MatrixSet.from_config(name, node)
+
+
 def _seed_spec(seed: dict[str, Any] | None) -> dict[str, Any]:
     node = {"matrix": "B", "scale": 0.1, **dict(seed or {})}
-    unknown = sorted(set(node) - {"matrix", "scale"})
-    if unknown:
-        raise ConfigError("method.seed", f"unknown keys {unknown}; allowed: matrix, scale")
+    check_known_keys("", node, ("matrix", "scale"))
     if node["matrix"] == "C":
-        raise ConfigError(
-            "method.seed.matrix",
+        raise ParameterError(
+            "matrix",
             "seeding C does not start training: with B = 0 the states are relu(0) = 0 and ReLU's derivative "
             "there is 0, so no gradient reaches A or B; seed B",
         )
-    check_choice("method.seed.matrix", node["matrix"], SEED_MATRICES)
-    check_range("method.seed.scale", node["scale"], 0.0, 1.0, low_inclusive=False)
+    check_choice("matrix", node["matrix"], SEED_MATRICES)
+    check_range("scale", node["scale"], 0.0, 1.0, low_inclusive=False)
     return node

@@ -34,7 +34,7 @@ import torch
 from torch import nn
 
 from consparse.data.info import DatasetInfo
-from consparse.errors import ConfigError
+from consparse.errors import ParameterError
 from consparse.gates import (
     batch_noise_seed,
     clamp_gates,
@@ -63,14 +63,14 @@ DUAL_DEFECTS = ("deployed", "expected")
 DUAL_PUSH = 2.11
 
 
-def _per_constraint(field: str, value: Any, layers: Sequence[str], check: Any) -> tuple[list[float], bool]:
+def _per_constraint(name: str, value: Any, layers: Sequence[str], check: Any) -> tuple[list[float], bool]:
     """``value`` as one number (model-wise) or one per gated layer (layer-wise); returns (values, layerwise)."""
     if isinstance(value, (list, tuple)):
-        check_length(field, value, len(layers), "gated layers")
+        check_length(name, value, len(layers), "gated layers")
         for item in value:
-            check(field, item)
+            check(name, item)
         return [float(v) for v in value], True
-    check(field, value)
+    check(name, value)
     return [float(value)], False
 
 
@@ -112,15 +112,15 @@ class HardConcreteMethod(SparseMethod):
         **kwargs: Any,
     ) -> None:
         super().__init__(model, info, target_density=None, **kwargs)
-        check_choice("method.sparsity", sparsity, SPARSITY_TYPES)
-        check_range("method.gates_lr", gates_lr, 0.0, low_inclusive=False)
-        check_range("method.weight_decay", weight_decay, 0.0)
-        check_choice("method.schedule_gates", schedule_gates, [True, False])
-        check_choice("method.divide_gated_conv_decay", divide_gated_conv_decay, [True, False])
+        check_choice("sparsity", sparsity, SPARSITY_TYPES)
+        check_range("gates_lr", gates_lr, 0.0, low_inclusive=False)
+        check_range("weight_decay", weight_decay, 0.0)
+        check_choice("schedule_gates", schedule_gates, [True, False])
+        check_choice("divide_gated_conv_decay", divide_gated_conv_decay, [True, False])
         optimizer = self.optimizer_factory
         if isinstance(optimizer, functools.partial) and optimizer.keywords.get("weight_decay", 0):
-            raise ConfigError(
-                "method.optimizer.weight_decay",
+            raise ParameterError(
+                "optimizer.weight_decay",
                 f"got {optimizer.keywords['weight_decay']}; must be 0 for {type(self).__name__}: it would decay the "
                 "gates too. Use method.weight_decay (applied through the loss, weighted by the gates)",
             )
@@ -262,21 +262,21 @@ class L0Method(HardConcreteMethod):
     ) -> None:
         super().__init__(model, info, **kwargs)
         if target_density is None:
-            raise ConfigError(
-                "method.target_density",
+            raise ParameterError(
+                "target_density",
                 f"l0 needs a target: a number in (0, 1] (model-wise) or a list of {len(self.gated_names)} numbers "
                 f"in (0, 1] (layer-wise, one per gated layer: {self.gated_names})",
             )
-        check_choice("method.dual_restarts", dual_restarts, [True, False])
-        check_choice("method.density_measure", density_measure, DENSITY_MEASURES)
-        check_choice("method.dual_defect", dual_defect, DUAL_DEFECTS)
-        check_choice("method.relative_constraint", relative_constraint, [True, False])
+        check_choice("dual_restarts", dual_restarts, [True, False])
+        check_choice("density_measure", density_measure, DENSITY_MEASURES)
+        check_choice("dual_defect", dual_defect, DUAL_DEFECTS)
+        check_choice("relative_constraint", relative_constraint, [True, False])
         self.relative_constraint = relative_constraint
         self.density_measure = density_measure
         self.dual_defect = dual_defect
         self.kept = KeptWeights(self.model, info.input_shape) if density_measure == "kept_weights" else None
         targets, self.layerwise = _per_constraint(
-            "method.target_density", target_density, self.gated_names, lambda f, v: check_density(f, v, allow_none=False)
+            "target_density", target_density, self.gated_names, lambda f, v: check_density(f, v, allow_none=False)
         )
         self.target_density = targets if self.layerwise else targets[0]
         self.register_buffer("targets", torch.tensor(targets), persistent=False)
@@ -371,14 +371,14 @@ class L0PenaltyMethod(HardConcreteMethod):
         **kwargs: Any,
     ) -> None:
         if target_density is not None:
-            raise ConfigError(
-                "method.target_density",
+            raise ParameterError(
+                "target_density",
                 f"got {target_density!r}; l0_penalty takes no target (it penalises the expected density with "
                 "method.penalty). Use method=l0 to ask for a density",
             )
         super().__init__(model, info, **kwargs)
         penalties, self.layerwise = _per_constraint(
-            "method.penalty", penalty, self.gated_names, lambda f, v: check_range(f, v, 0.0)
+            "penalty", penalty, self.gated_names, lambda f, v: check_range(f, v, 0.0)
         )
         self.register_buffer("penalties", torch.tensor(penalties), persistent=False)
 

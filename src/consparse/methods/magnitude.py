@@ -21,7 +21,7 @@ import torch
 
 from consparse.compress.nm import nm_masks, nm_prune
 from consparse.compress.prune import apply_masks, compute_masks, prune_to_density
-from consparse.errors import ConfigError
+from consparse.errors import ParameterError, config_key
 from consparse.methods.base import Deployment, SparseMethod
 from consparse.nm_pattern import NMPattern, parse_nm
 from consparse.validation import check_choice, check_int
@@ -46,13 +46,13 @@ class MagnitudeMethod(SparseMethod):
         **kwargs,
     ) -> None:
         super().__init__(*args, **kwargs)
-        self.nm_pattern = None if nm is None else parse_nm(nm, "method.nm")
+        self.nm_pattern = None if nm is None else parse_nm(nm, "nm")
         if self.nm_pattern is not None:
             self.target_density = _nm_target(self.target_density, self.nm_pattern)
         if self.target_density is None:
-            raise ConfigError("method.target_density", "magnitude pruning needs a target density in (0, 1]")
-        check_choice("method.prune_scope", prune_scope, ["global", "layer"])
-        check_int("method.finetune_epochs", finetune_epochs, 0, allow_none=True)
+            raise ParameterError("target_density", "magnitude pruning needs a target density in (0, 1]")
+        check_choice("prune_scope", prune_scope, ["global", "layer"])
+        check_int("finetune_epochs", finetune_epochs, 0, allow_none=True)
         self.prune_scope = prune_scope
         self.requested_finetune_epochs = finetune_epochs
         self.masks: dict[str, torch.Tensor] | None = None
@@ -66,8 +66,8 @@ class MagnitudeMethod(SparseMethod):
         """The epoch at whose start the network is pruned (fine-tuning follows)."""
         max_epochs = int(self.trainer.max_epochs or 0)
         if self.finetune_epochs >= max_epochs:
-            raise ConfigError(
-                "method.finetune_epochs",
+            raise ParameterError(
+                "finetune_epochs",
                 f"{self.finetune_epochs} leaves no dense training within trainer.max_epochs={max_epochs}; "
                 "use fewer fine-tuning epochs or more epochs",
             )
@@ -75,7 +75,8 @@ class MagnitudeMethod(SparseMethod):
 
     def on_fit_start(self) -> None:
         if self.finetune_epochs:
-            _ = self.prune_epoch  # validates the epoch budget before the first batch
+            with config_key(self.config_place):
+                _ = self.prune_epoch  # validates the epoch budget before the first batch
         elif self.trainer.is_global_zero:
             log.warning(
                 "method.finetune_epochs is 0 (trainer.max_epochs=%s): magnitude prunes the trained network at the end "
@@ -122,8 +123,8 @@ class MagnitudeMethod(SparseMethod):
 def _nm_target(target_density: float | None, pattern: NMPattern) -> float:
     """The target density of N:M pruning: N/M, which a given ``method.target_density`` must equal."""
     if target_density is not None and abs(target_density - pattern.density) > 1e-9:
-        raise ConfigError(
-            "method.target_density",
+        raise ParameterError(
+            "target_density",
             f"{target_density} disagrees with method.nm={pattern} (density {pattern.density:g}); "
             f"set method.target_density={pattern.density:g} or null",
         )

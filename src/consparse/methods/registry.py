@@ -14,12 +14,14 @@ from consparse.models.registry import ARCHITECTURES
 
 
 def build_method(cfg: DictConfig | dict, model: nn.Module, info: DatasetInfo) -> SparseMethod:
-    """Instantiate the method around ``model``; constructors validate their config values.
+    """Instantiate the method around ``model``; constructors validate their config values, and this is
+    the config boundary of ``method``: their errors name ``method.<argument>``, except those about
+    the ``model`` argument, which come from the ``model`` node and name ``model.<...>``.
 
     A method's ``requires_model`` is checked first, so that its constructor only ever sees the model it trains.
     """
     check_required_model(cfg, model)
-    method = instantiate_node(cfg, model=model, info=info)
+    method = instantiate_node(cfg, "method", {"model": "model"}, model=model, info=info)
     if not isinstance(method, SparseMethod):
         raise TypeError(f"method._target_ must build a consparse SparseMethod, got {type(method).__name__}")
     return method

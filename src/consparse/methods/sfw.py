@@ -21,7 +21,7 @@ import pytorch_lightning as pl
 import torch
 
 from consparse.compress.nm import nm_prune
-from consparse.errors import ConfigError
+from consparse.errors import ParameterError, parameter_prefix
 from consparse.methods.base import Deployment
 from consparse.methods.frank_wolfe_method import FrankWolfeMethod
 from consparse.nm_pattern import NMPattern
@@ -50,12 +50,14 @@ class SFWMethod(FrankWolfeMethod):
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
-        self.constraint_spec = (
-            constraint if isinstance(constraint, ConstraintSpec) else ConstraintSpec.from_config(constraint)
-        )
+        with parameter_prefix("constraint"):
+            self.constraint_spec = (
+                constraint if isinstance(constraint, ConstraintSpec) else ConstraintSpec.from_config(constraint)
+            )
         self.nm_pattern = self._deployed_pattern()
-        self.k = self.constraint_spec.resolved_k(self.target_density)
-        check_range("method.unconstrained_lr", unconstrained_lr, 0.0, low_inclusive=False, allow_none=True)
+        with parameter_prefix("constraint"):
+            self.k = self.constraint_spec.resolved_k(self.target_density)
+        check_range("unconstrained_lr", unconstrained_lr, 0.0, low_inclusive=False, allow_none=True)
         self.unconstrained_lr = unconstrained_lr
         self.groups: list[ConstrainedGroup] = []
         self.initially_infeasible = 0
@@ -68,8 +70,8 @@ class SFWMethod(FrankWolfeMethod):
         if self.target_density is None:
             self.target_density = pattern.density
         elif abs(self.target_density - pattern.density) > 1e-9:
-            raise ConfigError(
-                "method.target_density",
+            raise ParameterError(
+                "target_density",
                 f"{self.target_density} disagrees with method.constraint.nm={pattern} (density {pattern.density:g}); "
                 f"set method.target_density={pattern.density:g} or null",
             )
@@ -77,7 +79,8 @@ class SFWMethod(FrankWolfeMethod):
 
     # ------------------------------------------------------------------ optimisation
     def parameter_groups(self) -> list[dict[str, Any]]:
-        self.groups = build_model_constraints(self.model, self.constraint_spec, self.target_density)
+        with parameter_prefix("constraint"):
+            self.groups = build_model_constraints(self.model, self.constraint_spec, self.target_density)
         param_groups = [group.as_param_group() for group in self.groups]
         if self.unconstrained_lr is not None:
             for group in param_groups:

@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from consparse.errors import ConfigError, ConsparseError
+from consparse.errors import ConsparseError, ParameterError
 from consparse.implicit.function import SolveRecord, equilibrium
 from consparse.implicit.projection import project_rows_l1, row_l1_norms
 from consparse.implicit.solvers import FixedPointSettings, FixedPointStats
@@ -110,13 +110,13 @@ class ImplicitModel(nn.Module):
         on_nonconvergence: str = "warn",
     ) -> None:
         super().__init__()
-        check_int("model.state_size", state_size, 1)
-        check_int("model.num_classes", num_classes, 1)
-        check_range("model.kappa", kappa, 0.0, 1.0, low_inclusive=False, high_inclusive=False)
-        check_choice("model.init", init, INITS)
-        check_choice("model.on_nonconvergence", on_nonconvergence, NONCONVERGENCE_POLICIES)
+        check_int("state_size", state_size, 1)
+        check_int("num_classes", num_classes, 1)
+        check_range("kappa", kappa, 0.0, 1.0, low_inclusive=False, high_inclusive=False)
+        check_choice("init", init, INITS)
+        check_choice("on_nonconvergence", on_nonconvergence, NONCONVERGENCE_POLICIES)
         if not isinstance(bias, bool):
-            raise ConfigError("model.bias", f"expected true or false, got {bias!r}")
+            raise ParameterError("bias", f"expected true or false, got {bias!r}")
         self.input_shape = [int(d) for d in input_shape]
         self.input_size = math.prod(self.input_shape)
         self.num_classes = int(num_classes)
@@ -126,7 +126,7 @@ class ImplicitModel(nn.Module):
         self.init = init
         self.on_nonconvergence = on_nonconvergence
         self.forward_settings = FixedPointSettings(max_iter, rtol, atol, anderson_memory, anderson_damping)
-        self.forward_settings.validate("model.")
+        self.forward_settings.validate()
         self.backward_settings = FixedPointSettings(
             backward_max_iter if backward_max_iter is not None else max_iter,
             backward_rtol if backward_rtol is not None else rtol,
@@ -134,7 +134,7 @@ class ImplicitModel(nn.Module):
             anderson_memory,
             anderson_damping,
         )
-        self.backward_settings.validate("model.backward_")
+        self.backward_settings.validate("backward_")
         width = self.input_width
         n, k = self.state_size, self.num_classes
         self.A = nn.Parameter(torch.zeros(n, n))

@@ -92,7 +92,7 @@ class DeployedImplicitModel(nn.Module):
         self.starts = [self.input_size + sum(self.level_sizes[:i]) for i in range(len(self.level_sizes))]
         self.width = self.input_size + sum(self.level_sizes)
         self.settings = FixedPointSettings(max_iter, rtol, atol, anderson_memory, anderson_damping)
-        self.settings.validate("model.")
+        self.settings.validate()
         self.drives = nn.ModuleList(_kernel(size, spec, True) for size, spec in zip(self.level_sizes, drives))
         self.recurrences = nn.ModuleDict({
             str(index): SparseLinear(size, start, size, int(spec[1]), str(spec[0]), bias=False)

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from consparse.errors import ConfigError
+from consparse.errors import ParameterError
 
 KERNEL_SIZE = 5
 POOL_SIZE = 2
@@ -62,22 +62,22 @@ class LeNet5(nn.Module):
         channels = [int(c) for c in conv_channels]
         widths = [int(hidden)] if isinstance(hidden, int) else [int(w) for w in hidden]
         if not channels or any(c < 1 for c in channels):
-            raise ConfigError(
-                "model.conv_channels", f"got {list(conv_channels)}; give at least one width, each >= 1"
+            raise ParameterError(
+                "conv_channels", f"got {list(conv_channels)}; give at least one width, each >= 1"
             )
         if any(w < 1 for w in widths):
-            raise ConfigError("model.hidden", f"got {hidden}; every width must be >= 1")
+            raise ParameterError("hidden", f"got {hidden}; every width must be >= 1")
         if len(input_shape) != 3:
-            raise ConfigError(
-                "model",
+            raise ParameterError(
+                "",
                 f"lenet5 needs image inputs [C, H, W], the dataset gives {list(input_shape)}; "
                 "use an image dataset",
             )
         in_channels, height, width = (int(d) for d in input_shape)
         smallest = min_input_side(len(channels))
         if min(height, width) < smallest:
-            raise ConfigError(
-                "model",
+            raise ParameterError(
+                "",
                 f"lenet5 with {len(channels)} conv stages needs images of at least {smallest}x{smallest}, "
                 f"the dataset gives {height}x{width}; use larger images "
                 "(e.g. dataset=digits dataset.image_size=28, or MNIST/FashionMNIST/CIFAR)",

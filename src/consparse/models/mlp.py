@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from consparse.errors import ConfigError
+from consparse.errors import ParameterError
 
 
 class MLP(nn.Module):
@@ -28,9 +28,9 @@ class MLP(nn.Module):
         super().__init__()
         widths = [int(w) for w in hidden]
         if any(w < 1 for w in widths):
-            raise ConfigError("model.hidden", f"got {list(hidden)}; every width must be >= 1")
+            raise ParameterError("hidden", f"got {list(hidden)}; every width must be >= 1")
         if not 0.0 <= dropout < 1.0:
-            raise ConfigError("model.dropout", f"got {dropout}; allowed: [0, 1)")
+            raise ParameterError("dropout", f"got {dropout}; allowed: [0, 1)")
         in_features = 1
         for dim in input_shape:
             in_features *= int(dim)

@@ -45,8 +45,9 @@ class ArchitectureError(ConsparseError):
 
 
 def build_model(cfg: DictConfig | dict, info: DatasetInfo) -> nn.Module:
-    """Instantiate ``cfg`` (a ``model`` group node with ``_target_``) with the dataset's input shape and classes."""
-    return instantiate_node(cfg, input_shape=list(info.input_shape), num_classes=info.num_classes)
+    """Instantiate ``cfg`` (the ``model`` group node, with ``_target_``) with the dataset's input shape
+    and classes; the config boundary of ``model``: errors name ``model.<argument>``."""
+    return instantiate_node(cfg, "model", input_shape=list(info.input_shape), num_classes=info.num_classes)
 
 
 def is_json_value(value: Any) -> bool:

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 from torchvision.models import resnet as tv_resnet
 
-from consparse.errors import ConfigError
+from consparse.errors import ParameterError
 from consparse.validation import check_choice
 
 STEMS = ("auto", "imagenet", "cifar", "tinyimagenet")
@@ -39,7 +39,7 @@ def resolve_stem(stem: str, side: int) -> str:
     L0 paper's stem (3x3 stride-2 conv, no max-pool); above that the ImageNet stem (7x7 stride-2
     conv and 3x3 stride-2 max-pool).
     """
-    check_choice("model.stem", stem, STEMS)
+    check_choice("stem", stem, STEMS)
     if stem != "auto":
         return stem
     if side <= 32:
@@ -51,8 +51,8 @@ def resolve_stem(stem: str, side: int) -> str:
 
 def _image_shape(input_shape: Sequence[int], model: str) -> tuple[int, int, int]:
     if len(input_shape) != 3:
-        raise ConfigError(
-            "model",
+        raise ParameterError(
+            "",
             f"{model} needs image inputs [C, H, W], the dataset gives {list(input_shape)}; "
             "use an image dataset",
         )
@@ -127,8 +127,8 @@ class CifarResNet(nn.Module):
     def __init__(self, input_shape: Sequence[int], num_classes: int, depth: int = 20) -> None:
         super().__init__()
         if isinstance(depth, bool) or not isinstance(depth, int) or depth < 8 or (depth - 2) % 6 != 0:
-            raise ConfigError(
-                "model.depth", f"got {depth!r}; allowed: 6n+2 with n >= 1 (8, 14, 20, 32, 44, 56, 110, ...)"
+            raise ParameterError(
+                "depth", f"got {depth!r}; allowed: 6n+2 with n >= 1 (8, 14, 20, 32, 44, 56, 110, ...)"
             )
         blocks_per_stage = (depth - 2) // 6
         channels, _, _ = _image_shape(input_shape, f"resnet{depth}")

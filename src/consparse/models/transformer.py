@@ -23,36 +23,36 @@ from typing import Any
 import torch
 from torch import nn
 
-from consparse.errors import ConfigError
+from consparse.errors import ParameterError
 
 TOKEN_INPUT = "a (2, length) token input: dataset=newsgroups20_tokens"
 
 
 def _encoder(hub_id: str, pretrained: bool, config: Mapping[str, Any] | None) -> nn.Module:
-    """The encoder, from the Hub or from a config; ConfigError (before any compute) when unavailable."""
+    """The encoder, from the Hub or from a config; ParameterError (before any compute) when unavailable."""
     from transformers import AutoConfig, AutoModel
 
     if pretrained:
         if config:
-            raise ConfigError("model.config", "a config is only used with model.pretrained=false (random initialisation)")
+            raise ParameterError("config", "a config is only used with model.pretrained=false (random initialisation)")
         try:
             return AutoModel.from_pretrained(hub_id)
         except OSError as error:
             first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-            raise ConfigError(
-                "model.hub_id",
+            raise ParameterError(
+                "hub_id",
                 f"cannot load the pretrained weights of '{hub_id}' from the Hugging Face Hub or its cache ({first}); "
                 "run once with network access (HF_HUB_OFFLINE unset) to fill the cache, point HF_HOME at a cache "
                 "that holds it, or use model.pretrained=false for a randomly initialised model",
             ) from None
     if not config or "model_type" not in config:
-        raise ConfigError("model.config", f"model.pretrained=false needs a config dict with a model_type, got {config!r}")
+        raise ParameterError("config", f"model.pretrained=false needs a config dict with a model_type, got {config!r}")
     options = dict(config)
     model_type = options.pop("model_type")
     try:
         return AutoModel.from_config(AutoConfig.for_model(model_type, **options))
     except (ValueError, TypeError, KeyError) as error:
-        raise ConfigError("model.config", f"not a valid {model_type!r} config: {error}") from None
+        raise ParameterError("config", f"not a valid {model_type!r} config: {error}") from None
 
 
 class TransformerClassifier(nn.Module):
@@ -79,9 +79,9 @@ class TransformerClassifier(nn.Module):
         super().__init__()
         shape = [int(d) for d in input_shape]
         if len(shape) != 2 or shape[0] != 2:
-            raise ConfigError("model", f"a transformer needs {TOKEN_INPUT}; the dataset gives inputs of shape {shape}")
+            raise ParameterError("", f"a transformer needs {TOKEN_INPUT}; the dataset gives inputs of shape {shape}")
         if not 0.0 <= float(dropout) < 1.0:
-            raise ConfigError("model.dropout", f"got {dropout!r}; allowed: [0, 1)")
+            raise ParameterError("dropout", f"got {dropout!r}; allowed: [0, 1)")
         self.encoder = _encoder(hub_id, bool(pretrained), config)
         width = int(self.encoder.config.hidden_size)
         self.vocab_size = int(self.encoder.config.vocab_size)

@@ -34,7 +34,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from consparse.errors import ConfigError
+from consparse.errors import ParameterError
 from consparse.validation import check_choice, check_int, check_range
 
 _BASE_WIDTHS = (16, 32, 64)
@@ -88,16 +88,16 @@ class WideResNet(nn.Module):
         strided_conv: str = "conv1",
     ) -> None:
         super().__init__()
-        check_choice("model.strided_conv", strided_conv, ("conv1", "conv2"))
+        check_choice("strided_conv", strided_conv, ("conv1", "conv2"))
         if isinstance(depth, bool) or not isinstance(depth, int) or depth < 10 or (depth - 4) % 6 != 0:
-            raise ConfigError(
-                "model.depth", f"got {depth!r}; allowed: 6n+4 with n >= 1 (10, 16, 22, 28, 34, 40, ...)"
+            raise ParameterError(
+                "depth", f"got {depth!r}; allowed: 6n+4 with n >= 1 (10, 16, 22, 28, 34, 40, ...)"
             )
-        check_int("model.widen_factor", widen_factor, 1)
-        check_range("model.dropout", dropout, 0.0, 1.0, high_inclusive=False)
+        check_int("widen_factor", widen_factor, 1)
+        check_range("dropout", dropout, 0.0, 1.0, high_inclusive=False)
         if len(input_shape) != 3:
-            raise ConfigError(
-                "model",
+            raise ParameterError(
+                "",
                 f"wrn needs image inputs [C, H, W], the dataset gives {list(input_shape)}; "
                 "use an image dataset",
             )

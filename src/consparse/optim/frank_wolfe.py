@@ -38,7 +38,7 @@ from typing import Any
 
 import torch
 
-from consparse.errors import ConfigError
+from consparse.errors import ConfigError, ParameterError
 from consparse.optim.constraints.base import ConstraintSet, safe_ratio
 from consparse.optim.frank_wolfe_batched import BatchLayout, batch_key, step_batched
 from consparse.optim.frank_wolfe_move import Move, joined
@@ -55,9 +55,6 @@ LIPSCHITZ_DECREASE = 0.9
 # A trial within this relative margin of the decrease bound is accepted: float32 losses are exact to
 # about 1e-7, and a quadratic meets the bound with equality when L is its curvature.
 LINE_SEARCH_RTOL = 1e-6
-
-# Config keys of the optimiser node, for error messages.
-FIELD = "method.optimizer"
 
 
 class FrankWolfe(torch.optim.Optimizer):
@@ -93,8 +90,8 @@ class FrankWolfe(torch.optim.Optimizer):
         lipschitz: float = 1.0,
         max_backtracks: int = 30,
     ) -> None:
-        check_range(f"{FIELD}.lipschitz", lipschitz, 0.0, low_inclusive=False)
-        check_int(f"{FIELD}.max_backtracks", max_backtracks, 1)
+        check_range("lipschitz", lipschitz, 0.0, low_inclusive=False)
+        check_int("max_backtracks", max_backtracks, 1)
         self.lipschitz_init = float(lipschitz)
         self.max_backtracks = max_backtracks
         defaults = {
@@ -120,13 +117,13 @@ class FrankWolfe(torch.optim.Optimizer):
 
     @staticmethod
     def _check_group(group: dict[str, Any]) -> None:
-        check_range(f"{FIELD}.lr", group["lr"], 0.0, low_inclusive=False)
-        check_range(f"{FIELD}.momentum", group["momentum"], 0.0, 1.0, high_inclusive=False)
-        check_choice(f"{FIELD}.momentum_form", group["momentum_form"], MOMENTUM_FORMS)
-        check_choice(f"{FIELD}.rescale", group["rescale"], RESCALES)
-        check_choice(f"{FIELD}.step_rule", group["step_rule"], STEP_RULES)
-        check_int(f"{FIELD}.step_offset", group["step_offset"], 0)
-        check_choice(f"{FIELD}.direction", group["direction"], DIRECTIONS)
+        check_range("lr", group["lr"], 0.0, low_inclusive=False)
+        check_range("momentum", group["momentum"], 0.0, 1.0, high_inclusive=False)
+        check_choice("momentum_form", group["momentum_form"], MOMENTUM_FORMS)
+        check_choice("rescale", group["rescale"], RESCALES)
+        check_choice("step_rule", group["step_rule"], STEP_RULES)
+        check_int("step_offset", group["step_offset"], 0)
+        check_choice("direction", group["direction"], DIRECTIONS)
         constraint = group["constraint"]
         if constraint is None:
             return
@@ -135,13 +132,13 @@ class FrankWolfe(torch.optim.Optimizer):
                 f"a param group's constraint must be a ConstraintSet or None, got {type(constraint).__name__}"
             )
         if group["direction"] == "pairwise" and not constraint.supports_away_steps:
-            raise ConfigError(
-                f"{FIELD}.direction",
+            raise ParameterError(
+                "direction",
                 f"pairwise steps need a set that knows its active atoms (a row-wise L1 ball); "
                 f"param group {group['name'] or ''!s} has {constraint!r}",
             )
         if group["rescale"] == "none" and group["step_rule"] == "lr":
-            check_range(f"{FIELD}.lr", group["lr"], 0.0, 1.0, low_inclusive=False)
+            check_range("lr", group["lr"], 0.0, 1.0, low_inclusive=False)
         numel = sum(p.numel() for p in group["params"])
         if numel != constraint.numel:
             raise ValueError(

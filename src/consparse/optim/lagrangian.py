@@ -42,8 +42,8 @@ class LagrangeMultipliers(nn.Module):
 
     def __init__(self, num_constraints: int, dual_lr: float, restarts: bool = True) -> None:
         super().__init__()
-        check_int("method.num_constraints", num_constraints, 1)
-        check_range("method.dual_lr", dual_lr, 0.0, low_inclusive=False)
+        check_int("num_constraints", num_constraints, 1)
+        check_range("dual_lr", dual_lr, 0.0, low_inclusive=False)
         if not isinstance(restarts, bool):
             raise TypeError(f"restarts must be true or false, got {restarts!r}")
         self.dual_lr = float(dual_lr)

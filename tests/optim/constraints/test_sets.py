@@ -9,7 +9,7 @@ import math
 import pytest
 import torch
 
-from consparse.errors import ConfigError
+from consparse.errors import ParameterError
 from consparse.optim.constraints import (
     ConstraintSet,
     GroupKSupportNormBall,
@@ -265,9 +265,9 @@ def test_rowwise_make_feasible_rescales_each_offending_row_only() -> None:
     torch.testing.assert_close(fixed[0], x[0])
     torch.testing.assert_close(fixed[1], torch.tensor([2.0, 0.0, 0.0, 0.0]))
     torch.testing.assert_close(fixed[2], x[2] / 2)
-    with pytest.raises(ConfigError, match="radius"):
+    with pytest.raises(ParameterError, match="radius"):
         RowwiseL1Ball((3, 4), [1.0, 2.0])
-    with pytest.raises(ConfigError, match="positive"):
+    with pytest.raises(ParameterError, match="positive"):
         RowwiseL1Ball((3, 4), [1.0, -2.0, 1.0])
 
 
@@ -350,20 +350,20 @@ def test_resolve_k_accepts_fractions_and_counts() -> None:
     assert resolve_k(5, 1000) == 5
     assert resolve_k(5000, 1000) == 1000
     for bad in (0, -0.5, 2.5, "3"):
-        with pytest.raises(ConfigError, match="method.constraint.k"):
+        with pytest.raises(ParameterError, match="^k: "):
             resolve_k(bad, 1000)
 
 
 def test_invalid_sets_are_rejected_before_any_compute() -> None:
-    with pytest.raises(ConfigError, match="positive finite"):
+    with pytest.raises(ParameterError, match="positive finite"):
         LpBall((3,), 0.0)
-    with pytest.raises(ConfigError, match="p >= 1"):
+    with pytest.raises(ParameterError, match="p >= 1"):
         LpBall((3,), 1.0, p=0.5)
-    with pytest.raises(ConfigError, match="group_ksupport"):
+    with pytest.raises(ParameterError, match="group_ksupport"):
         GroupKSupportNormBall((5,), 1.0)
-    with pytest.raises(ConfigError, match="spectral"):
+    with pytest.raises(ParameterError, match="spectral"):
         SpectralKSupportNormBall((5,), 1.0)
-    with pytest.raises(ConfigError, match="svd_iterations"):
+    with pytest.raises(ParameterError, match="svd_iterations"):
         NuclearNormBall((5, 5), 1.0, svd_iterations=0)
 
 

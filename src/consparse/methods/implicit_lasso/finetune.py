@@ -21,7 +21,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from consparse.errors import ConfigError
+from consparse.errors import ParameterError
 from consparse.models.implicit import ImplicitModel
 
 
@@ -39,9 +39,9 @@ class FinetuneSettings:
 
     def validate(self, prefix: str = "") -> None:
         if not isinstance(self.epochs, int) or isinstance(self.epochs, bool) or self.epochs < 0:
-            raise ConfigError(f"{prefix}finetune_epochs", f"expected an integer >= 0 (0: the one-shot refit only), got {self.epochs!r}")
+            raise ParameterError(f"{prefix}finetune_epochs", f"expected an integer >= 0 (0: the one-shot refit only), got {self.epochs!r}")
         if not isinstance(self.lr, (int, float)) or isinstance(self.lr, bool) or not self.lr > 0:
-            raise ConfigError(f"{prefix}finetune_lr", f"expected a learning rate > 0, got {self.lr!r}")
+            raise ParameterError(f"{prefix}finetune_lr", f"expected a learning rate > 0, got {self.lr!r}")
 
 
 def support_masks(model: ImplicitModel) -> dict[str, torch.Tensor]:

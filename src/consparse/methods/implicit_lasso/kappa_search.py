@@ -31,7 +31,7 @@ class DensitySearchSettings:
     tolerance: float = 0.02
     max_steps: int = 12
 
-    def validate(self, prefix: str) -> None:
+    def validate(self, prefix: str = "") -> None:
         check_range(f"{prefix}tolerance", self.tolerance, 0.0, 1.0, low_inclusive=False, high_inclusive=False)
         check_int(f"{prefix}max_steps", self.max_steps, 1)
 

@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from consparse.errors import ConfigError
+from consparse.errors import ParameterError
 from consparse.lasso.solution import ConstrainedLassoSolution
 from consparse.lasso.statistics import GramAccumulator
 from consparse.methods.implicit_lasso.matching import DTYPE, MatchingSettings
@@ -56,16 +56,16 @@ class Unit:
 
 
 def check_layerwise(model: nn.Module) -> None:
-    """Raise ConfigError for layers the layer-wise form cannot refit (before any compute)."""
+    """Raise ParameterError for layers the layer-wise form cannot refit (before any compute)."""
     for name, module in model.named_modules():
         if isinstance(module, nn.modules.conv._ConvNd) and not isinstance(module, nn.Conv2d):
-            raise ConfigError("method.formulation", f"layer-wise state matching fits Conv2d and Linear layers; '{name}' is {type(module).__name__}")
+            raise ParameterError("formulation", f"layer-wise state matching fits Conv2d and Linear layers; '{name}' is {type(module).__name__}")
         if isinstance(module, nn.Conv2d) and (module.groups != 1 or module.padding_mode != "zeros"):
-            raise ConfigError("method.formulation", f"layer-wise state matching needs groups=1 and zero padding; '{name}' has groups={module.groups}, padding_mode={module.padding_mode}")
+            raise ParameterError("formulation", f"layer-wise state matching needs groups=1 and zero padding; '{name}' has groups={module.groups}, padding_mode={module.padding_mode}")
         if isinstance(module, _NORMS) and not module.track_running_stats:
-            raise ConfigError("method.formulation", f"BatchNorm '{name}' has no running statistics to fold")
+            raise ParameterError("formulation", f"BatchNorm '{name}' has no running statistics to fold")
     if not any(isinstance(module, nn.Linear) for module in model.modules()):
-        raise ConfigError("method.formulation", "layer-wise state matching needs a Linear classifier at the end of the network")
+        raise ParameterError("formulation", "layer-wise state matching needs a Linear classifier at the end of the network")
 
 
 def patches(module: nn.Conv2d | nn.Linear, inputs: torch.Tensor) -> torch.Tensor:
@@ -172,9 +172,9 @@ class LayerwiseStateMatching:
         names = [name for name, _ in calls]
         repeated = sorted({name for name in names if names.count(name) > 1})
         if repeated:
-            raise ConfigError("method.formulation", f"layer-wise state matching needs each layer called once per forward; {repeated} are reused")
+            raise ParameterError("formulation", f"layer-wise state matching needs each layer called once per forward; {repeated} are reused")
         if not calls or not isinstance(calls[-1][1], nn.Linear) or outputs.get(id(output)) != calls[-1][0]:
-            raise ConfigError("method.formulation", "layer-wise state matching needs a network whose output is a Linear classifier's output")
+            raise ParameterError("formulation", "layer-wise state matching needs a network whose output is a Linear classifier's output")
         modules = dict(self.teacher.named_modules())
         units = [self._unit(name, module, norms.get(name), modules) for name, module in calls[:-1]]
         return units, calls[-1][0]

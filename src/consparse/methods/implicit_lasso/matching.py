@@ -45,7 +45,7 @@ class MatchingSettings:
     readout: ReadoutSettings = field(default_factory=ReadoutSettings)
     fixed_point: dict[str, Any] = field(default_factory=dict)
 
-    def validate(self, prefix: str) -> None:
+    def validate(self, prefix: str = "") -> None:
         check_range(f"{prefix}conversion_kappa", self.conversion_kappa, 0.0, 1.0, low_inclusive=False, high_inclusive=False)
         check_choice(f"{prefix}constrain", self.constrain, BOUNDED_ROWS)
         self.readout.validate(f"{prefix}readout.")

@@ -33,7 +33,6 @@ import functools
 import logging
 import math
 import time
-from dataclasses import fields
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -46,7 +45,7 @@ from consparse.checkpoint_io import CheckpointError, load_checkpoint
 from consparse.compress.count import density, nonzero_count
 from consparse.compress.evaluate import evaluate_accuracy
 from consparse.compress.export import ExportError, load_exported
-from consparse.errors import ConfigError
+from consparse.errors import ParameterError, parameter_prefix
 from consparse.implicit.convert import linear_relu_chain
 from consparse.implicit.solvers import FixedPointSettings
 from consparse.lasso.debias import debias_rows
@@ -63,30 +62,26 @@ from consparse.methods.implicit_lasso.refit import RowSolver
 from consparse.methods.implicit_lasso.state_matching import ImplicitStateMatching
 from consparse.models.implicit import NONCONVERGENCE_POLICIES, ImplicitModel
 from consparse.models.implicit_deployed import DeployedImplicitModel, deploy_implicit, deployment_metrics
-from consparse.validation import check_choice, check_int, check_range
+from consparse.validation import check_choice, check_int, check_range, settings_from
 
 log = logging.getLogger(__name__)
 
 FORMULATIONS = ("auto", "implicit", "layerwise", "head")
 FORMULATION_CLASSES = {"implicit": ImplicitStateMatching, "layerwise": LayerwiseStateMatching, "head": HeadStateMatching}
 
-def _settings(cls: type, values: dict[str, Any] | None, field: str, exclude: tuple[str, ...] = ()) -> Any:
-    """A frozen settings dataclass from a config node; unknown keys and bad values name the field."""
-    chosen = {key: value for key, value in (values or {}).items() if key not in exclude}
-    known = [f.name for f in fields(cls)]
-    unknown = sorted(set(chosen) - set(known))
-    if unknown:
-        raise ConfigError(field, f"unknown keys {unknown}; allowed: {', '.join(known)}")
-    settings = cls(**chosen)
-    settings.validate(f"{field}.")
+def _settings(cls: type, values: dict[str, Any] | None, name: str) -> Any:
+    """A frozen settings dataclass from the config node ``name``; unknown keys and bad values name the key."""
+    with parameter_prefix(name):
+        settings = settings_from(cls, values)
+        settings.validate()
     return settings
 
 
 def _fixed_point_options(values: dict[str, Any] | None) -> dict[str, Any]:
     options = dict(values or {})
     policy = options.pop("on_nonconvergence", "error")
-    check_choice("method.fixed_point.on_nonconvergence", policy, NONCONVERGENCE_POLICIES)
-    _settings(FixedPointSettings, options, "method.fixed_point")
+    check_choice("fixed_point.on_nonconvergence", policy, NONCONVERGENCE_POLICIES)
+    _settings(FixedPointSettings, options, "fixed_point")
     return {**options, "on_nonconvergence": policy}
 
 
@@ -96,31 +91,31 @@ def load_teacher(model: nn.Module, path: str) -> Path:
     Accepted: a Lightning checkpoint (``<run>/checkpoints/last.ckpt``, keys ``model.*``), a run or
     export directory (``export/model.json`` + ``model.safetensors``), or a file holding a state_dict.
     """
-    field = "method.teacher_checkpoint"
+    key = "teacher_checkpoint"
     candidate = Path(path).expanduser()
     if not candidate.exists():
-        raise ConfigError(field, f"{candidate} does not exist; give a run's checkpoints/last.ckpt, its export directory or a state_dict file")
+        raise ParameterError(key, f"{candidate} does not exist; give a run's checkpoints/last.ckpt, its export directory or a state_dict file")
     if candidate.is_dir() and (candidate / "checkpoints" / "last.ckpt").is_file():
         candidate = candidate / "checkpoints" / "last.ckpt"
     if candidate.is_dir():
         try:
             state = load_exported(candidate).state_dict()
         except ExportError as error:
-            raise ConfigError(field, str(error)) from None
+            raise ParameterError(key, str(error)) from None
     else:
         try:
             loaded = load_checkpoint(candidate)
         except CheckpointError as error:
-            raise ConfigError(field, str(error)) from None
+            raise ParameterError(key, str(error)) from None
         state = loaded.get("state_dict", loaded) if isinstance(loaded, dict) else None
         if not isinstance(state, dict):
-            raise ConfigError(field, f"{candidate} holds no state_dict")
+            raise ParameterError(key, f"{candidate} holds no state_dict")
         if state and all(key.startswith("model.") for key in state):
             state = {key[len("model."):]: value for key, value in state.items()}
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as error:
-        raise ConfigError(field, f"the weights in {candidate} do not fit the configured model: {error}") from None
+        raise ParameterError(key, f"the weights in {candidate} do not fit the configured model: {error}") from None
     return candidate
 
 
@@ -184,32 +179,33 @@ class ImplicitLassoMethod(SparseMethod):
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
-        check_range("method.kappa", kappa, 0.0, 1.0, low_inclusive=False, high_inclusive=False)
-        check_range("method.data_fraction", data_fraction, 0.0, 1.0, low_inclusive=False)
-        check_int("method.extraction_batch_size", extraction_batch_size, 1)
-        check_choice("method.formulation", formulation, FORMULATIONS)
-        check_choice("method.debias", debias, [True, False])
+        check_range("kappa", kappa, 0.0, 1.0, low_inclusive=False, high_inclusive=False)
+        check_range("data_fraction", data_fraction, 0.0, 1.0, low_inclusive=False)
+        check_int("extraction_batch_size", extraction_batch_size, 1)
+        check_choice("formulation", formulation, FORMULATIONS)
+        check_choice("debias", debias, [True, False])
         self.debias = debias
         solver = dict(solver or {})
         self.row_batch = solver.pop("row_batch", 128)
-        check_int("method.solver.row_batch", self.row_batch, 1)
-        self.solver_settings = solver_settings(solver, "method.solver")
-        self.density_search = _settings(DensitySearchSettings, density_search, "method.density_search")
+        check_int("solver.row_batch", self.row_batch, 1)
+        with parameter_prefix("solver"):
+            self.solver_settings = solver_settings(solver)
+        self.density_search = _settings(DensitySearchSettings, density_search, "density_search")
         self.matching = MatchingSettings(
             conversion_kappa=conversion_kappa,
             constrain=constrain,
-            readout=_settings(ReadoutSettings, readout, "method.readout"),
+            readout=_settings(ReadoutSettings, readout, "readout"),
             fixed_point=_fixed_point_options(fixed_point),
         )
-        self.matching.validate("method.")
+        self.matching.validate()
         self.kappa = float(kappa)
         self.data_fraction = float(data_fraction)
         self.extraction_batch_size = extraction_batch_size
         self.formulation = self._resolve_formulation(formulation)
         self.finetune = FinetuneSettings(finetune_epochs, finetune_lr)
-        self.finetune.validate("method.")
+        self.finetune.validate()
         if self.finetune.epochs and self.formulation != "implicit":
-            raise ConfigError("method.finetune_epochs", f"fine-tuning needs formulation implicit (a Linear/ReLU chain), "
+            raise ParameterError("finetune_epochs", f"fine-tuning needs formulation implicit (a Linear/ReLU chain), "
                               f"this run is {self.formulation}; set method.finetune_epochs=0")
         self.teacher_checkpoint = str(load_teacher(self.model, teacher_checkpoint)) if teacher_checkpoint else None
 
@@ -218,16 +214,16 @@ class ImplicitLassoMethod(SparseMethod):
             linear_relu_chain(self.model.head)
             return "head"
         if formulation == "head":
-            raise ConfigError("method.formulation", "formulation head needs a model with an encoder and a head (model=distilbert)")
+            raise ParameterError("formulation", "formulation head needs a model with an encoder and a head (model=distilbert)")
         if formulation in ("auto", "implicit"):
             try:
                 linears = linear_relu_chain(self.model)
-            except ConfigError:
+            except ParameterError:
                 if formulation == "implicit":
                     raise
             else:
                 if len(linears) < 2:
-                    raise ConfigError("model.hidden", "the network has no hidden layer, so there are no states to sparsify")
+                    raise ParameterError("model.hidden", "the network has no hidden layer, so there are no states to sparsify")
                 return "implicit"
         check_layerwise(self.model)
         return "layerwise"

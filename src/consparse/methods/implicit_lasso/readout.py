@@ -39,7 +39,7 @@ class ReadoutSettings:
     ridge: float = 1e-8
     lambda_ratio: float = 1e-3
 
-    def validate(self, prefix: str) -> None:
+    def validate(self, prefix: str = "") -> None:
         check_choice(f"{prefix}mode", self.mode, READOUT_MODES)
         check_choice(f"{prefix}inputs", self.inputs, READOUT_INPUTS)
         check_range(f"{prefix}ridge", self.ridge, 0.0, 1.0)

@@ -35,33 +35,33 @@ from typing import Any
 
 import torch
 
-from consparse.errors import ConfigError
+from consparse.errors import ParameterError
 from consparse.precision import full_precision
 
 # The seam's computations that select (top-k), iterate (power iterations) or compare (norms).
 FULL_PRECISION_METHODS = ("lmo", "lmo_at", "away_vertex", "norm", "make_feasible")
 
 
-def resolve_k(k: float, size: int, field: str = "method.constraint.k") -> int:
+def resolve_k(k: float, size: int, name: str = "k") -> int:
     """An absolute count in ``[1, size]`` from ``k`` given as a fraction or a count.
 
     ``0 < k <= 1`` is a fraction of ``size`` (``k = 1`` is the full dimension, as in the SFW code);
     ``k > 1`` must be a whole number and is a count, capped at ``size``.
     """
     if isinstance(k, bool) or not isinstance(k, (int, float)) or not k > 0:
-        raise ConfigError(field, f"got {k!r}; allowed: a fraction in (0, 1] or a whole count > 1")
+        raise ParameterError(name, f"got {k!r}; allowed: a fraction in (0, 1] or a whole count > 1")
     if k <= 1:
         return max(1, min(int(k * size), size))
     if float(k) != int(k):
-        raise ConfigError(field, f"got {k!r}; a value above 1 is a count and must be a whole number")
+        raise ParameterError(name, f"got {k!r}; a value above 1 is a count and must be a whole number")
     return min(int(k), size)
 
 
-def check_radius(radius: float, field: str = "method.constraint.value") -> float:
+def check_radius(radius: float, name: str = "value") -> float:
     """A positive finite radius as a float."""
     value = float(radius)
     if not value > 0 or not math.isfinite(value):
-        raise ConfigError(field, f"the radius must be a positive finite number, got {radius!r}")
+        raise ParameterError(name, f"the radius must be a positive finite number, got {radius!r}")
     return value
 
 

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 import torch
 
-from consparse.errors import ConfigError
+from consparse.errors import ParameterError
 from consparse.optim.constraints.base import ConstraintSet, resolve_k, safe_ratio
 from consparse.optim.constraints.ksupport import ksupport_norm_rows
 
@@ -43,8 +43,8 @@ class GroupKSupportNormBall(ConstraintSet):
         """Validated segment lengths (None: the slices along dim 0 of a tensor with >= 2 dims)."""
         if group_sizes is None:
             if len(shape) < 2:
-                raise ConfigError(
-                    "method.constraint.table",
+                raise ParameterError(
+                    "table",
                     f"group_ksupport groups the output filters/neurons of a weight (>= 2 dims), got shape {tuple(shape)}",
                 )
             return None

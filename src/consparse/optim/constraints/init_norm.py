@@ -29,7 +29,7 @@ def expected_init_norms(model: nn.Module, samples: int = 10, seed: int = 0) -> d
     A module without ``reset_parameters`` contributes the current norm of its parameters (the
     initial norm when called before training).
     """
-    check_int("method.constraint.init_norm_samples", samples, 1)
+    check_int("init_norm_samples", samples, 1)
     norms: dict[str, float] = {}
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)

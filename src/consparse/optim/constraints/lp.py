@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 import torch
 
-from consparse.errors import ConfigError
+from consparse.errors import ParameterError
 from consparse.optim.constraints.base import ConstraintSet, safe_ratio
 
 
@@ -40,8 +40,8 @@ class LpBall(ConstraintSet):
     def check_p(p: float) -> float:
         value = float(p)
         if not value >= 1.0:
-            raise ConfigError(
-                "method.constraint.p", f"got {p!r}; allowed: p >= 1 (inf for the L-infinity ball)"
+            raise ParameterError(
+                "p", f"got {p!r}; allowed: p >= 1 (inf for the L-infinity ball)"
             )
         return value
 

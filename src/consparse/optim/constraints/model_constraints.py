@@ -30,13 +30,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import nn
 
-from consparse.errors import ConfigError
+from consparse.errors import ParameterError
 from consparse.nm_pattern import NMPattern, parse_nm
 from consparse.optim.constraints.base import ConstraintSet
 from consparse.optim.constraints.group import GroupKSupportNormBall
@@ -46,7 +46,7 @@ from consparse.optim.constraints.ksupport import KSupportNormBall
 from consparse.optim.constraints.lp import LpBall
 from consparse.optim.constraints.nm import NMSparsePolytope
 from consparse.optim.constraints.spectral import NuclearNormBall, SpectralKSupportNormBall
-from consparse.validation import check_choice, check_int, check_range
+from consparse.validation import check_choice, check_int, check_range, settings_from
 
 TENSOR_KINDS = ("conv", "linear", "bias", "batchnorm", "other")
 SET_KINDS = ("l1", "l2", "linf", "ksparse", "ksupport", "group_ksupport", "nuclear", "spectral_ksupport", "nm")
@@ -60,8 +60,6 @@ K_SETS = ("ksparse", "ksupport", "group_ksupport", "spectral_ksupport")
 PER_TENSOR_SETS = ("nuclear", "spectral_ksupport", "nm")
 
 DEFAULT_TABLE = {"conv": SAME, "linear": SAME, "bias": "l2", "batchnorm": "l2", "other": "l2"}
-
-FIELD = "method.constraint"
 
 _NORM_LAYERS = (nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.LayerNorm)
 
@@ -82,42 +80,37 @@ class ConstraintSpec:
     nm: str | NMPattern = "2:4"
 
     def __post_init__(self) -> None:
-        check_choice(f"{FIELD}.kind", self.kind, SET_KINDS)
-        check_choice(f"{FIELD}.scope", self.scope, SCOPES)
-        check_choice(f"{FIELD}.mode", self.mode, MODES)
-        check_range(f"{FIELD}.value", self.value, 0.0, low_inclusive=False)
-        check_int(f"{FIELD}.init_norm_samples", self.init_norm_samples, 1)
-        check_int(f"{FIELD}.init_norm_seed", self.init_norm_seed, 0)
-        check_int(f"{FIELD}.svd_iterations", self.svd_iterations, 1)
+        check_choice("kind", self.kind, SET_KINDS)
+        check_choice("scope", self.scope, SCOPES)
+        check_choice("mode", self.mode, MODES)
+        check_range("value", self.value, 0.0, low_inclusive=False)
+        check_int("init_norm_samples", self.init_norm_samples, 1)
+        check_int("init_norm_seed", self.init_norm_seed, 0)
+        check_int("svd_iterations", self.svd_iterations, 1)
         if self.k is not None:
-            check_range(f"{FIELD}.k", self.k, 0.0, low_inclusive=False)
+            check_range("k", self.k, 0.0, low_inclusive=False)
             if self.k > 1 and float(self.k) != int(self.k):
-                raise ConfigError(
-                    f"{FIELD}.k", f"got {self.k!r}; allowed: a fraction in (0, 1] or a whole count > 1"
+                raise ParameterError(
+                    "k", f"got {self.k!r}; allowed: a fraction in (0, 1] or a whole count > 1"
                 )
         table = dict(DEFAULT_TABLE)
         for key, value in dict(self.table or {}).items():
-            check_choice(f"{FIELD}.table", key, TENSOR_KINDS)
-            check_choice(f"{FIELD}.table.{key}", value, (*SET_KINDS, SAME, UNCONSTRAINED))
+            check_choice("table", key, TENSOR_KINDS)
+            check_choice(f"table.{key}", value, (*SET_KINDS, SAME, UNCONSTRAINED))
             table[key] = value
         self.table = table
-        self.nm = parse_nm(self.nm, f"{FIELD}.nm")
+        self.nm = parse_nm(self.nm, "nm")
         if self.scope == "global" and self.kind in PER_TENSOR_SETS:
-            raise ConfigError(
-                f"{FIELD}.scope",
+            raise ParameterError(
+                "scope",
                 f"'{self.kind}' is a set of one weight matrix; use scope=layer, or a vector set "
                 f"({', '.join(k for k in SET_KINDS if k not in PER_TENSOR_SETS)}) with scope=global",
             )
 
     @classmethod
     def from_config(cls, node: Mapping[str, Any] | None) -> ConstraintSpec:
-        """The spec from a config mapping; unknown keys are a ConfigError naming the allowed ones."""
-        values = dict(node or {})
-        allowed = [f.name for f in fields(cls)]
-        unknown = sorted(set(values) - set(allowed))
-        if unknown:
-            raise ConfigError(FIELD, f"unknown keys {unknown}; allowed: {', '.join(allowed)}")
-        return cls(**values)
+        """The spec from a config mapping; unknown keys are a ParameterError naming the allowed ones."""
+        return settings_from(cls, node)
 
     def set_for(self, tensor_kind: str) -> str:
         """The set kind (or ``none``) the table gives to a tensor kind."""
@@ -125,15 +118,15 @@ class ConstraintSpec:
         return self.kind if choice == SAME else choice
 
     def resolved_k(self, target_density: float | None) -> float | int | None:
-        """``k``, or the target density when k is null; ConfigError if a k-set is used without either."""
+        """``k``, or the target density when k is null; ParameterError if a k-set is used without either."""
         if self.k is not None:
             return self.k
         if target_density is not None:
             return target_density
         used = sorted({self.set_for(kind) for kind in TENSOR_KINDS} & set(K_SETS))
         if used:
-            raise ConfigError(
-                f"{FIELD}.k",
+            raise ParameterError(
+                "k",
                 f"the sets {used} need k (a fraction in (0, 1] or a count > 1); set method.constraint.k "
                 "or method.target_density (k then follows the target)",
             )

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 import torch
 
-from consparse.errors import ConfigError
+from consparse.errors import ParameterError
 from consparse.nm_pattern import NMPattern, parse_nm
 from consparse.optim.constraints.base import ConstraintSet
 
@@ -36,12 +36,12 @@ class NMSparsePolytope(ConstraintSet):
     def __init__(self, shape: Sequence[int], radius: float, nm: NMPattern | str = "2:4") -> None:
         super().__init__(shape, radius)
         if len(self.shape) < 2:
-            raise ConfigError(
-                "method.constraint.table",
+            raise ParameterError(
+                "table",
                 f"the nm set groups the input weights of a Linear or conv weight (>= 2 dims), got shape "
                 f"{tuple(self.shape)}; constrain biases and norms with another set (e.g. l2)",
             )
-        self.pattern = parse_nm(nm, "method.constraint.nm")
+        self.pattern = parse_nm(nm, "nm")
         self.vertex_nonzeros = self.pattern.max_nonzeros(self.shape)
 
     def lmo(self, grad: torch.Tensor) -> torch.Tensor:
@@ -60,7 +60,7 @@ class NMSparsePolytope(ConstraintSet):
 
     @classmethod
     def radius_for_diameter(cls, diameter: float, shape: Sequence[int], nm: NMPattern | str = "2:4") -> float:
-        nonzeros = parse_nm(nm, "method.constraint.nm").max_nonzeros(tuple(int(d) for d in shape))
+        nonzeros = parse_nm(nm, "nm").max_nonzeros(tuple(int(d) for d in shape))
         return diameter / (2.0 * math.sqrt(nonzeros))
 
     def describe(self) -> dict:

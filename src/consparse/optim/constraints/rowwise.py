@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from consparse.errors import ConfigError
+from consparse.errors import ParameterError
 from consparse.optim.constraints.base import ConstraintSet, resolve_k
 from consparse.optim.constraints.ksparse import ksparse_norm_rows, ksparse_vertex_rows
 from consparse.optim.constraints.ksupport import ksupport_norm_rows, ksupport_vertex_rows
@@ -37,8 +37,8 @@ class _RowwiseSet(ConstraintSet):
     def __init__(self, shape: Sequence[int], radius: RadiusLike, support_budget: float | None = None) -> None:
         shape = torch.Size(int(d) for d in shape)
         if len(shape) < 2:
-            raise ConfigError(
-                "method.constraint", f"a row-wise set needs a tensor with >= 2 dims, got shape {tuple(shape)}"
+            raise ParameterError(
+                "", f"a row-wise set needs a tensor with >= 2 dims, got shape {tuple(shape)}"
             )
         self.rows = shape[0]
         self.cols = int(shape.numel() // self.rows)
@@ -48,7 +48,7 @@ class _RowwiseSet(ConstraintSet):
         self.support_budget: int | torch.Tensor | None = (
             None
             if support_budget is None
-            else resolve_k(support_budget, self.cols, "method.constraint.support_budget")
+            else resolve_k(support_budget, self.cols, "support_budget")
         )
 
     def lmo_at(self, grad: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -82,12 +82,12 @@ class _RowwiseSet(ConstraintSet):
         if radii.numel() == 1:
             radii = radii.expand(self.rows).clone()
         if radii.numel() != self.rows:
-            raise ConfigError(
-                "method.constraint.radius",
+            raise ParameterError(
+                "radius",
                 f"got {radii.numel()} radii for {self.rows} rows; give one per row or one number",
             )
         if not bool(torch.isfinite(radii).all()) or not bool((radii > 0).all()):
-            raise ConfigError("method.constraint.radius", "every row radius must be a positive finite number")
+            raise ParameterError("radius", "every row radius must be a positive finite number")
         return radii
 
     def radius_tensor(self, like: torch.Tensor) -> torch.Tensor:

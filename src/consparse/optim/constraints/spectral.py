@@ -15,7 +15,7 @@ from collections.abc import Sequence
 
 import torch
 
-from consparse.errors import ConfigError
+from consparse.errors import ParameterError
 from consparse.optim.constraints.base import ConstraintSet, resolve_k, safe_ratio
 from consparse.optim.constraints.ksupport import ksupport_norm_rows
 
@@ -26,8 +26,8 @@ COLD_START_ITERATIONS = 10
 def matrix_view(shape: torch.Size) -> tuple[int, int]:
     """``(c_out, rest)`` of a weight with >= 2 dims."""
     if len(shape) < 2:
-        raise ConfigError(
-            "method.constraint.table",
+        raise ParameterError(
+            "table",
             f"spectral sets need a weight with >= 2 dims (seen as c_out x rest), got shape {tuple(shape)}",
         )
     rows = shape[0]
@@ -62,8 +62,8 @@ class _SpectralSet(ConstraintSet):
         self.rows, self.cols = matrix_view(self.shape)
         self.k = resolve_k(k, min(self.rows, self.cols))
         if isinstance(svd_iterations, bool) or not isinstance(svd_iterations, int) or svd_iterations < 1:
-            raise ConfigError(
-                "method.constraint.svd_iterations", f"got {svd_iterations!r}; allowed: an integer >= 1"
+            raise ParameterError(
+                "svd_iterations", f"got {svd_iterations!r}; allowed: an integer >= 1"
             )
         self.svd_iterations = svd_iterations
         self._warm_start: torch.Tensor | None = None
