@@ -55,6 +55,8 @@ def batch_key(group: dict[str, Any], state: dict[Any, Any], device_types: Collec
         return None
     if group["direction"] != "frank_wolfe" or group["step_rule"] not in ("lr", "sublinear"):
         return None
+    if group["rescale"] == "adaptive" and group["step_rule"] == "lr":
+        return None  # its second moments are kept per tensor, by the group-by-group step
     if any(p.grad is None or p.grad.is_sparse for p in params):
         return None
     if group["momentum"] and any("momentum_buffer" not in state[p] for p in params):
