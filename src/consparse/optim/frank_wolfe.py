@@ -46,7 +46,7 @@ import torch
 
 from consparse.errors import ConfigError
 from consparse.optim.constraints.base import ConstraintSet, safe_ratio
-from consparse.optim.frank_wolfe_batched import BatchLayout, batch_key, step_batched
+from consparse.optim.frank_wolfe_batched import ADAPTIVE_EPS, BatchLayout, batch_key, step_batched
 from consparse.optim.frank_wolfe_move import Move, joined
 from consparse.precision import full_precision
 from consparse.validation import check_choice, check_int, check_range
@@ -61,8 +61,6 @@ LIPSCHITZ_DECREASE = 0.9
 # A trial within this relative margin of the decrease bound is accepted: float32 losses are exact to
 # about 1e-7, and a quadratic meets the bound with equality when L is its curvature.
 LINE_SEARCH_RTOL = 1e-6
-# Added to sqrt(v) by rescale="adaptive" (Adam's epsilon): entries whose gradient was always zero add nothing.
-ADAPTIVE_EPS = 1e-8
 
 # Config keys of the optimiser node, for error messages.
 FIELD = "method.optimizer"
