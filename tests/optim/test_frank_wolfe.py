@@ -92,7 +92,7 @@ def test_rescaled_step_sizes(rescale: str) -> None:
         assert float((p.detach() - before).norm()) == pytest.approx(0.05 * float(grad.norm()), rel=1e-5)
 
 
-def test_adaptive_rescale_measures_the_momentum_divided_by_the_root_second_moment() -> None:
+def test_adaptive_eta_is_lr_times_the_rms_of_the_momentum_over_the_root_second_moment() -> None:
     p = parameter(12, seed=9)
     ball = KSupportNormBall(p.shape, 2.0, k=3)
     optimizer = FrankWolfe(
@@ -107,8 +107,8 @@ def test_adaptive_rescale_measures_the_momentum_divided_by_the_root_second_momen
     v = 0.99 * g1.square() + 0.01 * g2.square()
     torch.testing.assert_close(optimizer.state[p]["second_moment"], v)
     vertex = ball.lmo(m)
-    eta = 0.01 * float((m / v.sqrt()).norm() / (before - vertex).norm())
-    assert 0 < eta < 1
+    eta = 0.01 * float((m / v.sqrt()).square().mean().sqrt())
+    assert 0 < eta < 0.01
     torch.testing.assert_close(p.detach(), before + eta * (vertex - before))
 
 
@@ -125,7 +125,7 @@ def test_adaptive_steps_do_not_depend_on_the_gradients_scale() -> None:
     torch.testing.assert_close(steps[0], steps[1], rtol=1e-3, atol=1e-5)
 
 
-def test_adaptive_rescale_of_a_group_of_tensors_adds_their_normalised_momenta() -> None:
+def test_adaptive_rescale_of_a_group_of_tensors_averages_over_all_their_entries() -> None:
     weight, bias = parameter(3, 4, seed=13), parameter(3, seed=14)
     ball = LpBall((15,), 5.0, p=2)
     optimizer = FrankWolfe(
@@ -137,7 +137,7 @@ def test_adaptive_rescale_of_a_group_of_tensors_adds_their_normalised_momenta() 
     grad = torch.cat([weight.grad.reshape(-1), bias.grad])
     optimizer.step()
     vertex = ball.lmo(grad)
-    eta = 0.05 * math.sqrt(12) / float((theta - vertex).norm())
+    eta = 0.05 * math.sqrt(12 / 15)
     after = torch.cat([weight.detach().reshape(-1), bias.detach()])
     torch.testing.assert_close(after, theta + eta * (vertex - theta), rtol=1e-5, atol=1e-6)
 

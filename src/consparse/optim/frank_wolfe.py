@@ -9,7 +9,7 @@ Spiegel, Pokutta 2022)::
     gap    =  <m, theta - V>               the Frank-Wolfe gap (a stochastic certificate)
     eta    =  clamp(factor * lr, 0, 1)     step_rule="lr", factor from ``rescale``:
                  none: 1 | diameter: 1 / D | gradient: ||m|| / ||theta - V|| | fast_gradient: ||m|| / (D / 2)
-                 | adaptive: ||m / (sqrt(v) + eps)|| / ||theta - V||, v <- nu v + (1 - nu) g^2 (first step v = g^2)
+                 | adaptive: rms(m / (sqrt(v) + eps)), v <- nu v + (1 - nu) g^2 (first step v = g^2)
            =  2 / (t + t0 + 2)             step_rule="sublinear" (t = 0 at the first step, t0 = step_offset; lr is ignored)
     theta  <- (1 - eta) * theta + eta * V
 
@@ -23,10 +23,12 @@ of an SGD step with learning rate ``lr``; hence lr behaves like an SGD learning 
 momentum keeps ``||m||`` at the scale of one gradient; the summed form makes it up to ``1 / (1 - mu)``
 times larger, so the same lr takes up to 10x longer steps at mu = 0.9.
 
-``rescale="adaptive"`` measures that length on the momentum divided entry-wise by the root of the
-EMA of squared gradients (Adam's normalisation; ``second_moment`` = nu): the step no longer shrinks
-with the gradients' scale (TF-IDF inputs, tiny at initialisation, make it tiny), so one lr serves
-inputs of any scale. The vertex is still the LMO of the plain momentum.
+``rescale="adaptive"`` ties eta to neither: it is lr times the root mean square of the momentum
+divided entry-wise by the root of the EMA of squared gradients (Adam's normalisation; ``second_moment``
+= nu). That ratio does not change when every gradient is scaled (TF-IDF inputs make them tiny, and
+the gradient rescale's step with them), nor with the tensor's size; it is about 1 while successive
+gradients agree and shrinks as they average out, so the step anneals where the gradient is noise.
+The vertex is still the LMO of the plain momentum.
 
 Lightning: automatic optimisation calls ``step(closure)``. Under DDP the gradients are all-reduced
 during backward, before ``step``, so every rank computes the same LMO and takes the same step. Under
@@ -201,7 +203,7 @@ class FrankWolfe(torch.optim.Optimizer):
         if group["step_rule"] == "short":
             short.append(move)
         else:
-            m_norm = self._adaptive_norm(move.params, group) if group["rescale"] == "adaptive" else None
+            m_norm = self._normalised_norm(move.params, group) if group["rescale"] == "adaptive" else None
             move.step_in_place(self._step_size(group, move.m, move.direction, move.constraint, move.step, m_norm))
 
     # ------------------------------------------------------------------ many groups, together
@@ -289,8 +291,8 @@ class FrankWolfe(torch.optim.Optimizer):
         else:
             second.mul_(nu).addcmul_(grad, grad, value=1.0 - nu)
 
-    def _adaptive_norm(self, params: list[torch.Tensor], group: dict[str, Any]) -> torch.Tensor:
-        """``||m / (sqrt(v) + eps)||`` over the group's tensors (the length ``rescale='adaptive'`` measures)."""
+    def _normalised_norm(self, params: list[torch.Tensor], group: dict[str, Any]) -> torch.Tensor:
+        """``||m / (sqrt(v) + eps)||`` over the group's tensors (``rescale='adaptive'``)."""
         squares = []
         for p in params:
             state = self.state[p]
@@ -311,7 +313,7 @@ class FrankWolfe(torch.optim.Optimizer):
         m_norm: torch.Tensor | None = None,
     ) -> float | torch.Tensor:
         """eta in [0, 1] of the ``lr`` and ``sublinear`` rules; a tensor when it depends on norms (no host-device sync).
-        ``m_norm``: the momentum's length as the rule measures it (``rescale='adaptive'``); None: ``||m||``."""
+        ``m_norm``: ``||m / (sqrt(v) + eps)||`` for ``rescale='adaptive'``; None: ``||m||``."""
         if group["step_rule"] == "sublinear":
             return 2.0 / (step + 1 + group["step_offset"])
         lr = float(group["lr"])
@@ -320,9 +322,11 @@ class FrankWolfe(torch.optim.Optimizer):
             return min(lr, 1.0)
         if rescale == "diameter":
             return min(lr / constraint.diameter, 1.0)
+        if rescale == "adaptive":
+            return torch.clamp(m_norm * (lr / constraint.numel**0.5), 0.0, 1.0).to(m.dtype)
         if m_norm is None:
             m_norm = torch.linalg.vector_norm(m)
-        if rescale in ("gradient", "adaptive"):
+        if rescale == "gradient":
             factor = safe_ratio(m_norm, torch.linalg.vector_norm(direction))
         else:
             factor = m_norm / (constraint.diameter / 2.0)

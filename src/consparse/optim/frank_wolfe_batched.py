@@ -30,13 +30,14 @@ ADAPTIVE_EPS = 1e-8
 
 @dataclass
 class BatchLayout:
-    """The concatenation of several groups: the group of each entry, radius and diameter per group,
-    where each group starts and how many entries it has; for k-support balls, k per group and the
+    """The concatenation of several groups: the group of each entry, radius, diameter and root of the
+    entry count per group, where each group starts and how many entries it has; for k-support balls, k per group and the
     group of each kept entry (in the order the kept entries are gathered)."""
 
     segments: torch.Tensor
     radii: torch.Tensor
     diameters: torch.Tensor
+    root_numels: torch.Tensor
     sizes: list[int]
     numels: list[int]
     starts: list[int]
@@ -151,7 +152,9 @@ def _step_sizes(
         return min(lr, 1.0)
     if rescale == "diameter":
         return torch.clamp(lr / layout.diameters, max=1.0).index_select(0, layout.segments)
-    if rescale in ("gradient", "adaptive"):
+    if rescale == "adaptive":
+        factor = m_norm / layout.root_numels
+    elif rescale == "gradient":
         factor = safe_ratio(m_norm, _group_norms(difference, layout.numels))
     else:
         factor = m_norm / (layout.diameters / 2.0)
@@ -182,6 +185,7 @@ def _layout(
         segments=segments(numels),
         radii=filled([c.radius for c in constraints]),
         diameters=filled([c.diameter for c in constraints]),
+        root_numels=filled([n**0.5 for n in numels]),
         sizes=[p.numel() for p in params],
         numels=numels,
         starts=[sum(numels[:index]) for index in range(len(numels))],
