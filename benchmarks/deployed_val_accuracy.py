@@ -1,4 +1,4 @@
-"""Validation accuracy of finished runs' deployed (exported) models, for choosing settings without the test set.
+"""Validation accuracy of finished runs' deployed (exported) models: choosing settings without the test set.
 
 A run logs ``val/acc`` of the model it trains; what a comparison reports is the deployed model's
 test accuracy, and for methods that prune at the end without retraining (sfw, dense's curve) the
@@ -21,9 +21,9 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
-from consparse.compress.export import load_exported  # noqa: E402
-from consparse.config import instantiate_node  # noqa: E402
-from consparse.evaluate_run import run_config  # noqa: E402
+from consparse.compress.export import load_exported
+from consparse.config import instantiate_node
+from consparse.evaluate_run import run_config
 
 RESULT_FILE = "deployed_val_accuracy.txt"
 
@@ -46,7 +46,7 @@ def deployed_val_accuracy(run_dir: Path) -> float:
 
 def main(arguments: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("runs", nargs="+", type=Path, help="run directories (trained with evaluation.export=true)")
+    parser.add_argument("runs", nargs="+", type=Path, help="run directories (with evaluation.export=true)")
     for run_dir in parser.parse_args(arguments).runs:
         accuracy = deployed_val_accuracy(run_dir)
         (run_dir / RESULT_FILE).write_text(f"{accuracy:.6f}\n")

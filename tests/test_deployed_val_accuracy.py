@@ -27,7 +27,7 @@ def last_logged_val_accuracy(run_dir: Path) -> float:
     return float([row["val/acc"] for row in rows if row.get("val/acc")][-1])
 
 
-def test_a_dense_runs_export_scores_what_training_logged_and_a_pruned_one_is_measured(make_config, tmp_path: Path):
+def test_a_dense_export_scores_what_training_logged_and_a_pruned_one_differs(make_config, tmp_path: Path):
     module = script()
     accuracies = {}
     for method in ("dense", "magnitude"):

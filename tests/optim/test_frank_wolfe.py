@@ -117,7 +117,9 @@ def test_adaptive_steps_do_not_depend_on_the_gradients_scale() -> None:
     for scale in (1.0, 1e-3):
         p = parameter(4, 5, seed=12)
         ball = KSupportNormBall(p.shape, 3.0, k=4)
-        optimizer = FrankWolfe([{"params": [p], "constraint": ball}], lr=0.02, momentum=0.9, rescale="adaptive")
+        optimizer = FrankWolfe(
+            [{"params": [p], "constraint": ball}], lr=0.02, momentum=0.9, rescale="adaptive"
+        )
         for seed in range(5):
             p.grad = scale * set_grad(p, 20 + seed)
             optimizer.step()

@@ -204,7 +204,8 @@ class FrankWolfe(torch.optim.Optimizer):
             short.append(move)
         else:
             m_norm = self._normalised_norm(move.params, group) if group["rescale"] == "adaptive" else None
-            move.step_in_place(self._step_size(group, move.m, move.direction, move.constraint, move.step, m_norm))
+            eta = self._step_size(group, move.m, move.direction, move.constraint, move.step, m_norm)
+            move.step_in_place(eta)
 
     # ------------------------------------------------------------------ many groups, together
     #: Device types where groups step together (``frank_wolfe_batched``): where every kernel launch costs
@@ -312,8 +313,8 @@ class FrankWolfe(torch.optim.Optimizer):
         step: int,
         m_norm: torch.Tensor | None = None,
     ) -> float | torch.Tensor:
-        """eta in [0, 1] of the ``lr`` and ``sublinear`` rules; a tensor when it depends on norms (no host-device sync).
-        ``m_norm``: ``||m / (sqrt(v) + eps)||`` for ``rescale='adaptive'``; None: ``||m||``."""
+        """eta in [0, 1] of the ``lr`` and ``sublinear`` rules; a tensor when it depends on norms (no
+        host-device sync). ``m_norm``: ``||m / (sqrt(v) + eps)||`` for ``rescale='adaptive'``; None: ``||m||``."""
         if group["step_rule"] == "sublinear":
             return 2.0 / (step + 1 + group["step_offset"])
         lr = float(group["lr"])

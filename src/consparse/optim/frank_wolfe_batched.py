@@ -8,7 +8,8 @@ step up to the order of floating-point summation.
 
 Batched: L2 balls (BatchNorm weights and biases, biases) and k-support balls (the weights of
 ``method=sfw``'s default), with a Frank-Wolfe direction, the ``lr`` or ``sublinear`` rule and their
-momentum (and, for ``rescale="adaptive"``, second-moment) buffers in place: all of a ResNet's groups after the first step.
+momentum (and, for ``rescale="adaptive"``, second-moment) buffers in place: all of a ResNet's groups
+after the first step.
 """
 
 from __future__ import annotations
@@ -31,8 +32,8 @@ ADAPTIVE_EPS = 1e-8
 @dataclass
 class BatchLayout:
     """The concatenation of several groups: the group of each entry, radius, diameter and root of the
-    entry count per group, where each group starts and how many entries it has; for k-support balls, k per group and the
-    group of each kept entry (in the order the kept entries are gathered)."""
+    entry count per group, where each group starts and how many entries it has; for k-support balls,
+    k per group and the group of each kept entry (in the order the kept entries are gathered)."""
 
     segments: torch.Tensor
     radii: torch.Tensor
