@@ -92,6 +92,58 @@ def test_rescaled_step_sizes(rescale: str) -> None:
         assert float((p.detach() - before).norm()) == pytest.approx(0.05 * float(grad.norm()), rel=1e-5)
 
 
+def test_adaptive_eta_is_lr_times_the_rms_of_the_momentum_over_the_root_second_moment() -> None:
+    p = parameter(12, seed=9)
+    ball = KSupportNormBall(p.shape, 2.0, k=3)
+    optimizer = FrankWolfe(
+        [{"params": [p], "constraint": ball}], lr=0.01, momentum=0.9, rescale="adaptive", second_moment=0.99
+    )
+    g1 = set_grad(p, 10)
+    optimizer.step()
+    g2 = set_grad(p, 11)
+    before = p.detach().clone()
+    optimizer.step()
+    m = 0.9 * g1 + 0.1 * g2
+    v = 0.99 * g1.square() + 0.01 * g2.square()
+    torch.testing.assert_close(optimizer.state[p]["second_moment"], v)
+    vertex = ball.lmo(m)
+    eta = 0.01 * float((m / v.sqrt()).square().mean().sqrt())
+    assert 0 < eta < 0.01
+    torch.testing.assert_close(p.detach(), before + eta * (vertex - before))
+
+
+def test_adaptive_steps_do_not_depend_on_the_gradients_scale() -> None:
+    steps = []
+    for scale in (1.0, 1e-3):
+        p = parameter(4, 5, seed=12)
+        ball = KSupportNormBall(p.shape, 3.0, k=4)
+        optimizer = FrankWolfe(
+            [{"params": [p], "constraint": ball}], lr=0.02, momentum=0.9, rescale="adaptive"
+        )
+        for seed in range(5):
+            p.grad = scale * set_grad(p, 20 + seed)
+            optimizer.step()
+        steps.append(p.detach().clone())
+    torch.testing.assert_close(steps[0], steps[1], rtol=1e-3, atol=1e-5)
+
+
+def test_adaptive_rescale_of_a_group_of_tensors_averages_over_all_their_entries() -> None:
+    weight, bias = parameter(3, 4, seed=13), parameter(3, seed=14)
+    ball = LpBall((15,), 5.0, p=2)
+    optimizer = FrankWolfe(
+        [{"params": [weight, bias], "constraint": ball}], lr=0.05, momentum=0.0, rescale="adaptive"
+    )
+    set_grad(weight, 15)
+    bias.grad = torch.zeros(3)  # an entry never seen contributes nothing (no division by zero)
+    theta = torch.cat([weight.detach().reshape(-1), bias.detach()])
+    grad = torch.cat([weight.grad.reshape(-1), bias.grad])
+    optimizer.step()
+    vertex = ball.lmo(grad)
+    eta = 0.05 * math.sqrt(12 / 15)
+    after = torch.cat([weight.detach().reshape(-1), bias.detach()])
+    torch.testing.assert_close(after, theta + eta * (vertex - theta), rtol=1e-5, atol=1e-6)
+
+
 def test_eta_is_clipped_to_one() -> None:
     p = parameter(6)
     ball = LpBall(p.shape, 1.0, p=2)
@@ -271,6 +323,7 @@ def test_state_dict_round_trip_keeps_constraints_and_loads_weights_only() -> Non
         ({"rescale": "norm"}, "rescale"),
         ({"step_rule": "armijo"}, "step_rule"),
         ({"lr": 2.0, "rescale": "none"}, "lr"),
+        ({"second_moment": 1.0, "rescale": "adaptive"}, "second_moment"),
     ],
 )
 def test_bad_hyperparameters_raise_config_errors(options: dict, field: str) -> None:

@@ -50,6 +50,7 @@ OPTIONS = [
     {"rescale": "none", "lr": 0.3},
     {"rescale": "diameter"},
     {"rescale": "fast_gradient", "momentum_form": "sum"},
+    {"rescale": "adaptive", "lr": 0.02, "second_moment": 0.99},
     {"step_rule": "sublinear", "step_offset": 2},
     {"momentum": 0.0},
 ]

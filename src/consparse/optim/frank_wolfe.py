@@ -9,6 +9,7 @@ Spiegel, Pokutta 2022)::
     gap    =  <m, theta - V>               the Frank-Wolfe gap (a stochastic certificate)
     eta    =  clamp(factor * lr, 0, 1)     step_rule="lr", factor from ``rescale``:
                  none: 1 | diameter: 1 / D | gradient: ||m|| / ||theta - V|| | fast_gradient: ||m|| / (D / 2)
+                 | adaptive: rms(m / (sqrt(v) + eps)), v <- nu v + (1 - nu) g^2 (first step v = g^2)
            =  2 / (t + t0 + 2)             step_rule="sublinear" (t = 0 at the first step, t0 = step_offset; lr is ignored)
     theta  <- (1 - eta) * theta + eta * V
 
@@ -21,6 +22,13 @@ With ``rescale="gradient"`` the step has Euclidean length ``lr * ||m||`` (while 
 of an SGD step with learning rate ``lr``; hence lr behaves like an SGD learning rate. The EMA
 momentum keeps ``||m||`` at the scale of one gradient; the summed form makes it up to ``1 / (1 - mu)``
 times larger, so the same lr takes up to 10x longer steps at mu = 0.9.
+
+``rescale="adaptive"`` ties eta to neither: it is lr times the root mean square of the momentum
+divided entry-wise by the root of the EMA of squared gradients (Adam's normalisation; ``second_moment``
+= nu). That ratio does not change when every gradient is scaled (TF-IDF inputs make them tiny, and
+the gradient rescale's step with them), nor with the tensor's size; it is about 1 while successive
+gradients agree and shrinks as they average out, so the step anneals where the gradient is noise.
+The vertex is still the LMO of the plain momentum.
 
 Lightning: automatic optimisation calls ``step(closure)``. Under DDP the gradients are all-reduced
 during backward, before ``step``, so every rank computes the same LMO and takes the same step. Under
@@ -40,13 +48,13 @@ import torch
 
 from consparse.errors import ConfigError, ParameterError
 from consparse.optim.constraints.base import ConstraintSet, safe_ratio
-from consparse.optim.frank_wolfe_batched import BatchLayout, batch_key, step_batched
+from consparse.optim.frank_wolfe_batched import ADAPTIVE_EPS, BatchLayout, batch_key, step_batched
 from consparse.optim.frank_wolfe_move import Move, joined
 from consparse.precision import full_precision
 from consparse.validation import check_choice, check_int, check_range
 
 MOMENTUM_FORMS = ("ema", "sum")
-RESCALES = ("none", "diameter", "gradient", "fast_gradient")
+RESCALES = ("none", "diameter", "gradient", "fast_gradient", "adaptive")
 STEP_RULES = ("lr", "sublinear", "short")
 DIRECTIONS = ("frank_wolfe", "pairwise")
 # Backtracking ratios of the short step's Lipschitz estimate (those of chop's backtracking_step_size).
@@ -68,7 +76,8 @@ class FrankWolfe(torch.optim.Optimizer):
         lr: base learning rate alpha (stepped by the scheduler); in (0, 1] when ``rescale='none'``.
         momentum: mu in [0, 1); 0 uses the raw gradient.
         momentum_form: ``ema`` (``mu m + (1 - mu) g``) or ``sum`` (``mu m + g``).
-        rescale: ``none | diameter | gradient | fast_gradient`` (factor applied to lr).
+        rescale: ``none | diameter | gradient | fast_gradient | adaptive`` (factor applied to lr).
+        second_moment: nu in [0, 1), the EMA rate of the squared gradients of ``rescale='adaptive'``.
         step_rule: ``lr`` (``clamp(factor * lr, 0, 1)``), ``sublinear`` (``2 / (t + t0 + 2)``) or ``short``
             (the short step with backtracking; needs ``step(closure, evaluate=...)``).
         step_offset: ``t0 >= 0`` of the sublinear rule.
@@ -84,6 +93,7 @@ class FrankWolfe(torch.optim.Optimizer):
         momentum: float = 0.9,
         momentum_form: str = "ema",
         rescale: str = "gradient",
+        second_moment: float = 0.999,
         step_rule: str = "lr",
         step_offset: int = 0,
         direction: str = "frank_wolfe",
@@ -99,6 +109,7 @@ class FrankWolfe(torch.optim.Optimizer):
             "momentum": momentum,
             "momentum_form": momentum_form,
             "rescale": rescale,
+            "second_moment": second_moment,
             "step_rule": step_rule,
             "step_offset": step_offset,
             "direction": direction,
@@ -121,6 +132,7 @@ class FrankWolfe(torch.optim.Optimizer):
         check_range("momentum", group["momentum"], 0.0, 1.0, high_inclusive=False)
         check_choice("momentum_form", group["momentum_form"], MOMENTUM_FORMS)
         check_choice("rescale", group["rescale"], RESCALES)
+        check_range("second_moment", group["second_moment"], 0.0, 1.0, high_inclusive=False)
         check_choice("step_rule", group["step_rule"], STEP_RULES)
         check_int("step_offset", group["step_offset"], 0)
         check_choice("direction", group["direction"], DIRECTIONS)
@@ -188,7 +200,9 @@ class FrankWolfe(torch.optim.Optimizer):
         if group["step_rule"] == "short":
             short.append(move)
         else:
-            move.step_in_place(self._step_size(group, move.m, move.direction, move.constraint, move.step))
+            m_norm = self._normalised_norm(move.params, group) if group["rescale"] == "adaptive" else None
+            eta = self._step_size(group, move.m, move.direction, move.constraint, move.step, m_norm)
+            move.step_in_place(eta)
 
     # ------------------------------------------------------------------ many groups, together
     #: Device types where groups step together (``frank_wolfe_batched``): where every kernel launch costs
@@ -252,6 +266,8 @@ class FrankWolfe(torch.optim.Optimizer):
         grad = p.grad if p.grad is not None else torch.zeros_like(p)
         if grad.is_sparse:
             raise RuntimeError("FrankWolfe does not support sparse gradients")
+        if group["rescale"] == "adaptive" and group["constraint"] is not None:
+            self._update_second_moment(p, grad, group["second_moment"])
         mu = group["momentum"]
         if mu == 0:
             return grad
@@ -265,11 +281,37 @@ class FrankWolfe(torch.optim.Optimizer):
             buffer.mul_(mu).add_(grad)
         return buffer
 
+    def _update_second_moment(self, p: torch.Tensor, grad: torch.Tensor, nu: float) -> None:
+        state = self.state[p]
+        second = state.get("second_moment")
+        if second is None:
+            state["second_moment"] = grad.detach().square()
+        else:
+            second.mul_(nu).addcmul_(grad, grad, value=1.0 - nu)
+
+    def _normalised_norm(self, params: list[torch.Tensor], group: dict[str, Any]) -> torch.Tensor:
+        """``||m / (sqrt(v) + eps)||`` over the group's tensors (``rescale='adaptive'``)."""
+        squares = []
+        for p in params:
+            state = self.state[p]
+            m = state.get("momentum_buffer", p.grad) if group["momentum"] else p.grad
+            if m is None:
+                continue
+            normalized = m / (state["second_moment"].sqrt() + ADAPTIVE_EPS)
+            squares.append(normalized.square().sum())
+        return torch.stack(squares).sum().sqrt()
+
     @staticmethod
     def _step_size(
-        group: dict[str, Any], m: torch.Tensor, direction: torch.Tensor, constraint: ConstraintSet, step: int
+        group: dict[str, Any],
+        m: torch.Tensor,
+        direction: torch.Tensor,
+        constraint: ConstraintSet,
+        step: int,
+        m_norm: torch.Tensor | None = None,
     ) -> float | torch.Tensor:
-        """eta in [0, 1] of the ``lr`` and ``sublinear`` rules; a tensor when it depends on norms (no host-device sync)."""
+        """eta in [0, 1] of the ``lr`` and ``sublinear`` rules; a tensor when it depends on norms (no
+        host-device sync). ``m_norm``: ``||m / (sqrt(v) + eps)||`` for ``rescale='adaptive'``; None: ``||m||``."""
         if group["step_rule"] == "sublinear":
             return 2.0 / (step + 1 + group["step_offset"])
         lr = float(group["lr"])
@@ -278,7 +320,10 @@ class FrankWolfe(torch.optim.Optimizer):
             return min(lr, 1.0)
         if rescale == "diameter":
             return min(lr / constraint.diameter, 1.0)
-        m_norm = torch.linalg.vector_norm(m)
+        if rescale == "adaptive":
+            return torch.clamp(m_norm * (lr / constraint.numel**0.5), 0.0, 1.0).to(m.dtype)
+        if m_norm is None:
+            m_norm = torch.linalg.vector_norm(m)
         if rescale == "gradient":
             factor = safe_ratio(m_norm, torch.linalg.vector_norm(direction))
         else:

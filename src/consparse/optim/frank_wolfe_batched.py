@@ -8,7 +8,8 @@ step up to the order of floating-point summation.
 
 Batched: L2 balls (BatchNorm weights and biases, biases) and k-support balls (the weights of
 ``method=sfw``'s default), with a Frank-Wolfe direction, the ``lr`` or ``sublinear`` rule and their
-momentum buffers in place: all of a ResNet's groups after the first step.
+momentum (and, for ``rescale="adaptive"``, second-moment) buffers in place: all of a ResNet's groups
+after the first step.
 """
 
 from __future__ import annotations
@@ -24,16 +25,20 @@ from consparse.optim.constraints.ksparse import top_k_indices_rows
 from consparse.optim.constraints.ksupport import KSupportNormBall
 from consparse.optim.constraints.lp import LpBall
 
+# Added to sqrt(v) by rescale="adaptive" (Adam's epsilon): entries whose gradient was always zero add nothing.
+ADAPTIVE_EPS = 1e-8
+
 
 @dataclass
 class BatchLayout:
-    """The concatenation of several groups: the group of each entry, radius and diameter per group,
-    where each group starts and how many entries it has; for k-support balls, k per group and the
-    group of each kept entry (in the order the kept entries are gathered)."""
+    """The concatenation of several groups: the group of each entry, radius, diameter and root of the
+    entry count per group, where each group starts and how many entries it has; for k-support balls,
+    k per group and the group of each kept entry (in the order the kept entries are gathered)."""
 
     segments: torch.Tensor
     radii: torch.Tensor
     diameters: torch.Tensor
+    root_numels: torch.Tensor
     sizes: list[int]
     numels: list[int]
     starts: list[int]
@@ -59,9 +64,13 @@ def batch_key(group: dict[str, Any], state: dict[Any, Any], device_types: Collec
         return None
     if group["momentum"] and any("momentum_buffer" not in state[p] for p in params):
         return None  # the first step creates the buffers
+    adaptive = group["rescale"] == "adaptive"
+    if adaptive and any("second_moment" not in state[p] for p in params):
+        return None
     step = state[params[0]].get("step", 0)
     return (kind, group["lr"], group["momentum"], group["momentum_form"], group["rescale"], group["step_rule"],
-            group["step_offset"], step, params[0].device, params[0].dtype)
+            group["step_offset"], group["second_moment"] if adaptive else None, step, params[0].device,
+            params[0].dtype)
 
 
 def step_batched(
@@ -82,6 +91,8 @@ def step_batched(
         group_state = state[group["params"][0]]
         group_state["step"] = group_state.get("step", 0) + 1
         group_state["fw_gap"] = gaps[number]
+    if first["rescale"] == "adaptive":
+        m_norm = _group_norms(m / _root_second_moments(params, state, first["second_moment"]), layout.numels)
     eta = _step_sizes(first, state[first["params"][0]]["step"], m_norm, difference, layout)
     stepped = torch.lerp(theta, vertex, eta)
     torch._foreach_copy_(params, [v.view(p.shape) for v, p in zip(torch.split(stepped, layout.sizes), params)])
@@ -95,6 +106,15 @@ def _momenta(params: list[torch.Tensor], state: dict[Any, Any], mu: float, form:
     torch._foreach_mul_(momenta, mu)
     torch._foreach_add_(momenta, grads, alpha=1.0 - mu if form == "ema" else 1.0)
     return momenta
+
+
+def _root_second_moments(params: list[torch.Tensor], state: dict[Any, Any], nu: float) -> torch.Tensor:
+    """Updates the EMAs of the squared gradients; returns ``sqrt(v) + eps``, concatenated."""
+    seconds = [state[p]["second_moment"] for p in params]
+    grads = [p.grad for p in params]
+    torch._foreach_mul_(seconds, nu)
+    torch._foreach_addcmul_(seconds, grads, grads, value=1.0 - nu)
+    return torch.cat([v.reshape(-1) for v in seconds]).sqrt_().add_(ADAPTIVE_EPS)
 
 
 def _group_norms(flat: torch.Tensor, counts: list[int]) -> torch.Tensor:
@@ -133,7 +153,9 @@ def _step_sizes(
         return min(lr, 1.0)
     if rescale == "diameter":
         return torch.clamp(lr / layout.diameters, max=1.0).index_select(0, layout.segments)
-    if rescale == "gradient":
+    if rescale == "adaptive":
+        factor = m_norm / layout.root_numels
+    elif rescale == "gradient":
         factor = safe_ratio(m_norm, _group_norms(difference, layout.numels))
     else:
         factor = m_norm / (layout.diameters / 2.0)
@@ -164,6 +186,7 @@ def _layout(
         segments=segments(numels),
         radii=filled([c.radius for c in constraints]),
         diameters=filled([c.diameter for c in constraints]),
+        root_numels=filled([n**0.5 for n in numels]),
         sizes=[p.numel() for p in params],
         numels=numels,
         starts=[sum(numels[:index]) for index in range(len(numels))],
