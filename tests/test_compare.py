@@ -13,6 +13,7 @@ import pytest
 import yaml
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
+from tests.tiny_sweep import run_tiny_sweep
 
 from consparse.report.results import read_results
 from consparse.sweeper import SweepPlan, plan_sweep, skip_unavailable
@@ -102,21 +103,13 @@ def test_tiny_compare_sweep_through_the_cli(tmp_path: Path) -> None:
     """compare_mnist_mlp on digits, one epoch, two densities, one seed: every method whose config
     exists runs (the implicit ones join by themselves when theirs land), the report compares them."""
     sweep = tmp_path / "sweep"
-    args = [
-        "-m", "experiment=compare_mnist_mlp", "dataset=digits", "seed=0", "method.target_density=0.5,0.1",
+    run_tiny_sweep(
+        tmp_path, sweep, "seed=0", "method.target_density=0.5,0.1",
         # Keys only some blocks have are written as sweeps: Hydra applies a single value to the base config first.
         "method.penalty=choice(0.1)", "method.finetune_epochs=choice(0)",
-        "trainer.max_epochs=1", "trainer.enable_progress_bar=false",
-        "evaluation.latency.min_run_time=0.02", "evaluation.latency.rounds=1", f"hydra.sweep.dir={sweep}",
         # Every block at its default, as without tuning (the tuned phases: test_tuned_sweep.py).
         "hydra.sweeper.tune=null",
-    ]  # fmt: skip
-    done = subprocess.run(
-        [sys.executable, str(REPO / "train.py"), *args],
-        check=False, cwd=tmp_path, capture_output=True, text=True, timeout=600,
-        env={**os.environ, "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1"},
     )  # fmt: skip
-    assert done.returncode == 0, done.stderr[-3000:]
 
     preset = OmegaConf.to_container(compose_preset("compare_mnist_mlp").hydra.sweeper.blocks)
     available = {name for name, block in preset.items() if method_exists(block["method"])}

@@ -4,9 +4,6 @@ the choice on validation accuracy, and one tiny real sweep through the CLI."""
 from __future__ import annotations
 
 import math
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pandas as pd
@@ -14,6 +11,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 from hydra.core.utils import JobReturn, JobStatus
 from omegaconf import OmegaConf
+from tests.tiny_sweep import run_tiny_sweep
 
 from consparse.report.results import read_results
 from consparse.sweeper import BlockSweepError, plan_sweep, skip_unavailable
@@ -186,17 +184,7 @@ def search_ranks(jobs: list[dict], variant: str) -> dict[float, tuple[int, float
 @pytest.mark.slow
 def test_a_tiny_tuned_sweep_runs_the_later_seeds_at_the_best_validation_value(tmp_path: Path) -> None:
     sweep = tmp_path / "sweep"
-    args = [
-        "-m", "experiment=compare_mnist_mlp", "dataset=digits", "seed=0,1", "method=dense,l0",
-        "method.target_density=0.5,0.1", "trainer.max_epochs=1", "trainer.enable_progress_bar=false",
-        "evaluation.latency.min_run_time=0.02", "evaluation.latency.rounds=1", f"hydra.sweep.dir={sweep}",
-    ]  # fmt: skip
-    done = subprocess.run(
-        [sys.executable, str(REPO / "train.py"), *args],
-        check=False, cwd=tmp_path, capture_output=True, text=True, timeout=600,
-        env={**os.environ, "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1"},
-    )  # fmt: skip
-    assert done.returncode == 0, done.stderr[-3000:]
+    done = run_tiny_sweep(tmp_path, sweep, "seed=0,1", "method=dense,l0", "method.target_density=0.5,0.1")
     jobs = {int(job.name): read_results(job) for job in sweep.iterdir() if job.name.isdigit()}
     # Search: seed 0, dense x 3 values, l0 x 2 targets x 3 values; final: seed 1 at one value per block.
     assert len(jobs) == 3 + 6 + 1 + 2
