@@ -239,13 +239,7 @@ class ImplicitLassoMethod(SparseMethod):
         teacher = self.model.eval()
         device = self.device
         teacher_dtype = next(teacher.parameters()).dtype
-        metrics: dict[str, Any] = {
-            "formulation": self.formulation,
-            "conversion_kappa": self.matching.conversion_kappa,
-            "constrain": self.matching.constrain,
-            "data_fraction": self.data_fraction,
-            "teacher_checkpoint": self.teacher_checkpoint,
-        }
+        metrics = self._settings_metrics()
         metrics["teacher_accuracy"] = evaluate_accuracy(teacher, datamodule.test_dataloader(), device)
         datamodule.setup()
         samples = max(1, math.ceil(self.data_fraction * len(datamodule.train_eval_set)))
@@ -296,6 +290,16 @@ class ImplicitLassoMethod(SparseMethod):
             **matcher.metrics(),
         )
         return self._deploy(model.to(dtype=teacher_dtype).eval(), teacher, datamodule, metrics)
+
+    def _settings_metrics(self) -> dict[str, Any]:
+        """What the refit was asked to do, as its method metrics start."""
+        return {
+            "formulation": self.formulation,
+            "conversion_kappa": self.matching.conversion_kappa,
+            "constrain": self.matching.constrain,
+            "data_fraction": self.data_fraction,
+            "teacher_checkpoint": self.teacher_checkpoint,
+        }
 
     def _deploy(self, model: nn.Module, teacher: nn.Module, datamodule: pl.LightningDataModule,
                 metrics: dict[str, Any]) -> Deployment:
