@@ -78,6 +78,8 @@ def test_a_wrong_length_target_list_names_the_number_of_gated_layers(make_config
         (("method=l0", "method.density_measure=weights"), "method.density_measure"),
         (("method=l0", "method.dual_defect=sampled"), "method.dual_defect"),
         (("method=l0", "method.relative_constraint=maybe"), "method.relative_constraint"),
+        (("method=l0", "method.target_margin=1"), "method.target_margin"),
+        (("method=l0", "method.target_margin=-0.1"), "method.target_margin"),
         (("method=l0", "method.gates_lr=-1"), "method.gates_lr"),
         (("method=l0", "method.sparsity=rows"), "method.sparsity"),
         (("method=l0", "method.optimizer.weight_decay=0.1"), "method.optimizer.weight_decay"),
@@ -106,7 +108,7 @@ def test_two_learning_rates_and_every_parameter_once(make_config) -> None:
 
 def test_penalised_method_differs_from_the_constrained_one_only_in_the_coefficient(make_config) -> None:
     constrained = _method(make_config, "method=l0", "method.target_density=0.3", "method.density_measure=gates",
-                          "method.relative_constraint=false")
+                          "method.relative_constraint=false", "method.target_margin=0")
     penalised = _method(make_config, "method=l0_penalty", "method.penalty=0.7")
     penalised.model.load_state_dict(constrained.model.state_dict())
     constrained.multipliers.values.fill_(0.7)
@@ -142,7 +144,7 @@ def _fit(method, steps: int, **trainer_kwargs) -> pl.Trainer:
 def test_dual_step_uses_the_defect_before_the_primal_step_and_gates_are_clamped(make_config) -> None:
     method = _method(make_config, "method=l0", "method.target_density=0.1", "method.dual_lr=0.5",
                      "method.gates_lr=50", "method.density_measure=gates", "method.dual_defect=expected",
-                     "method.relative_constraint=false")
+                     "method.relative_constraint=false", "method.target_margin=0")
     before = float(expected_model_density(method.model))
     _fit(method, steps=1)
     assert float(method.multipliers.values) == pytest.approx(0.5 * (before - 0.1), rel=1e-5)
@@ -150,12 +152,14 @@ def test_dual_step_uses_the_defect_before_the_primal_step_and_gates_are_clamped(
         assert float(layer.gate.log_alpha.abs().max()) <= 4.6052  # a huge step, clamped
 
 
+@pytest.mark.parametrize("margin", [0.0, 0.2])
 @pytest.mark.parametrize("relative", [False, True], ids=["absolute", "relative"])
 @pytest.mark.parametrize("dual_defect", ["deployed", "expected"])
 def test_kept_weights_constraint_ascends_on_the_purged_models_density(make_config, dual_defect: str,
-                                                                      relative: bool) -> None:
+                                                                      relative: bool, margin: float) -> None:
     method = _method(make_config, "method=l0", "method.target_density=0.1", "method.dual_lr=0.5",
-                     f"method.dual_defect={dual_defect}", f"method.relative_constraint={relative}")
+                     f"method.dual_defect={dual_defect}", f"method.relative_constraint={relative}",
+                     f"method.target_margin={margin}")
     kept = KeptWeights(method.model, method.info.input_shape)
     with torch.no_grad():
         expected = float(kept.model_density())
@@ -165,13 +169,16 @@ def test_kept_weights_constraint_ascends_on_the_purged_models_density(make_confi
     method.density_term(method.constrained_densities()).backward()
     measured = deployed if dual_defect == "deployed" else expected
     method.after_optimizer_step()
-    defect = measured / 0.1 - 1 if relative else measured - 0.1
+    aim = 0.1 * (1 - margin)  # the margin lowers the level held, not the target reported
+    defect = measured / aim - 1 if relative else measured - aim
     assert float(method.multipliers.values) == pytest.approx(0.5 * defect, rel=1e-5)
+    assert method.target_density == 0.1
     # The purged model measures what the deployed count says.
     deployment = method.finalize(None)
     assert density(deployment.model, deployment.reference) == pytest.approx(deployed, abs=1e-6)
     metrics = method.method_metrics()
     assert (metrics["density_measure"], metrics["dual_defect"]) == ("kept_weights", dual_defect)
+    assert metrics["target_margin"] == margin
     assert metrics["expected_kept_density"]["model"] == pytest.approx(expected, rel=1e-5)
 
 

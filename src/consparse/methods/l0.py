@@ -245,6 +245,10 @@ class L0Method(HardConcreteMethod):
             by the run's optimiser steps, so that a short run moves its multipliers as far as a
             long one (a fixed step tuned on thousands of steps barely moves them in a hundred).
         dual_restarts: reset a multiplier to 0 whenever its constraint is strictly satisfied.
+        target_margin: the multipliers hold the density at or below ``target * (1 - target_margin)``.
+            With dual restarts nothing pushes the density down while the constraint holds, so
+            descent-ascent hovers just above the level it holds and a run ends a few percent over
+            it; aiming that far under lands the deployed model on the target. 0: hold the target itself.
         **kwargs: see ``HardConcreteMethod``.
     """
 
@@ -258,6 +262,7 @@ class L0Method(HardConcreteMethod):
         relative_constraint: bool = False,
         dual_lr: float | None = None,
         dual_restarts: bool = True,
+        target_margin: float = 0.0,
         **kwargs: Any,
     ) -> None:
         super().__init__(model, info, **kwargs)
@@ -271,6 +276,7 @@ class L0Method(HardConcreteMethod):
         check_choice("density_measure", density_measure, DENSITY_MEASURES)
         check_choice("dual_defect", dual_defect, DUAL_DEFECTS)
         check_choice("relative_constraint", relative_constraint, [True, False])
+        check_range("target_margin", target_margin, 0.0, 1.0, high_inclusive=False)
         self.relative_constraint = relative_constraint
         self.density_measure = density_measure
         self.dual_defect = dual_defect
@@ -279,7 +285,9 @@ class L0Method(HardConcreteMethod):
             "target_density", target_density, self.gated_names, lambda f, v: check_density(f, v, allow_none=False)
         )
         self.target_density = targets if self.layerwise else targets[0]
-        self.register_buffer("targets", torch.tensor(targets), persistent=False)
+        self.target_margin = float(target_margin)
+        # The levels the multipliers hold: the targets less the margin.
+        self.register_buffer("aims", torch.tensor(targets) * (1.0 - self.target_margin), persistent=False)
         # A run-length dual_lr is set when fitting starts (the step count is the Trainer's).
         self.run_length_dual_lr = dual_lr is None
         self.multipliers = LagrangeMultipliers(len(targets), 1.0 if dual_lr is None else dual_lr, restarts=dual_restarts)
@@ -304,13 +312,13 @@ class L0Method(HardConcreteMethod):
             return self.kept.model_density(deployed=True).unsqueeze(0)
         shares = deterministic_gate_densities(self.model)
         values = [shares[name] for name in self.gated_names] if self.layerwise else [shares["model"]]
-        return torch.tensor(values, device=self.targets.device)
+        return torch.tensor(values, device=self.aims.device)
 
     def defects(self, densities: torch.Tensor) -> torch.Tensor:
         """``g_j``: the constraints' values, ``<= 0`` where the target is met."""
         if self.relative_constraint:
-            return densities / self.targets - 1.0
-        return densities - self.targets
+            return densities / self.aims - 1.0
+        return densities - self.aims
 
     def density_term(self, densities: torch.Tensor) -> torch.Tensor:
         measured = self.deployed_densities() if self.dual_defect == "deployed" else densities
@@ -345,6 +353,7 @@ class L0Method(HardConcreteMethod):
             "density_measure": self.density_measure,
             "dual_defect": self.dual_defect,
             "relative_constraint": self.relative_constraint,
+            "target_margin": self.target_margin,
             "expected_kept_density": {"model": model, "layers": dict(zip(self.gated_names, layers))},
             "multipliers": self.multipliers.values.tolist(),
             "dual_lr": self.multipliers.dual_lr,
