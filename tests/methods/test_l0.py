@@ -159,7 +159,7 @@ def test_kept_weights_constraint_ascends_on_the_purged_models_density(make_confi
                                                                       relative: bool, margin: float) -> None:
     method = _method(make_config, "method=l0", "method.target_density=0.1", "method.dual_lr=0.5",
                      f"method.dual_defect={dual_defect}", f"method.relative_constraint={relative}",
-                     f"method.target_margin={margin}")
+                     f"method.target_margin={margin}", "method.trim_to_target=false")
     kept = KeptWeights(method.model, method.info.input_shape)
     with torch.no_grad():
         expected = float(kept.model_density())

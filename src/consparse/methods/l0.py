@@ -1,4 +1,4 @@
-"""``method=l0`` and ``method=l0_penalty``: hard-concrete gates, purged into a smaller model.
+"""``method=l0``: hard-concrete gates under density constraints, purged into a smaller model.
 
 ``l0`` is "Controlled Sparsity via Constrained Optimization" (Gallego-Posada et al., NeurIPS 2022):
 an expected density is held below ``target_density`` (one number: the whole model; a list: one
@@ -7,9 +7,7 @@ simultaneously with the primal step, with dual restarts. Which density is ``dens
 ``kept_weights`` (default) is the expected share of weights the purged model keeps, the platform's
 ``density``, cascade included (``consparse.gates.kept``); ``gates`` is the paper's expected share of
 weights whose own gate is open, which ignores the cascade and so lands the purged model under its
-target. ``l0_penalty`` is the penalised
-baseline (Louizos et al. 2018, with the density normalised as in the 2022 paper): the same gates
-and loss with a fixed ``penalty * expected density`` term instead of the multipliers.
+target. ``HardConcreteMethod`` is what ``l0`` shares with ``l0_penalty`` (``consparse.methods.l0_penalty``).
 
 Optimisation is Lightning's automatic optimisation: one optimiser with two parameter groups
 (weights at the optimiser's learning rate, gates at ``gates_lr``). Simultaneous descent-ascent fits
@@ -45,10 +43,12 @@ from consparse.gates import (
     fold_gates,
     gate_model,
     gate_parameters,
+    gated_layers,
     purge,
     seeded_gate_noise,
 )
 from consparse.gates.kept import KeptWeights
+from consparse.gates.trim import close_weakest_gates
 from consparse.methods.base import Deployment, SparseMethod
 from consparse.optim.lagrangian import LagrangeMultipliers
 from consparse.validation import check_choice, check_density, check_length, check_range
@@ -63,7 +63,7 @@ DUAL_DEFECTS = ("deployed", "expected")
 DUAL_PUSH = 2.11
 
 
-def _per_constraint(name: str, value: Any, layers: Sequence[str], check: Any) -> tuple[list[float], bool]:
+def per_constraint(name: str, value: Any, layers: Sequence[str], check: Any) -> tuple[list[float], bool]:
     """``value`` as one number (model-wise) or one per gated layer (layer-wise); returns (values, layerwise)."""
     if isinstance(value, (list, tuple)):
         check_length(name, value, len(layers), "gated layers")
@@ -249,6 +249,10 @@ class L0Method(HardConcreteMethod):
             With dual restarts nothing pushes the density down while the constraint holds, so
             descent-ascent hovers just above the level it holds and a run ends a few percent over
             it; aiming that far under lands the deployed model on the target. 0: hold the target itself.
+        trim_to_target: at deployment, if the deployed density (the constrained measure, for the
+            test gates) is still above a target, close that constraint's open gates with the lowest
+            ``log_alpha`` until it is not: a run too short for its multipliers to get there still
+            deploys at the density asked for. ``method_metrics.trimmed_gates`` says how many closed.
         **kwargs: see ``HardConcreteMethod``.
     """
 
@@ -263,6 +267,7 @@ class L0Method(HardConcreteMethod):
         dual_lr: float | None = None,
         dual_restarts: bool = True,
         target_margin: float = 0.0,
+        trim_to_target: bool = False,
         **kwargs: Any,
     ) -> None:
         super().__init__(model, info, **kwargs)
@@ -277,11 +282,15 @@ class L0Method(HardConcreteMethod):
         check_choice("dual_defect", dual_defect, DUAL_DEFECTS)
         check_choice("relative_constraint", relative_constraint, [True, False])
         check_range("target_margin", target_margin, 0.0, 1.0, high_inclusive=False)
+        check_choice("trim_to_target", trim_to_target, [True, False])
+        self.trim_to_target = trim_to_target
+        # Set by finalize: how many gates the trim closed (None before deployment).
+        self.trimmed_gates: int | None = None
         self.relative_constraint = relative_constraint
         self.density_measure = density_measure
         self.dual_defect = dual_defect
         self.kept = KeptWeights(self.model, info.input_shape) if density_measure == "kept_weights" else None
-        targets, self.layerwise = _per_constraint(
+        targets, self.layerwise = per_constraint(
             "target_density", target_density, self.gated_names, lambda f, v: check_density(f, v, allow_none=False)
         )
         self.target_density = targets if self.layerwise else targets[0]
@@ -343,6 +352,21 @@ class L0Method(HardConcreteMethod):
         if self._defects is not None:
             self.multipliers.update(self._defects)
 
+    def finalize(self, datamodule: pl.LightningDataModule) -> Deployment:
+        self.trimmed_gates = self.close_gates_over_target() if self.trim_to_target else 0
+        return super().finalize(datamodule)
+
+    def close_gates_over_target(self) -> int:
+        """Close the weakest open gates of every constraint whose deployed density is above its target."""
+        layers = dict(gated_layers(self.model))
+        targets = self.target_density if self.layerwise else [self.target_density]
+        closed = 0
+        for index, target in enumerate(targets):
+            names = [self.gated_names[index]] if self.layerwise else self.gated_names
+            closed += close_weakest_gates([layers[name].gate for name in names],
+                                          lambda index=index: float(self.deployed_densities()[index]), target)
+        return closed
+
     def method_metrics(self) -> dict[str, Any]:
         kept = self.kept or KeptWeights(self.model, self.info.input_shape)
         with torch.no_grad():
@@ -354,45 +378,10 @@ class L0Method(HardConcreteMethod):
             "dual_defect": self.dual_defect,
             "relative_constraint": self.relative_constraint,
             "target_margin": self.target_margin,
+            "trim_to_target": self.trim_to_target,
+            "trimmed_gates": self.trimmed_gates,
             "expected_kept_density": {"model": model, "layers": dict(zip(self.gated_names, layers))},
             "multipliers": self.multipliers.values.tolist(),
             "dual_lr": self.multipliers.dual_lr,
             "dual_restarts": self.multipliers.restarts,
         }
-
-
-class L0PenaltyMethod(HardConcreteMethod):
-    """Penalised L0: ``loss + penalty * expected density``; no target (results show where it lands).
-
-    Args:
-        penalty: a number >= 0 (penalises the model density) or a list with one number per gated
-            layer (penalises each layer's density).
-        target_density: must stay null (this method takes no target).
-        **kwargs: see ``HardConcreteMethod``.
-    """
-
-    def __init__(
-        self,
-        model: nn.Module,
-        info: DatasetInfo,
-        penalty: float | Sequence[float] = 1e-2,
-        target_density: None = None,
-        **kwargs: Any,
-    ) -> None:
-        if target_density is not None:
-            raise ParameterError(
-                "target_density",
-                f"got {target_density!r}; l0_penalty takes no target (it penalises the expected density with "
-                "method.penalty). Use method=l0 to ask for a density",
-            )
-        super().__init__(model, info, **kwargs)
-        penalties, self.layerwise = _per_constraint(
-            "penalty", penalty, self.gated_names, lambda f, v: check_range(f, v, 0.0)
-        )
-        self.register_buffer("penalties", torch.tensor(penalties), persistent=False)
-
-    def density_term(self, densities: torch.Tensor) -> torch.Tensor:
-        return (self.penalties * densities).sum()
-
-    def method_metrics(self) -> dict[str, Any]:
-        return {**super().method_metrics(), "penalty": self.penalties.tolist()}
