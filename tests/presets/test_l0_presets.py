@@ -151,7 +151,8 @@ def _compose(preset: str, *overrides: str, hydra_node: bool = True) -> DictConfi
 
 # The paper constrains the expected share of open gates, not the platform's default kept weights.
 PAPER_CONSTRAINT = {"method.density_measure": "gates", "method.dual_defect": "expected",
-                    "method.relative_constraint": False, "method.target_margin": 0.0}
+                    "method.relative_constraint": False, "method.target_margin": 0.0,
+                    "method.trim_to_target": False}
 
 
 def _plain(value: Any) -> Any:
