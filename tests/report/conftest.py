@@ -41,7 +41,7 @@ PENALTY_RUN = (0.9700, 0.083, 0.075, 68.0)
 FAILED_ERROR = "RuntimeError: loss is NaN at step 120\nTraceback (most recent call last):\n  ..."
 
 
-def _job(
+def write_job(
     run_dir: Path,
     method: str,
     seed: int,
@@ -110,12 +110,12 @@ def build_sweep(root: Path) -> Path:
     job = 0
     for (method, target, seed), values in COMPLETED_RUNS.items():
         overrides = [f"method={method}", f"method.target_density={target}", f"seed={seed}", "trainer.max_epochs=3"]
-        _job(root / str(job), method, seed, target, values, overrides)
+        write_job(root / str(job), method, seed, target, values, overrides)
         job += 1
     failed_overrides = ["method=l0", "method.target_density=0.05", "seed=2", "trainer.max_epochs=3"]
-    _job(root / str(job), "l0", 2, 0.05, None, failed_overrides)
+    write_job(root / str(job), "l0", 2, 0.05, None, failed_overrides)
     penalty_overrides = ["method=l0_penalty", "method.penalty=0.01", "seed=0", "trainer.max_epochs=3"]
-    _job(root / "penalty" / "0", "l0_penalty", 0, None, PENALTY_RUN, penalty_overrides)
+    write_job(root / "penalty" / "0", "l0_penalty", 0, None, PENALTY_RUN, penalty_overrides)
     return root
 
 
@@ -130,7 +130,7 @@ def compare_sweep(sweep: Path) -> Path:
 def build_compare_sweep(sweep: Path) -> Path:
     """Turn a ``build_sweep`` directory into the ``compare_sweep`` fixture's."""
     dense_values = (0.9800, 1.0, 0.210, 30.0)
-    _job(sweep / "50", "dense", 0, None, dense_values, ["method=dense", "seed=0", "trainer.max_epochs=3"])
+    write_job(sweep / "50", "dense", 0, None, dense_values, ["method=dense", "seed=0", "trainer.max_epochs=3"])
     results = read_results(sweep / "50")
     results["compression_curve"] = [
         {"kind": "unstructured", "amount": amount, "test_accuracy": accuracy, "density": 1 - amount,
@@ -139,7 +139,7 @@ def build_compare_sweep(sweep: Path) -> Path:
     ]  # fmt: skip
     write_results(sweep / "50", results)
     # implicit_fw trains model=implicit (400 states) in a compare_*_mlp sweep: measured against a dense implicit model.
-    _job(sweep / "60", "implicit_fw", 0, 0.1, (0.9500, 0.095, 0.300, 90.0),
+    write_job(sweep / "60", "implicit_fw", 0, 0.1, (0.9500, 0.095, 0.300, 90.0),
          ["method=implicit_fw", "model=implicit", "method.target_density=0.1", "seed=0", "trainer.max_epochs=3"])  # fmt: skip
     results = read_results(sweep / "60")
     results.update(model="implicit", dense_params=485_850, dense_macs=485_000, dense_latency_ms=0.5)

@@ -10,7 +10,7 @@ import pytest
 from consparse.report import write_report
 from consparse.report.compare import CURVE_VARIANT
 
-from .conftest import assert_png, build_compare_sweep, build_sweep, markdown_table, row_for, section
+from .conftest import assert_png, build_compare_sweep, build_sweep, markdown_table, row_for, section, write_job
 
 
 # Each report is written once for the module: drawing the plots is what takes the time.
@@ -59,6 +59,31 @@ def test_shortfalls_say_who_falls_short_and_by_how_much(plain: dict[str, Path]) 
         ),
         "- **0.02**: no method meets it; l0 misses it at density 0.035 (+75.0 %).",
     ]
+
+
+def test_a_collapse_far_under_its_target_is_marked(tmp_path: Path) -> None:
+    sweep = build_sweep(tmp_path / "sweep")
+    # Every gate closed: within budget, at chance; still compared, but never read as landing.
+    for seed, accuracy in ((0, 0.1000), (1, 0.1020)):
+        overrides = ["method=gmp", "method.target_density=0.05", f"seed={seed}", "trainer.max_epochs=3"]
+        write_job(sweep / f"collapse{seed}", "gmp", seed, 0.05, (accuracy, 0.001, 0.05, 40.0), overrides)
+    # Just over half the budget: not marked.
+    overrides = ["method=gmp", "method.target_density=0.1", "seed=0", "trainer.max_epochs=3"]
+    write_job(sweep / "half", "gmp", 0, 0.1, (0.9600, 0.051, 0.05, 40.0), overrides)
+    markdown = write_report(sweep)["markdown"].read_text()
+
+    accuracy = {row["method"]: row for row in markdown_table(markdown, "### Side by side at matched target densities")}
+    assert accuracy["gmp"]["0.05"] == "10.10 ± 0.14 ▽ (0.001)" and accuracy["gmp"]["0.1"] == "96.00"
+    assert accuracy["l0"]["0.05"] == "96.50 ± 0.14 ★"  # the collapse does not change who is best
+    lines = markdown.splitlines()
+    density_heading = lines.index("Achieved density (fraction of weights kept) by target density:")
+    density = {row["method"]: row for row in markdown_table(markdown, lines[density_heading])}
+    assert density["gmp"]["0.05"] == "0.001 ± 0.000 ▽" and density["gmp"]["0.1"] == "0.051"
+    shortfall = next(line for line in section(markdown, "#### Where methods fall short") if line.startswith("- **0.05**"))
+    assert shortfall.endswith("gmp lands far under it at density 0.001.")
+    rows = markdown_table(markdown, "## mnist / mlp")
+    assert row_for(rows, "gmp", "0.050")["vs target"] == "-98.0 % ▽"
+    assert row_for(rows, "gmp", "0.100")["vs target"] == "-49.0 %"
 
 
 def test_methods_without_a_target_are_placed_between_targets(plain: dict[str, Path]) -> None:

@@ -5,11 +5,11 @@ same target density, which is what ``experiment=compare_*`` sweeps produce:
 
 * **Accuracy and density matrices**: one row per method (and variant), one column per target, so
   that the methods read side by side at each density; ★ marks the best at a target, ⚠ a method that
-  misses it (its achieved density is then shown beside the accuracy).
+  misses it, ▽ one far under it (its achieved density is then shown beside the accuracy).
 * **Where methods fall short**, one line per target: the best; how far each other method that
   meets the target is below it, and whether the gap is beyond the seeds' spread (the difference of
   the means exceeds the sum of the two standard deviations, a rule of thumb, not a test); which
-  methods miss the target and by how much.
+  methods miss the target and by how much, and which land far under it.
 * **Without a target** (``l0_penalty``, unpruned ``dense``): where each lands, and whether it is at
   least as accurate as the best method at the next target below (a smaller budget of weights) and
   at the next target above (a budget at least as large), with what those kept.
@@ -24,6 +24,7 @@ from __future__ import annotations
 import pandas as pd
 
 from consparse.report.format import is_nan, markdown_table, mean_std, percent
+from consparse.report.summary import UNDER_FACTOR
 
 CURVE_VARIANT = "pruned without retraining"
 # An amount of the curve matches a target when 1 - amount is this close to it.
@@ -96,7 +97,8 @@ def comparison_lines(group: pd.DataFrame, tolerance: float) -> list[str]:
         "",
         (
             f"Test accuracy (%) by target density (columns). ★ best at the target; ⚠ misses it (density above "
-            f"target × {1 + tolerance:g}), with the achieved density in brackets; — not run."
+            f"target × {1 + tolerance:g}); ▽ far under it (density below target × {UNDER_FACTOR:g}); the "
+            "achieved density in brackets after either; — not run."
         ),
         "",
         *matrix(_accuracy_cell),
@@ -128,18 +130,28 @@ def _accuracy_cell(row: pd.Series) -> str:
     text = _accuracy(row)
     if row["best"]:
         text += " ★"
-    if _misses(row):
-        text += f" ⚠ ({row['density_mean']:.3f})"
+    if density_mark(row):
+        text += f"{density_mark(row)} ({row['density_mean']:.3f})"
     return text
 
 
 def _density_cell(row: pd.Series) -> str:
-    text = mean_std(row["density_mean"], row["density_std"], lambda v: f"{v:.3f}")
-    return text + (" ⚠" if _misses(row) else "")
+    return mean_std(row["density_mean"], row["density_std"], lambda v: f"{v:.3f}") + density_mark(row)
+
+
+def density_mark(row: pd.Series) -> str:
+    """`` ⚠`` for a row above its target, `` ▽`` for one far under it, else empty."""
+    if _misses(row):
+        return " ⚠"
+    return " ▽" if _far_under(row) else ""
 
 
 def _misses(row: pd.Series) -> bool:
     return not is_nan(row["meets_target"]) and not bool(row["meets_target"])
+
+
+def _far_under(row: pd.Series) -> bool:
+    return not is_nan(row["far_under_target"]) and bool(row["far_under_target"])
 
 
 def _shortfall(target: float, rows: pd.DataFrame) -> str:
@@ -157,6 +169,8 @@ def _shortfall(target: float, rows: pd.DataFrame) -> str:
         parts.append(
             f"{_label(row)} misses it at density {row['density_mean']:.3f} ({100 * row['density_vs_target']:+.1f} %)"
         )
+    for _, row in rows[[_far_under(row) for _, row in rows.iterrows()]].iterrows():
+        parts.append(f"{_label(row)} lands far under it at density {row['density_mean']:.3f}")
     return f"- **{target:g}**: " + "; ".join(parts) + "."
 
 

@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 import pandas as pd
 
 from consparse.report.collect import COMPLETED
-from consparse.report.compare import CURVE_VARIANT, comparison_lines
+from consparse.report.compare import CURVE_VARIANT, comparison_lines, density_mark
 from consparse.report.format import (
     cell,
     first_line,
@@ -24,6 +24,7 @@ from consparse.report.format import (
     percent,
     significant_decimals,
 )
+from consparse.report.summary import UNDER_FACTOR
 
 
 def render_markdown(
@@ -114,7 +115,8 @@ def _legend(tolerance: float) -> list[str]:
         "- **density**: achieved fraction of nonzero sparsifiable weights in the final model.",
         (
             f"- **vs target**: (density − target) / target; ⚠ when above the target by more than "
-            f"{100 * tolerance:g} % (relative; sparser than asked is within budget)."
+            f"{100 * tolerance:g} % (relative; sparser than asked is within budget); ▽ when below "
+            f"target × {UNDER_FACTOR:g} (most of the budget unused, e.g. a collapse: within budget, but not landing)."
         ),
         "- **test acc**: top-1 accuracy on the test split, in %.",
         (
@@ -202,7 +204,7 @@ def _format_row(row: pd.Series, show_variant: bool, show_val: bool = False) -> l
     if is_nan(target) or is_nan(deviation):
         versus = ""
     else:
-        versus = f"{100 * deviation:+.1f} %" + ("" if row["meets_target"] else " ⚠")
+        versus = f"{100 * deviation:+.1f} %" + density_mark(row)
     count = str(row["n_seeds"]) + (f" (+{row['n_failed']} failed)" if row["n_failed"] else "")
     cells = [
         row["method"],

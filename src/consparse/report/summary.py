@@ -10,6 +10,10 @@
   down to 0.01, where an absolute 0.02 would accept three times the allowed weights. One-sided,
   because a model sparser than asked is within budget (what it costs shows in its accuracy); the
   signed deviation is shown either way.
+* **Far under the target.** A group whose mean density is below ``target * UNDER_FACTOR`` leaves
+  most of its budget unused (a method that stops early, or one whose gates all closed); it still
+  meets the target and may be best, but ``far_under_target`` marks it (▽) so that a collapse
+  is never read as landing.
 * **Best at a target.** The highest mean test accuracy among the groups with that target density
   that meet it; groups without a target (dense, ``l0_penalty``) do not compete.
 """
@@ -34,6 +38,8 @@ IDENTITY = ("dataset", "model", "method", "target_density", "variant")
 # Figures averaged over seeds in the summary.
 SUMMARY_METRICS = ("test_accuracy", "val_accuracy", "density", "params", "macs", "latency_ms", "train_seconds")
 DENSE_METRICS = ("dense_params", "dense_macs", "dense_latency_ms")
+# A density below target x this uses less than half its budget: marked, not disqualified.
+UNDER_FACTOR = 0.5
 
 
 def summarise(
@@ -47,7 +53,8 @@ def summarise(
     Columns: the identity, ``n_seeds``, ``n_failed`` (unsuccessful runs of the same group),
     ``seeds``, ``<metric>_mean`` and ``<metric>_std`` for ``SUMMARY_METRICS`` (std NaN for a single
     seed), ``<dense metric>_mean``, ``density_vs_target`` ((density - target) / target),
-    ``meets_target`` (NA without a target) and ``best`` (see the module docstring).
+    ``meets_target`` and ``far_under_target`` (NA without a target) and ``best`` (see the module
+    docstring).
     """
     return summarise_table(runs_table(rows, group_by=group_by), tolerance=tolerance)
 
@@ -93,7 +100,7 @@ def summarise_table(table: pd.DataFrame, *, tolerance: float = DEFAULT_TOLERANCE
 
 
 def judge(summary: pd.DataFrame, *, tolerance: float = DEFAULT_TOLERANCE) -> pd.DataFrame:
-    """Add ``density_vs_target``, ``meets_target`` and ``best`` to summary rows and sort them; rows
+    """Add ``density_vs_target``, ``meets_target``, ``far_under_target`` and ``best`` to summary rows and sort them; rows
     added after ``summarise_table`` (e.g. ``consparse.report.compare.curve_rows``) are judged with the rest."""
     check_range("report.tolerance", tolerance, 0.0)
     summary = summary.reset_index(drop=True)
@@ -102,6 +109,8 @@ def judge(summary: pd.DataFrame, *, tolerance: float = DEFAULT_TOLERANCE) -> pd.
     has_target = summary["target_density"].notna()
     meets = summary["density_mean"] <= summary["target_density"] * (1.0 + tolerance) + 1e-12
     summary["meets_target"] = meets.astype("boolean").where(has_target, pd.NA)
+    far_under = summary["density_mean"] < summary["target_density"] * UNDER_FACTOR
+    summary["far_under_target"] = far_under.astype("boolean").where(has_target, pd.NA)
     summary["best"] = _best_at_target(summary)
     order = ["dataset", "model", "target_density", "method", "variant", "density_mean"]
     return summary.sort_values(order, na_position="last", kind="stable").reset_index(drop=True)
