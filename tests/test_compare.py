@@ -43,6 +43,11 @@ def compose_preset(name: str, *overrides: str):
         )
 
 
+def preset_plan(name: str, sweeper: dict | None = None) -> SweepPlan:
+    sweeper = sweeper or OmegaConf.to_container(compose_preset(name).hydra.sweeper)
+    return plan_sweep(sweeper["params"], sweeper["blocks"], [f"experiment={name}"], optional=sweeper["optional"])
+
+
 def method_exists(method: str) -> bool:
     return (CONF / "method" / f"{method}.yaml").is_file()
 
@@ -56,9 +61,7 @@ def test_preset_sweeps_every_method_at_the_issue_densities(preset: str) -> None:
     assert OmegaConf.to_container(cfg.setting) == {"name": preset, "model": model}
     sweeper = OmegaConf.to_container(cfg.hydra.sweeper)
     assert sweeper["_target_"] == "hydra_plugins.consparse_sweeper.blocks_sweeper.BlocksSweeper"
-    plan = plan_sweep(
-        sweeper["params"], sweeper["blocks"], [f"experiment={preset}"], optional=sweeper["optional"]
-    )
+    plan = preset_plan(preset, sweeper)
     by_method = {values(plan, b.name, "method")[0]: b.name for b in plan.blocks}
     assert set(by_method) == methods
     assert plan.shared == {"seed": ["seed=0", "seed=1", "seed=2"]}
@@ -84,6 +87,14 @@ def test_preset_sweeps_every_method_at_the_issue_densities(preset: str) -> None:
 
     skipped = skip_unavailable(plan, compose_job, optional)
     assert {b.name for b in skipped} == {b for m, b in by_method.items() if not method_exists(m)}
+
+
+def test_only_20_newsgroups_gives_l0_a_dual_step_of_its_own() -> None:
+    # Its 240 steps make the run-length default close every gate before the weights learn (collapse).
+    for preset in PRESETS:
+        l0 = next(b for b in preset_plan(preset).blocks if b.name == "l0")
+        expected = ["method.dual_lr=0.0001"] if preset == "compare_newsgroups20_text_mlp" else None
+        assert l0.params.get("method.dual_lr") == expected, preset
 
 
 def test_cfg_job_shows_one_composed_job(tmp_path: Path) -> None:
