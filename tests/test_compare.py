@@ -89,12 +89,11 @@ def test_preset_sweeps_every_method_at_the_issue_densities(preset: str) -> None:
     assert {b.name for b in skipped} == {b for m, b in by_method.items() if not method_exists(m)}
 
 
-def test_only_20_newsgroups_gives_l0_a_dual_step_of_its_own() -> None:
-    # Its 240 steps make the run-length default close every gate before the weights learn (collapse).
+def test_l0_takes_its_one_default_dual_step_in_every_setting() -> None:
     for preset in PRESETS:
         l0 = next(b for b in preset_plan(preset).blocks if b.name == "l0")
-        expected = ["method.dual_lr=0.0001"] if preset == "compare_newsgroups20_text_mlp" else None
-        assert l0.params.get("method.dual_lr") == expected, preset
+        assert "method.dual_lr" not in l0.params, preset
+    assert compose_preset("compare_newsgroups20_text_mlp", "method=l0").method.dual_lr == pytest.approx(3e-5)
 
 
 def test_cfg_job_shows_one_composed_job(tmp_path: Path) -> None:

@@ -58,9 +58,6 @@ SPARSITY_TYPES = ("structured", "unstructured")
 DENSITY_MEASURES = ("kept_weights", "gates")
 # What the multipliers ascend on: that density for the test gates (the deployed model) or its expectation.
 DUAL_DEFECTS = ("deployed", "expected")
-# With dual_lr null, the multipliers' step is this over the run's optimiser steps: the step size
-# tuned on the MNIST comparison (docs/methods/l0.md), carried to runs of any length.
-DUAL_PUSH = 2.11
 
 
 def per_constraint(name: str, value: Any, layers: Sequence[str], check: Any) -> tuple[list[float], bool]:
@@ -241,9 +238,10 @@ class L0Method(HardConcreteMethod):
             weights shrinks with the density of the layers beside it), so with the absolute form one
             ``dual_lr`` is slow at small targets and overshoots large ones; the relative form is
             the absolute one with ``dual_lr / target**2``, one step size for every target.
-        dual_lr: step size of the projected ascent on the multipliers; null: ``DUAL_PUSH`` divided
-            by the run's optimiser steps, so that a short run moves its multipliers as far as a
-            long one (a fixed step tuned on thousands of steps barely moves them in a hundred).
+        dual_lr: step size of the projected ascent on the multipliers (the paper's 1e-4). Keep it
+            small: once the multipliers' term dominates the loss's, every gate's ``log_alpha`` moves
+            at about the gates' learning rate (Adam), all together, before the loss can tell the
+            gates apart; ``trim_to_target`` lands a run whose multipliers stay short of the target.
         dual_restarts: reset a multiplier to 0 whenever its constraint is strictly satisfied.
         target_margin: the multipliers hold the density at or below ``target * (1 - target_margin)``.
             With dual restarts nothing pushes the density down while the constraint holds, so
@@ -264,7 +262,7 @@ class L0Method(HardConcreteMethod):
         density_measure: str = "kept_weights",
         dual_defect: str = "deployed",
         relative_constraint: bool = False,
-        dual_lr: float | None = None,
+        dual_lr: float = 1e-4,
         dual_restarts: bool = True,
         target_margin: float = 0.0,
         trim_to_target: bool = False,
@@ -297,9 +295,7 @@ class L0Method(HardConcreteMethod):
         self.target_margin = float(target_margin)
         # The levels the multipliers hold: the targets less the margin.
         self.register_buffer("aims", torch.tensor(targets) * (1.0 - self.target_margin), persistent=False)
-        # A run-length dual_lr is set when fitting starts (the step count is the Trainer's).
-        self.run_length_dual_lr = dual_lr is None
-        self.multipliers = LagrangeMultipliers(len(targets), 1.0 if dual_lr is None else dual_lr, restarts=dual_restarts)
+        self.multipliers = LagrangeMultipliers(len(targets), dual_lr, restarts=dual_restarts)
         # The last training step's constraint defects, for the multiplier update after the optimiser
         # step: training_step runs inside the optimiser's closure and Lightning hands its outputs to
         # on_train_batch_end only, which also runs between the steps of an accumulated batch.
@@ -342,11 +338,6 @@ class L0Method(HardConcreteMethod):
             with torch.no_grad():
                 figures["train/expected_kept_density"] = float(self.kept.model_density())
         return figures
-
-    def on_train_start(self) -> None:
-        super().on_train_start()
-        if self.run_length_dual_lr:
-            self.multipliers.dual_lr = DUAL_PUSH / max(1, int(self.trainer.estimated_stepping_batches))
 
     def after_optimizer_step(self) -> None:
         if self._defects is not None:
