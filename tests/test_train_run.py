@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import gc
 import io
 import json
+import logging
 import sys
+import weakref
 from pathlib import Path
 
 import pytest
@@ -42,6 +45,43 @@ def test_tiny_run_writes_valid_results(make_config, tmp_path: Path) -> None:
     assert results["test_accuracy"] == on_disk["test_accuracy"]
     # The same deployed model on the held-out validation split, measured by the same code.
     assert 0.5 < on_disk["val_accuracy"] <= 1.0 and "val_accuracy" in on_disk["phase_seconds"]
+
+
+@pytest.mark.parametrize("overrides, status", [((), "completed"), (("method.optimizer.lr=1e30",), "diverged")])
+def test_a_finished_job_frees_its_data_model_and_trainer(
+    make_config, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, overrides: tuple[str, ...],
+    status: str,
+) -> None:
+    """A multirun runs its jobs in one process: what one job built must not outlive it, even though
+    Lightning's objects refer to each other in cycles that only a full garbage collection frees."""
+    monkeypatch.setattr(train_module, "_is_multirun", lambda: True)  # a failed job returns its record
+    # pytest keeps every log record, and a failed job's record holds the error, whose traceback holds the job.
+    caplog.set_level(logging.CRITICAL, logger=train_module.log.name)
+    built: list[weakref.ref] = []
+    set_up, build_trainer = train_module._set_up, train_module._build_trainer
+
+    def spy_set_up(*args):
+        datamodule, method, *rest = set_up(*args)
+        built.extend([weakref.ref(datamodule), weakref.ref(method), weakref.ref(method.model)])
+        return datamodule, method, *rest
+
+    def spy_build_trainer(*args):
+        trainer = build_trainer(*args)
+        built.append(weakref.ref(trainer))
+        return trainer
+
+    monkeypatch.setattr(train_module, "_set_up", spy_set_up)
+    monkeypatch.setattr(train_module, "_build_trainer", spy_build_trainer)
+    # Until the check, no automatic collection may do the job's work for it.
+    gc.disable()
+    try:
+        results = run(make_config("method=dense", "model.hidden=[16]", *overrides))
+        alive = [type(ref()).__name__ for ref in built if ref() is not None]
+    finally:
+        gc.enable()
+    assert results["status"] == status
+    assert len(built) == 4
+    assert alive == []
 
 
 def test_val_accuracy_is_the_held_out_split_and_null_without_one(make_config, tmp_path: Path) -> None:

@@ -12,6 +12,7 @@ accuracy is at chance level carries a warning in results.json (``warnings``).
 
 from __future__ import annotations
 
+import gc
 import logging
 import math
 import os
@@ -90,7 +91,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     exits non-zero. A signal stops the run, and a multirun with it, as ``RunInterrupted`` (after the
     record, and after handing the SLURM job back to the queue where the signal asks for it). A
     directory that belongs to another run, or that another process is running in, raises
-    RunDirError before anything is written into it.
+    RunDirError before anything is written into it. What the job built (data, model, trainer) is
+    freed before it returns, so that the next job of a multirun does not start beside it.
     """
     adopt_submitit_local_tasks()
     run_dir = Path(cfg.paths.output_dir)
@@ -132,6 +134,11 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         if rank == 0:
             unlock_run_dir(run_dir)
         finish_wandb()
+        # Lightning links the trainer, the module and the data module in reference cycles, which only
+        # a full collection frees; CPython starts one by the count of objects, and a job's data and
+        # weights are a few large tensors. A multirun's jobs share this process: without it every
+        # finished job's data and model would stay in memory through the next ones.
+        gc.collect()
 
 
 def _status(exc: BaseException) -> str:
