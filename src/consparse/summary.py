@@ -7,8 +7,8 @@ from typing import Any
 
 from consparse.report.format import format_count
 from consparse.report.summary import UNDER_FACTOR
-from consparse.tuning import TARGET_TOLERANCE
 from consparse.timing import EVALUATION_PHASES, evaluation_seconds
+from consparse.tuning import TARGET_TOLERANCE
 
 
 def format_summary(results: dict[str, Any], run_dir: Path) -> str:

@@ -10,7 +10,15 @@ import pytest
 from consparse.report import write_report
 from consparse.report.compare import CURVE_VARIANT
 
-from .conftest import assert_png, build_compare_sweep, build_sweep, markdown_table, row_for, section, write_job
+from .conftest import (
+    assert_png,
+    build_compare_sweep,
+    build_sweep,
+    markdown_table,
+    row_for,
+    section,
+    write_job,
+)
 
 
 # Each report is written once for the module: drawing the plots is what takes the time.
