@@ -6,18 +6,17 @@ from pathlib import Path
 from typing import Any
 
 from consparse.report.format import format_count
-from consparse.report.summary import UNDER_FACTOR
+from consparse.report.summary import far_under_target
 from consparse.timing import EVALUATION_PHASES, evaluation_seconds
-from consparse.tuning import TARGET_TOLERANCE
+from consparse.tuning import TARGET_TOLERANCE, missed_target
 
 
 def format_summary(results: dict[str, Any], run_dir: Path) -> str:
     """A few lines a researcher reads at the end of a run: accuracy, density, size, speed."""
-    target = results.get("target_density")
     rows = [
         ("method / model / data", f"{results['method']} / {results['model']} / {results['dataset']} (seed {results['seed']})"),
         ("test accuracy", f"{100 * results['test_accuracy']:.2f} %" + _validation(results.get("val_accuracy"))),
-        ("density", f"{results['density']:.4f}" + _versus_target(results["density"], target)),
+        ("density", f"{results['density']:.4f}" + _versus_target(results)),
         ("params", f"{format_count(results['params'])} of {format_count(results['dense_params'])} dense"),
         ("MACs / sample", f"{format_count(results['macs'])} of {format_count(results['dense_macs'])} dense"),
         ("latency", f"{results['latency_ms']:.3f} ms vs {results['dense_latency_ms']:.3f} ms dense "
@@ -30,17 +29,16 @@ def format_summary(results: dict[str, Any], run_dir: Path) -> str:
     return "\n".join(["", "consparse results"] + [f"  {name.ljust(width)}  {value}" for name, value in rows])
 
 
-def _versus_target(density: float, target: Any) -> str:
+def _versus_target(results: dict[str, Any]) -> str:
     """The target beside the density, and a word where the report would mark the run (⚠ or ▽)."""
+    target = results.get("target_density")
     if target is None:
         return ""
-    text = f" (target {target})"
-    if isinstance(target, (int, float)):
-        if density > target * (1 + TARGET_TOLERANCE):
-            text += f": above it by more than {100 * TARGET_TOLERANCE:g} %"
-        elif density < target * UNDER_FACTOR:
-            text += ": far under it, most of the budget unused"
-    return text
+    if missed_target(results):
+        return f" (target {target}): above it by more than {100 * TARGET_TOLERANCE:g} %"
+    if far_under_target(results):
+        return f" (target {target}): far under it, most of the budget unused"
+    return f" (target {target})"
 
 
 def _validation(accuracy: float | None) -> str:

@@ -130,9 +130,8 @@ def _accuracy_cell(row: pd.Series) -> str:
     text = _accuracy(row)
     if row["best"]:
         text += " ★"
-    if density_mark(row):
-        text += f"{density_mark(row)} ({row['density_mean']:.3f})"
-    return text
+    mark = density_mark(row)
+    return text + (f"{mark} ({row['density_mean']:.3f})" if mark else "")
 
 
 def _density_cell(row: pd.Series) -> str:

@@ -109,11 +109,21 @@ def judge(summary: pd.DataFrame, *, tolerance: float = DEFAULT_TOLERANCE) -> pd.
     has_target = summary["target_density"].notna()
     meets = summary["density_mean"] <= summary["target_density"] * (1.0 + tolerance) + 1e-12
     summary["meets_target"] = meets.astype("boolean").where(has_target, pd.NA)
-    far_under = summary["density_mean"] < summary["target_density"] * UNDER_FACTOR
+    far_under = summary["density_mean"].combine(summary["target_density"], _far_under)
     summary["far_under_target"] = far_under.astype("boolean").where(has_target, pd.NA)
     summary["best"] = _best_at_target(summary)
     order = ["dataset", "model", "target_density", "method", "variant", "density_mean"]
     return summary.sort_values(order, na_position="last", kind="stable").reset_index(drop=True)
+
+
+def far_under_target(run: Mapping[str, Any]) -> bool:
+    """Whether a run's density is below its (single) target x ``UNDER_FACTOR`` (see the module docstring)."""
+    return _far_under(run.get("density"), run.get("target_density"))
+
+
+def _far_under(density: Any, target: Any) -> bool:
+    numbers = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (density, target))
+    return numbers and density < target * UNDER_FACTOR
 
 
 def _with_group_keys(table: pd.DataFrame) -> pd.DataFrame:
