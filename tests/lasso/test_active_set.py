@@ -79,6 +79,32 @@ def test_unresolved_rows_fall_back_to_the_exact_path(make_problem) -> None:
     assert not bool(ActiveSet(problem).solve(radius).fallback.any())
 
 
+def _near_rank_problem(seed: int = 0, samples: int = 40, features: int = 200) -> LassoProblem:
+    """A wide design of correlated columns (ReLU states of one layer share a mean) and dense targets."""
+    generator = torch.Generator().manual_seed(seed)
+    design = torch.randn(samples, features, generator=generator, dtype=torch.float64)
+    design = design + 0.9 * torch.randn(samples, 1, generator=generator, dtype=torch.float64)
+    targets = torch.randn(8, samples, generator=generator, dtype=torch.float64)
+    return LassoProblem(design.T @ design, targets @ design, (targets**2).sum(dim=1))
+
+
+def test_a_row_that_cycles_near_the_designs_rank_is_damped_not_handed_to_the_path() -> None:
+    problem = _near_rank_problem()
+    undamped = ActiveSetSettings(stall_rounds=10**6, max_rounds=100)
+    # Supports of 24-29 of the design's rank of 40: the undamped rounds of some rows cycle.
+    radius = 2.0
+    cycling = ActiveSet(problem, undamped).solve(radius)
+    damped = ActiveSet(problem, ActiveSetSettings(max_rounds=100)).solve(radius)
+    exact = constrained_lasso(LassoPath(problem), radius)
+    assert bool(cycling.fallback.any())
+    assert not bool(damped.fallback.any()) and int(damped.steps.sum()) < int(cycling.steps.sum())
+    torch.testing.assert_close(damped.weights, exact.weights, rtol=1e-9, atol=1e-12)
+    assert float(damped.kkt.max()) < 1e-6
+    # Rows that converge on their own never stall, so the damping changes nothing for them.
+    easy_undamped, easy = ActiveSet(problem, undamped).solve(0.5), ActiveSet(problem).solve(0.5)
+    assert torch.equal(easy.steps, easy_undamped.steps) and torch.equal(easy.weights, easy_undamped.weights)
+
+
 def test_a_row_with_a_zero_target_stays_zero(make_problem) -> None:
     _, _, problem = make_problem(60, 10, 3, seed=13)
     problem = LassoProblem(problem.gram, torch.cat([problem.correlations, torch.zeros(1, 10, dtype=torch.float64)]),

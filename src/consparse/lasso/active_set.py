@@ -20,7 +20,15 @@ implicit-models.md, section 8.2). The optimum, though, is known in closed form o
    the support size, at least a few), with the sign of their correlation.
 
 A row whose conditions hold is exact (to rounding) and leaves the batch. The iteration is a
-primal-dual active-set scheme without a convergence guarantee, so a row that is not resolved within
+primal-dual active-set scheme without a convergence guarantee, and it can cycle: when a row's
+support nears the design's rank (more features than samples, an overfitted teacher's states), a
+round that adds half the support again breaks the signs of half of it, the next drops them, and the
+support swings between two sizes for good. So a row whose count of infeasible coordinates (broken
+signs plus violators) has not fallen below its best for ``stall_rounds`` rounds is damped, the
+backup rule of block principal pivoting (Kim & Park 2011): from then on its growth halves after
+every round that broke a sign and doubles again, up to ``growth``, after one that did not, so it
+approaches its support in steps small enough to keep the signs. Rows that converge on their own
+are never damped, so they pay nothing for it. A row that is still not resolved within
 ``max_rounds`` (or whose ``G_SS`` is numerically singular: duplicated or dependent columns without a
 ridge) is solved on the exact path instead; the solution reports it (``fallback``). With the ridge,
 duplicated columns may share a coefficient here where the path keeps one of them: both are optima
@@ -54,6 +62,8 @@ class ActiveSetSettings:
         step: ``active_set`` (the solver's name in ``consparse.lasso.solvers``).
         max_rounds: rounds (factorise, check, update) before a row is handed to the exact path.
         growth: a round adds at most this fraction of the row's support size (and at least 8).
+        stall_rounds: rounds without fewer infeasible coordinates than the row's best before its
+            growth is damped (halved after a round that broke a sign, doubled after one that did not).
         row_group: rows factorised together, taken in order of support size.
         lambda_min_ratio: the penalty floor, relative to the row's ``lam_max``.
         warm_start: start from the previous solve's supports.
@@ -62,8 +72,9 @@ class ActiveSetSettings:
     """
 
     step: str = "active_set"
-    max_rounds: int = 100
+    max_rounds: int = 300
     growth: float = 0.5
+    stall_rounds: int = 3
     row_group: int = 8
     lambda_min_ratio: float = SearchSettings.lambda_min_ratio
     warm_start: bool = True
@@ -83,6 +94,7 @@ class ActiveSetSettings:
         check_choice(f"{prefix}step", self.step, ["active_set"])
         check_int(f"{prefix}max_rounds", self.max_rounds, 1)
         check_range(f"{prefix}growth", self.growth, 0.0, 10.0, low_inclusive=False)
+        check_int(f"{prefix}stall_rounds", self.stall_rounds, 1)
         check_int(f"{prefix}row_group", self.row_group, 1)
         self.fallback.validate(prefix)
 
@@ -148,6 +160,7 @@ class ActiveSet:
         lam = self.lam_max.clone()
         rounds = torch.zeros(rows, dtype=torch.long, device=weights.device)
         live = torch.arange(rows, device=weights.device)
+        damping = _Damping(rows, self.settings, weights)
         failed = []
         for round_number in range(1, self.settings.max_rounds + 1):
             current, penalty, singular = self._solve_on_support(support[live], signs[live], live, radius[live], floor[live])
@@ -156,6 +169,7 @@ class ActiveSet:
             broken = on & (signs[live] * current <= 0)
             violating = ~on & (q.abs() > penalty[:, None] * (1 + VIOLATION))
             rounds[live] = round_number
+            damping.update(live, broken, violating)
             resolved = ~broken.any(dim=1) & ~violating.any(dim=1) & ~singular
             weights[live[resolved]], lam[live[resolved]] = current[resolved], penalty[resolved]
             failed.append(live[singular])
@@ -163,7 +177,7 @@ class ActiveSet:
             live, q, penalty, on, broken, violating = live[keep], q[keep], penalty[keep], on[keep], broken[keep], violating[keep]
             if live.numel() == 0:
                 break
-            added = self._worst(violating, q.abs() - penalty[:, None], on.sum(dim=1))
+            added = self._worst(violating, q.abs() - penalty[:, None], on.sum(dim=1), damping.growth[live])
             on = (on & ~broken) | added
             support[live] = on
             signs[live] = torch.where(added, torch.sign(q), torch.where(on, signs[live], 0.0))
@@ -174,9 +188,9 @@ class ActiveSet:
         union = (weights != 0).any(dim=0).nonzero().flatten()
         return weights[:, union] @ self.problem.gram.index_select(0, union) + self.delta * weights
 
-    def _worst(self, violating: torch.Tensor, excess: torch.Tensor, size: torch.Tensor) -> torch.Tensor:
-        """Per row, the violating coordinates with the largest excess ``|q_j| - lam``, as many as allowed."""
-        allowed = (self.settings.growth * size.to(excess.dtype)).ceil().long().clamp_min(_MIN_GROWTH)
+    def _worst(self, violating: torch.Tensor, excess: torch.Tensor, size: torch.Tensor, growth: torch.Tensor) -> torch.Tensor:
+        """Per row, the violating coordinates with the largest excess ``|q_j| - lam``, as many as its growth allows."""
+        allowed = (growth * size.to(excess.dtype)).ceil().long().clamp_min(_MIN_GROWTH)
         top = torch.where(violating, excess, -1.0).topk(min(int(allowed.max()), excess.shape[1]), dim=1)
         position = torch.arange(top.values.shape[1], device=excess.device)[None, :]
         chosen = (top.values > 0) & (position < allowed[:, None])
@@ -222,3 +236,25 @@ class ActiveSet:
             weights[group] = weights[group].scatter(1, index, torch.where(valid, p - penalty[:, None] * u, 0.0))
             singular[group] = (info != 0) | ~torch.isfinite(penalty)
         return weights[:, :d], lam, singular
+
+
+class _Damping:
+    """Each row's growth, damped once the row stalls (the module doc's backup rule)."""
+
+    def __init__(self, rows: int, settings: ActiveSetSettings, like: torch.Tensor) -> None:
+        self.settings = settings
+        self.growth = like.new_full((rows,), settings.growth)
+        self.best = torch.full((rows,), torch.iinfo(torch.long).max, dtype=torch.long, device=like.device)
+        self.stalls = torch.zeros(rows, dtype=torch.long, device=like.device)
+        self.damped = torch.zeros(rows, dtype=torch.bool, device=like.device)
+
+    def update(self, live: torch.Tensor, broken: torch.Tensor, violating: torch.Tensor) -> None:
+        """Record the ``live`` rows' round: their infeasible coordinates and whether a sign broke."""
+        infeasible = broken.sum(dim=1) + violating.sum(dim=1)
+        improved = infeasible < self.best[live]
+        self.best[live] = torch.where(improved, infeasible, self.best[live])
+        self.stalls[live] = torch.where(improved, 0, self.stalls[live] + 1)
+        self.damped[live] |= self.stalls[live] >= self.settings.stall_rounds
+        growth = self.growth[live]
+        damped = torch.where(broken.any(dim=1), growth / 2, (growth * 2).clamp_max(self.settings.growth))
+        self.growth[live] = torch.where(self.damped[live], damped, growth)
