@@ -42,6 +42,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--teacher", required=True, help="the trained model: checkpoint, run dir or state_dict file")
     parser.add_argument("--kappa", type=float, default=None, help="the radius (default: the config's method.kappa)")
+    parser.add_argument("--rows", default=None, help="START:STOP, only these rows of every block (default: all)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("overrides", nargs="*", help="train.py overrides composing the run (method=implicit_lasso ...)")
     args = parser.parse_args()
@@ -60,17 +61,20 @@ def main() -> None:
     matcher = FORMULATION_CLASSES[method.formulation](
         teacher, loader, datamodule.info.input_shape, method.matching, torch.device("cpu"))
     kappa = method.kappa if args.kappa is None else args.kappa
-    print(f"problem: {sum(b.problem.rows for b in matcher.blocks)} rows in {len(matcher.blocks)} block(s), "
-          f"d = {[b.problem.features for b in matcher.blocks]}, m = {matcher.samples} samples, kappa = {kappa}, "
+    rows = slice(None) if args.rows is None else slice(*(int(end) for end in args.rows.split(":")))
+    blocks = [replace(block, problem=block.problem.select(rows)) for block in matcher.blocks]
+    radii = [radius[rows] for radius in matcher.radii(kappa)]
+    print(f"problem: {sum(b.problem.rows for b in blocks)} rows in {len(blocks)} block(s), "
+          f"d = {[b.problem.features for b in blocks]}, m = {matcher.samples} samples, kappa = {kappa}, "
           f"{args.threads} thread(s)")
 
     damped = method.solver_settings
     variants = {"damped": damped, "undamped": replace(damped, stall_rounds=10**9, max_rounds=100)}
     seconds, solutions = {}, {}
     for name, settings in variants.items():
-        solver = RowSolver(matcher.blocks, method.row_batch, settings)
+        solver = RowSolver(blocks, method.row_batch, settings)
         start = time.perf_counter()
-        solutions[name] = solver.solve(matcher.radii(kappa))
+        solutions[name] = solver.solve(radii)
         seconds[name] = time.perf_counter() - start
         rounds = torch.cat([s.steps for s in solutions[name]]).float()
         fallback = sum(int(s.fallback.sum()) for s in solutions[name])
