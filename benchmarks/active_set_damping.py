@@ -2,7 +2,8 @@
 
 The problem is the one ``method=implicit_lasso`` solves for a composed config (any dataset and
 model it supports): the teacher ``--teacher`` converted, its states on ``method.data_fraction`` of
-the training split, every row of every block, all constrained to ``kappa``. The solver runs twice
+the training split, every row of every block (or the rows ``--rows`` names), all constrained to
+``kappa``. The solver runs twice
 from cold on the same rows, in one process:
 
 * damped: the default settings (a row that stops making progress has its growth damped);
@@ -10,10 +11,12 @@ from cold on the same rows, in one process:
   damping: a cycling row runs its 100 rounds and is then solved on the exact path.
 
 Prints each variant's seconds, rounds per row, fallback rows, the ratio undamped / damped and the
-largest difference between the two solutions (both are the exact optimum: goal ~1e-12). Run it
-alone on the machine, e.g. on the 20 Newsgroups teacher that chose the x3 learning rate:
+largest difference between the two solutions (both are the optimum; rows the undamped variant
+hands to the path differ by the path's rounding, larger where the design is nearly singular). Run
+it alone on the machine, e.g. on a 20 Newsgroups teacher trained at the x3 learning rate (the
+rows of its second layer cycle):
 
-    python benchmarks/active_set_damping.py --teacher <run dir>/checkpoints/last.ckpt \\
+    python benchmarks/active_set_damping.py --teacher <run dir>/checkpoints/last.ckpt --rows 512:768 \\
         experiment=compare_newsgroups20_text_mlp dataset.root=../shared/data method=implicit_lasso
 """
 
