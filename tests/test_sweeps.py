@@ -251,7 +251,7 @@ def test_comparison_sweep_runs_the_presets_jobs(sweep: Path) -> None:
 def test_block_job_refuses_a_job_beyond_the_plan() -> None:
     from consparse.errors import ConfigError
 
-    with pytest.raises(ConfigError, match=r"job: got '999'; this sweep has jobs 0\.\.92"):
+    with pytest.raises(ConfigError, match=r"job: got '999'; this sweep has jobs 0\.\.80"):
         job_command("train.py", ["experiment=compare_newsgroups20_text_mlp", "job=999"])
     with pytest.raises(ConfigError, match="not a block sweep"):
         job_command("train.py", ["method=dense", "job=0"])
@@ -290,4 +290,4 @@ def test_block_job_entry_point_says_what_is_wrong_in_one_line(tmp_path: Path) ->
                              "experiment=compare_newsgroups20_text_mlp", "job=99"],
                             cwd=tmp_path, capture_output=True, text=True, timeout=300, check=False)
     assert result.returncode == 2
-    assert result.stderr.strip().splitlines()[-1] == "consparse: error: job: got '99'; this sweep has jobs 0..92"
+    assert result.stderr.strip().splitlines()[-1] == "consparse: error: job: got '99'; this sweep has jobs 0..80"
