@@ -60,6 +60,7 @@ def _teacher_file(make_config, tmp_path: Path) -> Path:
         ("method.solver.row_batch=0", "method.solver.row_batch"),
         ("method.solver.max_rounds=0", "method.solver.max_rounds"),
         ("method.solver.growth=0", "method.solver.growth"),
+        ("method.solver.stall_rounds=0", "method.solver.stall_rounds"),
         ("method.readout.mode=ridge", "method.readout.mode"),
         ("method.fixed_point.on_nonconvergence=retry", "method.fixed_point.on_nonconvergence"),
         ("method.fixed_point.max_iter=0", "method.fixed_point.max_iter"),
