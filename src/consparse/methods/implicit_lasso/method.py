@@ -18,7 +18,8 @@ Tsai, Gao & El Ghaoui, "Constrained Implicit Learning Framework for Neural Netwo
 4. refits the read-out ``(C, D)`` (or the classifier) on states regenerated from the new rows, with
    the teacher's logits as targets; the result is the deployed model (the paper's one shot);
 5. beyond the paper, with ``finetune_epochs > 0`` (``formulation: implicit``): trains the refitted
-   model's nonzero entries for that many epochs on the training data, support fixed and ``A``
+   model's nonzero entries for that many epochs on the training data, support fixed (or, with
+   ``finetune_regrow``, each matrix's count of nonzeros fixed and their places moved) and ``A``
    kept well-posed (``consparse.methods.implicit_lasso.finetune``); the one-shot accuracy is
    reported beside the fine-tuned one.
 
@@ -169,6 +170,9 @@ class ImplicitLassoMethod(SparseMethod):
             one shot); ``formulation: implicit`` only.
         finetune_lr: Adam's learning rate of that fine-tuning, relative to each matrix's typical entry
             (the root mean square of its nonzeros).
+        finetune_regrow: share of each matrix's nonzeros moved to the largest gradients at the first
+            regrowth (RigL's drop and grow, cosine-decayed); 0 keeps the support fixed.
+        finetune_regrow_every: steps between regrowths.
     """
 
     def __init__(
@@ -188,6 +192,8 @@ class ImplicitLassoMethod(SparseMethod):
         debias: bool = False,
         finetune_epochs: int = 0,
         finetune_lr: float = 1.0e-2,
+        finetune_regrow: float = 0.0,
+        finetune_regrow_every: int = 100,
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
@@ -214,7 +220,7 @@ class ImplicitLassoMethod(SparseMethod):
         self.data_fraction = float(data_fraction)
         self.extraction_batch_size = extraction_batch_size
         self.formulation = self._resolve_formulation(formulation)
-        self.finetune = FinetuneSettings(finetune_epochs, finetune_lr)
+        self.finetune = FinetuneSettings(finetune_epochs, finetune_lr, finetune_regrow, finetune_regrow_every)
         self.finetune.validate()
         if self.finetune.epochs and self.formulation != "implicit":
             raise ParameterError("finetune_epochs", f"fine-tuning needs formulation implicit (a Linear/ReLU chain), "
@@ -331,13 +337,13 @@ class ImplicitLassoMethod(SparseMethod):
         test = datamodule.test_dataloader()
         one_shot = evaluate_accuracy(model, test, device)
         started = time.perf_counter()
-        losses = finetune_on_support(model, datamodule.train_dataloader(), self.finetune, device)
+        statistics = finetune_on_support(model, datamodule.train_dataloader(), self.finetune, device)
         model.eval()
         finetuned = evaluate_accuracy(model, test, device)
         log.info("fine-tuning on the support: %d epochs, test accuracy %.4f -> %.4f", self.finetune.epochs, one_shot, finetuned)
-        return {"ran": True, "epochs": self.finetune.epochs, "lr": self.finetune.lr,
-                "one_shot_accuracy": one_shot, "finetuned_accuracy": finetuned,
-                "epoch_losses": losses, "seconds": time.perf_counter() - started}
+        return {"ran": True, "epochs": self.finetune.epochs, "lr": self.finetune.lr, "regrow": self.finetune.regrow,
+                "regrow_every": self.finetune.regrow_every, "one_shot_accuracy": one_shot,
+                "finetuned_accuracy": finetuned, **statistics.as_dict(), "seconds": time.perf_counter() - started}
 
     @staticmethod
     def _row_metrics(solutions: list[ConstrainedLassoSolution], radii: list[torch.Tensor], hidden_parameters: int) -> dict[str, Any]:
