@@ -26,6 +26,10 @@ CLAIMED = {
     ("compare_newsgroups20_text_mlp", "implicit_lasso"): ["0.1", "0.05", "0.02"],
     ("compare_newsgroups20_text_mlp", "implicit_lasso_finetune"): ["0.1", "0.05", "0.02"],
 }
+# The blocks that keep an earlier configuration of theirs, as they ran, each explained in its preset.
+KEPT_AS_RUN = {
+    ("compare_newsgroups20_text_mlp", "implicit_lasso_finetune"): {"method.finetune_regrow": 0.0, "method.readout.mode": "lstsq"},
+}
 # Which methods each setting compares.
 PRESETS = {
     "compare_mnist_mlp": ("mnist", "mlp", {"dense", "magnitude", "gmp", "sfw", "l0", "l0_penalty", "implicit_lasso", "implicit_fw"}),
@@ -174,7 +178,8 @@ def test_tiny_compare_sweep_through_the_cli(tmp_path: Path) -> None:
 def test_every_compare_block_comes_from_the_shared_list() -> None:
     """The settings add knobs to the blocks of _compare.yaml or leave blocks out (null); none defines
     a block of its own or changes what a shared block sets (but for the fewer targets a block may
-    claim, CLAIMED), and the launch order is the list's."""
+    claim, CLAIMED, and the earlier configuration a block keeps, KEPT_AS_RUN), and the launch order
+    is the list's."""
     shared = OmegaConf.to_container(OmegaConf.load(CONF / "experiment" / "_compare.yaml").hydra.sweeper.blocks)
     for preset in PRESETS:
         blocks = OmegaConf.to_container(compose_preset(preset).hydra.sweeper.blocks)
@@ -186,5 +191,7 @@ def test_every_compare_block_comes_from_the_shared_list() -> None:
             if (preset, name) in CLAIMED:
                 claimed = block.pop("method.target_density")
                 assert set(claimed.split(",")) < set(expected.pop("method.target_density").split(","))
+            for key, value in KEPT_AS_RUN.get((preset, name), {}).items():
+                assert block.pop(key) == value and expected.pop(key) != value, (preset, name, key)
             assert block.items() >= expected.items(), (preset, name)
 
