@@ -89,6 +89,20 @@ def test_regrowth_keeps_each_count_moves_places_and_leaves_c_and_the_bias_column
     assert float(row_l1_norms(model.A.detach()).max()) <= model.kappa + 1e-6
 
 
+def test_each_epoch_draws_its_own_order() -> None:
+    epochs: list[int] = []
+
+    class Sampler:
+        def set_epoch(self, epoch: int) -> None:
+            epochs.append(epoch)
+
+    class Loader(list):
+        sampler = Sampler()
+
+    finetune_on_support(_sparse_model(), Loader(_batches()), FinetuneSettings(epochs=3, lr=0.1))
+    assert epochs == [0, 1, 2]
+
+
 def test_the_regrowth_fraction_decays_to_zero_at_three_quarters_of_the_steps() -> None:
     settings = FinetuneSettings(epochs=1, regrow=0.4, regrow_every=10)
     fractions = [settings.regrow_fraction(step, 100) for step in range(100)]

@@ -191,7 +191,11 @@ def finetune_on_support(
     was_training = model.training
     model.train()
     total_steps, step = settings.epochs * len(batches), 0
-    for _ in range(settings.epochs):
+    sampler = getattr(batches, "sampler", None)
+    for epoch in range(settings.epochs):
+        # As Lightning does before each epoch: otherwise every epoch would draw the first one's order.
+        if hasattr(sampler, "set_epoch"):
+            sampler.set_epoch(epoch)
         total, count = 0.0, 0
         for batch in batches:
             inputs, targets = batch[0].to(device), batch[1].to(device)
