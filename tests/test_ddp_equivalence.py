@@ -38,8 +38,11 @@ JOBS = {
     "sfw": ["method=sfw", *MLP],
     "l0": ["method=l0", "method.target_density=0.5", "method.dual_lr=0.05", *MLP],
     "implicit_fw": ["method=implicit_fw", "model=implicit", "model.state_size=32"],
+    # With a fine-tuning whose regrowth moves entries every other step: the ranks' averaged gradient
+    # must choose what one process's does.
     "implicit_lasso": ["method=implicit_lasso", "model=mlp", "model.hidden=[24,12]", "method.solver.row_batch=8",
-                       "method.data_fraction=0.5", "method.kappa=0.1"],
+                       "method.data_fraction=0.5", "method.kappa=0.1", "method.finetune_epochs=1",
+                       "method.finetune_regrow=0.3", "method.finetune_regrow_every=2"],
 }
 # The read-out of implicit_lasso is a least-squares refit on float64 statistics of the teacher's
 # states: the teacher's last-bit differences come back amplified by its conditioning.
@@ -148,3 +151,5 @@ def _same_method_metrics(method: str, single: dict, ddp: dict) -> None:
         for key in ("rows", "rows_active", "row_nonzeros", "kappa"):
             assert ddp[key] == single[key], key
         assert ddp["teacher_accuracy"] == pytest.approx(single["teacher_accuracy"])
+        assert ddp["finetune"]["regrow_updates"] == single["finetune"]["regrow_updates"] > 0
+        assert ddp["finetune"]["moved"] == single["finetune"]["moved"]
