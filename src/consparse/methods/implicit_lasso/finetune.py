@@ -34,6 +34,7 @@ from torch import nn
 from consparse.errors import ParameterError
 from consparse.implicit.structure import plan_states
 from consparse.models.implicit import ImplicitModel
+from consparse.validation import check_int, check_range
 
 # RigL stops moving entries at this share of the steps, so that the last support is trained on.
 REGROW_END = 0.75
@@ -55,14 +56,12 @@ class FinetuneSettings:
     regrow_every: int = 100
 
     def validate(self, prefix: str = "") -> None:
-        if not _is_int(self.epochs) or self.epochs < 0:
+        if not isinstance(self.epochs, int) or isinstance(self.epochs, bool) or self.epochs < 0:
             raise ParameterError(f"{prefix}finetune_epochs", f"expected an integer >= 0 (0: the one-shot refit only), got {self.epochs!r}")
         if not isinstance(self.lr, (int, float)) or isinstance(self.lr, bool) or not self.lr > 0:
             raise ParameterError(f"{prefix}finetune_lr", f"expected a learning rate > 0, got {self.lr!r}")
-        if not isinstance(self.regrow, (int, float)) or isinstance(self.regrow, bool) or not 0 <= self.regrow < 1:
-            raise ParameterError(f"{prefix}finetune_regrow", f"expected a share of the nonzeros in [0, 1) (0: a fixed support), got {self.regrow!r}")
-        if not _is_int(self.regrow_every) or self.regrow_every < 1:
-            raise ParameterError(f"{prefix}finetune_regrow_every", f"expected a number of steps >= 1, got {self.regrow_every!r}")
+        check_range(f"{prefix}finetune_regrow", self.regrow, 0.0, 1.0, high_inclusive=False)
+        check_int(f"{prefix}finetune_regrow_every", self.regrow_every, 1)
 
     def regrow_fraction(self, step: int, total_steps: int) -> float:
         """The share of each matrix's nonzeros to move before ``step`` (0 where nothing moves)."""
@@ -82,10 +81,6 @@ class FinetuneStatistics:
 
     def as_dict(self) -> dict[str, Any]:
         return {"epoch_losses": self.epoch_losses, "regrow_updates": self.regrow_updates, "moved": self.moved}
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def support_masks(model: ImplicitModel) -> dict[str, torch.Tensor]:
